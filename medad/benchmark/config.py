@@ -1,0 +1,272 @@
+"""The YAML run matrix: loading and validation with errors that name the key.
+
+Schema (DESIGN.md)::
+
+    name: default
+    image_size: 64
+    channels: 1
+    seeds: [0]
+    device: auto
+    score_batch_size: 64
+    save_checkpoints: false
+    datasets:
+      - name: synthetic
+        subsets: [obvious, subtle]   # omitted: every subset
+        root: /data/synthetic        # optional; default <data-root>/<name>
+        params: {n_train: 300}
+    detectors:
+      - name: ae
+        label: ae-small              # optional; the name in CSVs (default: name)
+        params: {epochs: 10}
+
+Detector and dataset ``params`` are checked against the keyword arguments of the class's
+``__init__``: an unknown key lists the allowed ones, a wrong type names the expected one.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medad.benchmark.registry import DATASETS, DETECTORS, RegistryError
+
+
+class ConfigError(ValueError):
+    """The config is malformed; the message names the key and what is allowed."""
+
+
+@dataclass
+class DatasetEntry:
+    name: str
+    subsets: list[str]
+    params: dict[str, Any] = field(default_factory=dict)
+    root: str | None = None
+
+
+@dataclass
+class DetectorEntry:
+    name: str
+    label: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunConfig:
+    name: str
+    image_size: int
+    channels: int
+    seeds: list[int]
+    device: str
+    score_batch_size: int
+    save_checkpoints: bool
+    datasets: list[DatasetEntry]
+    detectors: list[DetectorEntry]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_TOP_KEYS = {
+    "name": str, "image_size": int, "channels": int, "seeds": list, "device": str,
+    "score_batch_size": int, "save_checkpoints": bool, "datasets": list, "detectors": list,
+}
+_DEFAULTS = {"channels": 1, "seeds": [0], "device": "auto", "score_batch_size": 64, "save_checkpoints": False}
+_REQUIRED = ("name", "image_size", "datasets", "detectors")
+_DEVICES = ("auto", "cpu", "cuda")
+# Arguments the harness passes itself; a config may not set them in params.
+_HARNESS_ARGS = {"self", "image_size", "channels", "device", "seed", "root", "split_seed"}
+
+
+def check_device(key: str, value: str) -> None:
+    """Raise ConfigError unless ``value`` is auto, cpu, cuda or cuda:N."""
+    if value not in _DEVICES and not (value.startswith("cuda:") and value[5:].isdigit()):
+        raise ConfigError(f"{key}: expected one of {', '.join(_DEVICES)} (or cuda:N), got {value!r}")
+
+
+def _type_name(expected: Any) -> str:
+    return getattr(expected, "__name__", str(expected))
+
+
+def _check_type(key: str, value: Any, expected: Any) -> None:
+    """Raise ConfigError unless ``value`` fits the annotation ``expected`` (simple types only)."""
+    if expected is inspect.Parameter.empty or expected is Any:
+        return
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        options = [o for o in typing.get_args(expected) if o is not type(None)]
+        if value is None and len(options) < len(typing.get_args(expected)):
+            return
+        if len(options) == 1:
+            return _check_type(key, value, options[0])
+        for option in options:
+            try:
+                return _check_type(key, value, option)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: expected {' or '.join(_type_name(o) for o in options)}, got {type(value).__name__} {value!r}")
+    if expected is type(None):
+        if value is not None:
+            raise ConfigError(f"{key}: expected null, got {value!r}")
+        return
+    base = origin or expected
+    if base in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        args = [a for a in typing.get_args(expected) if a is not Ellipsis]
+        for i, item in enumerate(value if args else ()):
+            _check_type(f"{key}[{i}]", item, args[0])
+        return
+    if base is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+        return
+    if base is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif base is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(base, type):
+        ok = isinstance(value, base)
+    else:
+        ok = True  # annotations we do not check (Literal, callables...)
+    if not ok:
+        raise ConfigError(f"{key}: expected {_type_name(base)}, got {type(value).__name__} {value!r}")
+
+
+def hyperparameters(cls: type) -> dict[str, inspect.Parameter]:
+    """The keyword arguments of ``cls.__init__`` a config may set, with their defaults and hints."""
+    hints = typing.get_type_hints(cls.__init__)
+    params = {}
+    for name, parameter in inspect.signature(cls.__init__).parameters.items():
+        if name in _HARNESS_ARGS or parameter.kind in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL):
+            continue
+        params[name] = parameter.replace(annotation=hints.get(name, parameter.annotation))
+    return params
+
+
+def check_params(where: str, cls: type, params: Any) -> dict[str, Any]:
+    """Validate ``params`` for ``cls``: known keys, right types."""
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"{where}.params: expected a mapping of hyper-parameters, got {type(params).__name__}")
+    allowed = hyperparameters(cls)
+    for key, value in params.items():
+        if key not in allowed:
+            raise ConfigError(f"{where}.params.{key}: unknown parameter of {cls.name or cls.__name__!r}; "
+                              f"allowed: {', '.join(sorted(allowed)) or '(none)'}")
+        _check_type(f"{where}.params.{key}", value, allowed[key].annotation)
+    return dict(params)
+
+
+def _check_keys(where: str, entry: Any, allowed: set[str], required: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(entry).__name__} {entry!r}")
+    for key in entry:
+        if key not in allowed:
+            raise ConfigError(f"{where}.{key}: unknown key; allowed: {', '.join(sorted(allowed))}")
+    for key in required:
+        if key not in entry:
+            raise ConfigError(f"{where}.{key}: missing (required)")
+    return entry
+
+
+def _lookup(registry, where: str, name: Any):
+    if not isinstance(name, str):
+        raise ConfigError(f"{where}.name: expected a string, got {name!r}")
+    try:
+        return registry.get(name)
+    except RegistryError as error:
+        raise ConfigError(f"{where}.name: {error}") from None
+
+
+def parse_config(raw: Any, source: str = "<config>") -> RunConfig:
+    """Validate a loaded YAML mapping and fill defaults."""
+    top = _check_keys(source, raw, set(_TOP_KEYS), _REQUIRED)
+    values = {**_DEFAULTS, **top}
+    for key, expected in _TOP_KEYS.items():
+        _check_type(key, values[key], expected)
+    if values["image_size"] < 8:
+        raise ConfigError(f"image_size: expected an integer >= 8, got {values['image_size']}")
+    if values["channels"] not in (1, 3):
+        raise ConfigError(f"channels: expected 1 or 3, got {values['channels']}")
+    check_device("device", values["device"])
+    for i, seed in enumerate(values["seeds"]):
+        _check_type(f"seeds[{i}]", seed, int)
+    if not values["seeds"]:
+        raise ConfigError("seeds: expected at least one seed")
+    if not values["datasets"] or not values["detectors"]:
+        raise ConfigError("datasets and detectors: each needs at least one entry")
+
+    datasets = []
+    for i, entry in enumerate(values["datasets"]):
+        where = f"datasets[{i}]"
+        entry = _check_keys(where, entry, {"name", "subsets", "params", "root"}, ("name",))
+        cls = _lookup(DATASETS, where, entry["name"])
+        subsets = entry.get("subsets") or list(cls.subsets)
+        _check_type(f"{where}.subsets", subsets, list[str])
+        for subset in subsets:
+            if subset not in cls.subsets:
+                raise ConfigError(f"{where}.subsets: {entry['name']!r} has no subset {subset!r}; its subsets: {', '.join(cls.subsets)}")
+        if entry.get("root") is not None:
+            _check_type(f"{where}.root", entry["root"], str)
+        datasets.append(DatasetEntry(entry["name"], list(subsets), check_params(where, cls, entry.get("params")), entry.get("root")))
+
+    detectors = []
+    for i, entry in enumerate(values["detectors"]):
+        where = f"detectors[{i}]"
+        entry = _check_keys(where, entry, {"name", "label", "params"}, ("name",))
+        cls = _lookup(DETECTORS, where, entry["name"])
+        label = entry.get("label", entry["name"])
+        _check_type(f"{where}.label", label, str)
+        detectors.append(DetectorEntry(entry["name"], label, check_params(where, cls, entry.get("params"))))
+    labels = [d.label for d in detectors]
+    duplicated = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicated:
+        raise ConfigError(f"detectors: label {duplicated[0]!r} appears twice; give each entry its own 'label'")
+
+    return RunConfig(
+        name=values["name"], image_size=values["image_size"], channels=values["channels"],
+        seeds=list(values["seeds"]), device=values["device"], score_batch_size=values["score_batch_size"],
+        save_checkpoints=values["save_checkpoints"], datasets=datasets, detectors=detectors,
+    )
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    return parse_config(raw, source=str(path))
+
+
+def narrow(config: RunConfig, *, detectors: list[str] | None = None, datasets: list[str] | None = None,
+           seeds: list[int] | None = None, device: str | None = None) -> RunConfig:
+    """The config restricted to the named detectors (names or labels), datasets and seeds (CLI flags)."""
+    if detectors:
+        known = {d.label for d in config.detectors} | {d.name for d in config.detectors}
+        unknown = [d for d in detectors if d not in known]
+        if unknown:
+            raise ConfigError(f"--detectors: {unknown[0]!r} is not in the config; it has: {', '.join(sorted(known))}")
+        config.detectors = [d for d in config.detectors if d.label in detectors or d.name in detectors]
+    if datasets:
+        known = {d.name for d in config.datasets}
+        unknown = [d for d in datasets if d not in known]
+        if unknown:
+            raise ConfigError(f"--datasets: {unknown[0]!r} is not in the config; it has: {', '.join(sorted(known))}")
+        config.datasets = [d for d in config.datasets if d.name in datasets]
+    if seeds:
+        config.seeds = list(seeds)
+    if device:
+        check_device("--device", device)
+        config.device = device
+    return config

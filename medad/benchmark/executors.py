@@ -1,0 +1,168 @@
+"""Executors hand jobs to workers: in this process, or a pool of worker processes (one per GPU).
+
+The pool follows anomalib's runner split: the engine expands jobs, an executor runs them and calls
+back with each job's record. On a machine with GPUs, worker ``i`` is started with
+``CUDA_VISIBLE_DEVICES=<gpu i>`` so it sees exactly one GPU; workers pull jobs from one shared queue,
+so a fast GPU takes more jobs. A worker that dies (out of memory, segfault) has its job recorded as
+failed and is replaced.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+from typing import Any, Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from medad.benchmark.job_runner import run_job
+from medad.benchmark.jobs import Job
+from medad.benchmark.run_folder import RunFolder, now
+
+OnRecord = Callable[[dict[str, Any]], None]
+
+
+class InProcessExecutor:
+    """Runs jobs one after another in this process (the CPU default)."""
+
+    name = "local"
+
+    def run(self, jobs: Sequence[Job], run_folder: RunFolder, on_record: OnRecord, progress: bool = True,
+            stop: Callable[[], bool] | None = None) -> None:
+        for job in tqdm(jobs, desc="jobs", disable=not progress):
+            if stop is not None and stop():
+                return
+            on_record(run_job(job, run_folder, worker="main", progress=progress))
+
+
+def _worker_main(run_path: str, tasks: "mp.Queue", results: "mp.Queue", worker: str, threads: int) -> None:
+    """A pool worker: take jobs until the ``None`` sentinel; report 'start' and the record of each."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+    run_folder = RunFolder(run_path)
+    while True:
+        job = tasks.get()
+        if job is None:
+            return
+        results.put(("start", worker, job.job_id))
+        results.put(("record", worker, run_job(job, run_folder, worker=worker)))
+
+
+class ProcessPoolExecutor:
+    """A pool of worker processes; ``gpu_ids`` pins one GPU per worker through CUDA_VISIBLE_DEVICES."""
+
+    name = "local"
+
+    def __init__(self, workers: int, gpu_ids: Sequence[str] | None = None, threads_per_worker: int = 0) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        if gpu_ids is not None and len(gpu_ids) < workers:
+            raise ValueError(f"{workers} workers but only {len(gpu_ids)} GPUs ({', '.join(gpu_ids)})")
+        self.workers = workers
+        self.gpu_ids = list(gpu_ids) if gpu_ids is not None else None
+        self.threads_per_worker = threads_per_worker
+        self.context = mp.get_context("spawn")
+
+    def _start(self, index: int, run_folder: RunFolder, tasks, results) -> mp.Process:
+        name = f"worker{index}" + (f"-gpu{self.gpu_ids[index]}" if self.gpu_ids is not None else "")
+        process = self.context.Process(target=_worker_main, name=name, daemon=True,
+                                       args=(str(run_folder.path), tasks, results, name, self.threads_per_worker))
+        previous = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if self.gpu_ids is not None:  # the child inherits the environment at start
+            os.environ["CUDA_VISIBLE_DEVICES"] = self.gpu_ids[index]
+        try:
+            process.start()
+        finally:
+            if self.gpu_ids is not None:
+                if previous is None:
+                    os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+                else:
+                    os.environ["CUDA_VISIBLE_DEVICES"] = previous
+        return process
+
+    def run(self, jobs: Sequence[Job], run_folder: RunFolder, on_record: OnRecord, progress: bool = True) -> None:
+        if not jobs:
+            return
+        tasks, results = self.context.Queue(), self.context.Queue()
+        by_id = {job.job_id: job for job in jobs}
+        for job in jobs:
+            tasks.put(job)
+        count = min(self.workers, len(jobs))
+        for _ in range(count):
+            tasks.put(None)
+        processes = {}
+        for i in range(count):
+            process = self._start(i, run_folder, tasks, results)
+            processes[process.name] = (i, process)
+        running: dict[str, str] = {}  # worker name -> job id
+        remaining = len(jobs)
+        bar = tqdm(total=len(jobs), desc="jobs", disable=not progress)
+        try:
+            while remaining:
+                try:
+                    kind, worker, payload = results.get(timeout=1.0)
+                except queue.Empty:
+                    remaining -= self._reap_dead(processes, running, by_id, run_folder, on_record, bar, tasks, results)
+                    if not any(p.is_alive() for _, p in processes.values()) and remaining:
+                        raise RuntimeError(f"all workers exited with {remaining} jobs left")
+                    continue
+                if kind == "start":
+                    running[worker] = payload
+                else:
+                    running.pop(worker, None)
+                    on_record(payload)
+                    bar.update()
+                    remaining -= 1
+        finally:
+            bar.close()
+            for _, process in processes.values():
+                process.join(timeout=5)
+                if process.is_alive():
+                    process.terminate()
+
+    def _reap_dead(self, processes, running, by_id, run_folder: RunFolder, on_record: OnRecord, bar,
+                   tasks=None, results=None) -> int:
+        """Record the job of each worker that died mid-job as failed, start a replacement; return how many."""
+        lost = 0
+        for name, (index, process) in list(processes.items()):
+            if process.is_alive() or name not in running:
+                continue
+            job = by_id[running.pop(name)]
+            record = {"run_id": run_folder.run_id, "job_id": job.job_id, **job.keys(), "detector_name": job.detector_name,
+                      "status": "failed", "error": f"worker {name} died (exit code {process.exitcode}) while running the job",
+                      "worker": name, "started": "", "finished": now()}
+            run_folder.write_job(job.job_id, record, {})
+            on_record(record)
+            bar.update()
+            lost += 1
+            tasks.put(None)  # the replacement's own stop sentinel
+            replacement = self._start(index, run_folder, tasks, results)
+            processes[name] = (index, replacement)
+        return lost
+
+
+def visible_gpu_ids() -> list[str]:
+    """GPU ids this process may use: CUDA_VISIBLE_DEVICES if set, else 0..count-1."""
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None and listed.strip():
+        ids = [i.strip() for i in listed.split(",") if i.strip()]
+        return ids[:count] if count else []
+    return [str(i) for i in range(count)]
+
+
+def make_executor(name: str, device: str, workers: int | None) -> InProcessExecutor | ProcessPoolExecutor:
+    """The executor for ``--executor name``: GPUs get one worker each; CPU runs in-process unless --workers > 1."""
+    if name != "local":
+        raise ValueError(f"unknown executor {name!r}; available: local")
+    gpus = visible_gpu_ids() if device != "cpu" else []
+    if gpus:
+        count = workers or len(gpus)
+        if count > len(gpus):
+            raise ValueError(f"--workers {count} but only {len(gpus)} GPUs are visible ({', '.join(gpus)})")
+        return ProcessPoolExecutor(count, gpu_ids=gpus)
+    if workers and workers > 1:
+        return ProcessPoolExecutor(workers, threads_per_worker=max(1, (os.cpu_count() or 1) // workers))
+    return InProcessExecutor()

@@ -1,0 +1,176 @@
+"""Run one job: load the subset, fit the detector, score validation and test images, compute metrics.
+
+Whatever happens, the job ends with a folder in ``jobs/<job-id>/``: ``done`` with its tables, or
+``failed`` with the error and traceback. The detector's ``fit`` receives the training normals
+without labels and the validation normals; it never sees the test set.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import time
+import traceback
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from medad.benchmark.jobs import Job
+from medad.benchmark.metrics import MetricRow, image_metrics, pixel_metrics
+from medad.benchmark.registry import DATASETS, DETECTORS
+from medad.benchmark.resources import PeakMemory, resolve_device, seed_everything
+from medad.benchmark.run_folder import RunFolder, now
+from medad.datasets.base import DatasetError, ImageSet, Subset
+from medad.detectors.base import Detector, TrainLog
+
+_SUBSET_CACHE: "OrderedDict[tuple, Subset]" = OrderedDict()
+_SUBSET_CACHE_SIZE = 2
+
+
+def load_subset(job: Job) -> Subset:
+    """The job's subset, kept in a small in-process cache so detectors of one subset share one load."""
+    key = (job.dataset, job.subset, job.image_size, job.channels, job.dataset_root, repr(sorted(job.dataset_params.items())))
+    if key in _SUBSET_CACHE:
+        _SUBSET_CACHE.move_to_end(key)
+        return _SUBSET_CACHE[key]
+    cls = DATASETS.get(job.dataset)
+    if cls.needs_download and job.dataset_root is None:
+        raise DatasetError(f"dataset {job.dataset!r} needs its files: pass --data-root DIR (or set MEDAD_DATA) "
+                           f"with the download unpacked in DIR/{job.dataset}/, or give 'root' in the config")
+    dataset = cls(root=Path(job.dataset_root) if job.dataset_root else None, image_size=job.image_size,
+                  channels=job.channels, **job.dataset_params)
+    subset = dataset.load(job.subset)
+    _SUBSET_CACHE[key] = subset
+    while len(_SUBSET_CACHE) > _SUBSET_CACHE_SIZE:
+        _SUBSET_CACHE.popitem(last=False)
+    return subset
+
+
+def score_in_batches(detector: Detector, images: ImageSet, batch_size: int) -> np.ndarray:
+    """Image scores ``(N,)`` as float64, scored ``batch_size`` images at a time."""
+    parts = [detector.score(batch).detach().cpu().double().reshape(-1) for batch in images.batches(batch_size)]
+    scores = torch.cat(parts).numpy() if parts else np.zeros(0)
+    if scores.shape != (len(images),):
+        raise ValueError(f"detector {detector.name!r} returned {scores.shape[0]} scores for {len(images)} images")
+    return scores
+
+
+def maps_in_batches(detector: Detector, images: ImageSet, batch_size: int) -> np.ndarray | None:
+    """Pixel maps ``(N, H, W)`` at the image size (resized bilinearly if the detector's differ), or None."""
+    parts = []
+    for batch in images.batches(batch_size):
+        maps = detector.score_map(batch)
+        if maps is None:
+            return None
+        maps = maps.detach().float().cpu()
+        if maps.shape[-2:] != batch.shape[-2:]:
+            maps = F.interpolate(maps[:, None], size=batch.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        parts.append(maps)
+    return torch.cat(parts).numpy()
+
+
+def _metric_frame(job: Job, run_id: str, rows: list[MetricRow], tags: dict[str, str]) -> pd.DataFrame:
+    return pd.DataFrame([
+        {"run_id": run_id, **job.keys(), **tags, "metric": r.metric, "value": r.value, "ci_low": np.nan,
+         "ci_high": np.nan, "threshold_policy": r.threshold_policy, "oracle": r.oracle, "note": r.note}
+        for r in rows
+    ])
+
+
+def _score_frame(job: Job, run_id: str, part: str, images: ImageSet, scores: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame({"run_id": run_id, **job.keys(), "part": part, "sample_id": images.ids,
+                         "label": images.labels, "score": scores})
+
+
+def detector_tags(detector: Detector) -> dict[str, str]:
+    """Columns that say what kind of result a row is (supervision, weights, ...)."""
+    return {"supervision": detector.supervision, "weights": detector.weights, **detector.extra_tags()}
+
+
+def execute(job: Job, run_id: str, progress: bool = False) -> tuple[dict[str, Any], dict[str, pd.DataFrame], dict[str, Path]]:
+    """Run ``job``; return its timings, tables and files. Raises on any failure."""
+    timings: dict[str, Any] = {}
+    device = resolve_device(job.device)
+    seed_everything(job.seed)
+    subset = load_subset(job)
+    cls = DETECTORS.get(job.detector_name)
+    for need in cls.needs:
+        if need == "roi_masks" and subset.train.roi_masks is None:
+            raise DatasetError(f"detector {job.detector!r} needs ROI masks for its training images; "
+                               f"dataset {job.dataset!r} subset {job.subset!r} provides none")
+        if need == "anomaly_pool" and subset.anomaly_pool is None:
+            raise DatasetError(f"detector {job.detector!r} needs a labelled anomaly pool; "
+                               f"dataset {job.dataset!r} subset {job.subset!r} provides none")
+    detector = cls(image_size=job.image_size, channels=job.channels, device=str(device), seed=job.seed,
+                   **job.detector_params)
+    log = TrainLog(progress=progress, description=f"{job.detector} epochs")
+    started = time.perf_counter()
+    fit_kwargs = {"anomaly_pool": subset.anomaly_pool} if cls.supervision == "semi-supervised" else {}
+    detector.fit(subset.train.without_labels(), subset.val, log, **fit_kwargs)
+    timings["train_s"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    test_scores = score_in_batches(detector, subset.test, job.score_batch_size)
+    val_scores = score_in_batches(detector, subset.val, job.score_batch_size) if subset.val is not None else None
+    rows = image_metrics(subset.test.labels, test_scores, val_scores)
+    if subset.test.masks is not None:
+        maps = maps_in_batches(detector, subset.test, job.score_batch_size)
+        if maps is not None:
+            rows += pixel_metrics(subset.test.masks.numpy(), maps)
+    timings["score_s"] = time.perf_counter() - started
+
+    tags = detector_tags(detector)
+    scores = [_score_frame(job, run_id, "test", subset.test, test_scores)]
+    if val_scores is not None:
+        scores.append(_score_frame(job, run_id, "val", subset.val, val_scores))
+    tables = {
+        "metrics": _metric_frame(job, run_id, rows, tags),
+        "scores": pd.concat(scores, ignore_index=True),
+        "history": pd.DataFrame([{"run_id": run_id, **job.keys(), "epoch": e, "step": s, "loss_name": n, "value": v}
+                                 for e, s, n, v in log.rows]),
+        "splits": pd.DataFrame([{"run_id": run_id, "dataset": job.dataset, "subset": job.subset, "sample_id": i,
+                                 "part": part, "label": label} for i, part, label in subset.split_rows()]),
+    }
+    files = {}
+    if job.save_checkpoints:
+        checkpoint = Path(tempfile.mkdtemp(prefix="medad-ckpt-")) / "model.pt"
+        detector.save(checkpoint)
+        files["model.pt"] = checkpoint
+    timings["device"] = str(device)
+    timings["tags"] = tags
+    return timings, tables, files
+
+
+def run_job(job: Job, run_folder: RunFolder, worker: str = "main", progress: bool = False) -> dict[str, Any]:
+    """Run ``job`` and write its folder; return the job record (status done or failed)."""
+    record: dict[str, Any] = {
+        "run_id": run_folder.run_id, "job_id": job.job_id, **job.keys(), "detector_name": job.detector_name,
+        "status": "failed", "error": "", "worker": f"{socket.gethostname()}:{worker}:{os.getpid()}",
+        "started": now(), "params": job.detector_params, "dataset_params": job.dataset_params,
+    }
+    tables: dict[str, pd.DataFrame] = {}
+    files: dict[str, Path] = {}
+    started = time.perf_counter()
+    try:
+        device = resolve_device(job.device)
+    except RuntimeError:  # execute() raises the same error again, inside the recorded try
+        device = torch.device("cpu")
+    with PeakMemory(device) as peak:
+        try:
+            timings, tables, files = execute(job, run_folder.run_id, progress)
+            record.update(timings)
+            record["status"] = "done"
+        except Exception as error:  # recorded, and the matrix goes on
+            record["error"] = f"{type(error).__name__}: {error}"
+            record["traceback"] = traceback.format_exc()
+            record["device"] = str(device)
+    record.update(wall_s=time.perf_counter() - started, peak_rss_mb=peak.rss_mb,
+                  peak_gpu_mb=peak.gpu_mb, finished=now())
+    run_folder.write_job(job.job_id, record, tables, files)
+    return record

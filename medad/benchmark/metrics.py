@@ -1,0 +1,161 @@
+"""Image- and pixel-level metrics with named threshold policies (the CSV vocabulary of DESIGN.md).
+
+Positive class = anomalous (label 1); a score above the threshold predicts anomalous.
+
+Threshold policies:
+- ``val_q95``: the 95th percentile of the scores of *normal validation* images. Honest: it is fixed
+  before the test set is seen.
+- ``youden``: the test-set threshold maximising sensitivity + specificity - 1. **Oracle.**
+- ``best_f1``: the test-set threshold maximising F1 (the study's TABLE 3 operating point). **Oracle.**
+
+PR AUC is average precision (the step-wise area under the precision-recall curve, scikit-learn's
+``average_precision_score``), which is what the reference implementations report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+
+ORACLE_POLICIES = frozenset({"youden", "best_f1"})
+THRESHOLD_METRICS = ("threshold", "precision", "recall", "specificity", "f1", "accuracy")
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    """One tidy metric value; ``note`` says why a value is NaN."""
+
+    metric: str
+    value: float
+    threshold_policy: str = "none"
+    note: str = ""
+
+    @property
+    def oracle(self) -> bool:
+        return self.threshold_policy in ORACLE_POLICIES
+
+
+def _validate(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.asarray(labels).ravel()
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    if labels.shape != scores.shape:
+        raise ValueError(f"labels and scores differ in length: {labels.shape[0]} vs {scores.shape[0]}")
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError(f"labels must be 0 (normal) or 1 (anomalous), got values {sorted(set(labels.tolist()))[:5]}")
+    if not np.isfinite(scores).all():
+        raise ValueError(f"{int((~np.isfinite(scores)).sum())} scores are NaN or infinite")
+    return labels.astype(np.int64), scores
+
+
+def single_class_reason(labels: np.ndarray) -> str | None:
+    """Why threshold-free metrics are undefined for ``labels``, or None when both classes occur."""
+    present = set(np.unique(labels).tolist())
+    if present == {0, 1}:
+        return None
+    which = "normal" if present == {0} else "anomalous" if present == {1} else "no"
+    return f"test set holds only {which} images: ROC/PR AUC undefined"
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (ties count half); NaN for a single-class set."""
+    labels, scores = _validate(labels, scores)
+    return float("nan") if single_class_reason(labels) else float(roc_auc_score(labels, scores))
+
+
+def pr_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Average precision with anomalous as the positive class; NaN for a single-class set."""
+    labels, scores = _validate(labels, scores)
+    return float("nan") if single_class_reason(labels) else float(average_precision_score(labels, scores))
+
+
+def confusion_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
+    """Precision, recall (sensitivity), specificity, F1 and accuracy of ``score > threshold``.
+
+    A ratio with an empty denominator (no predicted positives, no positives, no negatives) is NaN.
+    """
+    labels, scores = _validate(labels, scores)
+    predicted = scores > threshold
+    tp = float(np.sum(predicted & (labels == 1)))
+    fp = float(np.sum(predicted & (labels == 0)))
+    fn = float(np.sum(~predicted & (labels == 1)))
+    tn = float(np.sum(~predicted & (labels == 0)))
+
+    def ratio(num: float, den: float) -> float:
+        return num / den if den > 0 else float("nan")
+
+    precision, recall = ratio(tp, tp + fp), ratio(tp, tp + fn)
+    return {
+        "threshold": float(threshold),
+        "precision": precision,
+        "recall": recall,
+        "specificity": ratio(tn, tn + fp),
+        "f1": ratio(2 * tp, 2 * tp + fp + fn),
+        "accuracy": ratio(tp + tn, len(labels)),
+    }
+
+
+def threshold_val_q95(val_scores: np.ndarray, quantile: float = 0.95) -> float:
+    """The ``quantile`` of normal validation scores (linear interpolation)."""
+    val_scores = np.asarray(val_scores, dtype=np.float64)
+    if val_scores.size == 0:
+        raise ValueError("val_q95 needs validation scores of normal images; the subset has no validation set")
+    return float(np.quantile(val_scores, quantile))
+
+
+def threshold_youden(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ORACLE: the test threshold maximising TPR - FPR (first one on ties)."""
+    labels, scores = _validate(labels, scores)
+    fpr, tpr, thresholds = roc_curve(labels, scores)
+    best = int(np.argmax(tpr - fpr))
+    # roc_curve's thresholds mean "score >= t"; we predict "score > t", so step just below t.
+    return float(np.nextafter(thresholds[best], -np.inf)) if np.isfinite(thresholds[best]) else float(scores.max())
+
+
+def threshold_best_f1(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ORACLE: the test threshold maximising F1 (first one on ties)."""
+    labels, scores = _validate(labels, scores)
+    precision, recall, thresholds = precision_recall_curve(labels, scores)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)[:-1]
+    best = int(np.argmax(f1))
+    return float(np.nextafter(thresholds[best], -np.inf))
+
+
+def image_metrics(labels: np.ndarray, scores: np.ndarray, val_scores: np.ndarray | None = None) -> list[MetricRow]:
+    """Every image-level metric for one job: threshold-free ones, then each threshold policy."""
+    labels, scores = _validate(labels, scores)
+    reason = single_class_reason(labels)
+    rows = [
+        MetricRow("roc_auc", roc_auc(labels, scores), note=reason or ""),
+        MetricRow("pr_auc", pr_auc(labels, scores), note=reason or ""),
+    ]
+    thresholds: dict[str, tuple[float, str]] = {}
+    if val_scores is not None and len(val_scores) > 0:
+        thresholds["val_q95"] = (threshold_val_q95(val_scores), "")
+    else:
+        thresholds["val_q95"] = (float("nan"), "no validation normals: honest threshold undefined")
+    if reason:
+        thresholds["youden"] = thresholds["best_f1"] = (float("nan"), reason)
+    else:
+        thresholds["youden"] = (threshold_youden(labels, scores), "oracle: chosen on test labels")
+        thresholds["best_f1"] = (threshold_best_f1(labels, scores), "oracle: chosen on test labels")
+    for policy, (threshold, note) in thresholds.items():
+        if np.isnan(threshold):
+            rows += [MetricRow(name, float("nan"), policy, note) for name in THRESHOLD_METRICS]
+        else:
+            rows += [MetricRow(name, value, policy, note) for name, value in confusion_metrics(labels, scores, threshold).items()]
+    return rows
+
+
+def pixel_metrics(masks: np.ndarray, maps: np.ndarray) -> list[MetricRow]:
+    """Pixel ROC AUC and PR AUC over every pixel of every test image with a mask."""
+    masks = np.asarray(masks).astype(np.int64).ravel()
+    maps = np.asarray(maps, dtype=np.float64).ravel()
+    if masks.shape != maps.shape:
+        raise ValueError(f"masks and score maps differ in size: {masks.shape[0]} vs {maps.shape[0]} pixels")
+    reason = None if masks.any() and not masks.all() else "masks hold a single class: pixel AUC undefined"
+    if reason:
+        return [MetricRow("pixel_roc_auc", float("nan"), note=reason), MetricRow("pixel_pr_auc", float("nan"), note=reason)]
+    return [MetricRow("pixel_roc_auc", roc_auc(masks, maps)), MetricRow("pixel_pr_auc", pr_auc(masks, maps))]

@@ -1,0 +1,163 @@
+"""The dataset contract: a dataset yields named subsets of train normals, validation normals and a labelled test set."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Iterator
+
+import numpy as np
+import torch
+
+
+@dataclass
+class ImageSet:
+    """Images with their labels and ids; masks where the data has them.
+
+    ``images`` is uint8 ``(N, C, H, W)`` (the decode cache stores exactly this); ``batches`` hands a
+    detector float32 tensors in [0, 1]. ``labels`` are 0 = normal, 1 = anomalous. ``masks`` are
+    ``(N, H, W)`` uint8 pixel labels of the anomaly; ``roi_masks`` ``(N, H, W)`` uint8 regions of
+    interest (the organ), for detectors whose training target is a region.
+    """
+
+    images: torch.Tensor
+    labels: np.ndarray
+    ids: list[str]
+    masks: torch.Tensor | None = None
+    roi_masks: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
+            raise ValueError(f"ImageSet.images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+        n = len(self.images)
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        if len(self.labels) != n or len(self.ids) != n:
+            raise ValueError(f"ImageSet has {n} images, {len(self.labels)} labels and {len(self.ids)} ids")
+        for name in ("masks", "roi_masks"):
+            masks = getattr(self, name)
+            if masks is not None and tuple(masks.shape) != (n, *self.images.shape[2:]):
+                raise ValueError(f"ImageSet.{name} must be (N, H, W) = {(n, *self.images.shape[2:])}, got {tuple(masks.shape)}")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[-1])
+
+    def float_images(self, index: slice | np.ndarray | torch.Tensor = slice(None)) -> torch.Tensor:
+        """Images at ``index`` as float32 in [0, 1]."""
+        return self.images[index].float().div_(255.0)
+
+    def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
+                drop_last: bool = False) -> Iterator[torch.Tensor]:
+        """Float batches in [0, 1]; shuffled with ``generator`` when asked (seeded training)."""
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        stop = n - n % batch_size if drop_last and n >= batch_size else n
+        for start in range(0, stop, batch_size):
+            yield self.float_images(order[start:start + batch_size])
+
+    def subset(self, index: np.ndarray) -> "ImageSet":
+        """The images at integer ``index``, with their labels, ids and masks."""
+        index_t = torch.as_tensor(index, dtype=torch.long)
+        return ImageSet(
+            images=self.images[index_t],
+            labels=self.labels[index],
+            ids=[self.ids[i] for i in index],
+            masks=None if self.masks is None else self.masks[index_t],
+            roi_masks=None if self.roi_masks is None else self.roi_masks[index_t],
+        )
+
+    @classmethod
+    def concat(cls, sets: list["ImageSet"]) -> "ImageSet":
+        """One ImageSet from several of the same size and channels (masks kept only where all have them)."""
+        def joined(name: str) -> torch.Tensor | None:
+            parts = [getattr(s, name) for s in sets]
+            return torch.cat(parts) if all(p is not None for p in parts) else None
+
+        return cls(
+            images=torch.cat([s.images for s in sets]),
+            labels=np.concatenate([s.labels for s in sets]),
+            ids=[i for s in sets for i in s.ids],
+            masks=joined("masks"),
+            roi_masks=joined("roi_masks"),
+        )
+
+    def without_labels(self) -> "ImageSet":
+        """A copy whose labels are all -1 (unknown), for code that must not see them."""
+        return ImageSet(self.images, np.full(len(self), -1), list(self.ids), None, self.roi_masks)
+
+
+@dataclass
+class Subset:
+    """One evaluation unit of a dataset: train normals, validation normals, a labelled test set.
+
+    ``anomaly_pool`` holds labelled anomalies for semi-supervised detectors only; it never overlaps
+    the test set. ``split`` maps every sample id to the part it went to (written into the run folder).
+    """
+
+    name: str
+    train: ImageSet
+    test: ImageSet
+    val: ImageSet | None = None
+    anomaly_pool: ImageSet | None = None
+    split_info: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if np.any(self.train.labels != 0):
+            raise ValueError(f"subset {self.name!r}: the training set must hold normal images only")
+        if self.val is not None and np.any(self.val.labels != 0):
+            raise ValueError(f"subset {self.name!r}: the validation set must hold normal images only")
+        test_ids = set(self.test.ids)
+        for part_name, part in (("train", self.train), ("val", self.val), ("anomaly_pool", self.anomaly_pool)):
+            if part is not None and test_ids.intersection(part.ids):
+                overlap = sorted(test_ids.intersection(part.ids))[:3]
+                raise ValueError(f"subset {self.name!r}: {part_name} and test share ids, e.g. {overlap}")
+
+    def split_rows(self) -> list[tuple[str, str, int]]:
+        """(sample_id, part, label) for every image: the audit trail of the split."""
+        rows = [(i, "train", 0) for i in self.train.ids]
+        if self.val is not None:
+            rows += [(i, "val", 0) for i in self.val.ids]
+        if self.anomaly_pool is not None:
+            rows += [(i, "anomaly_pool", int(label)) for i, label in zip(self.anomaly_pool.ids, self.anomaly_pool.labels)]
+        rows += [(i, "test", int(label)) for i, label in zip(self.test.ids, self.test.labels)]
+        return rows
+
+
+class DatasetError(RuntimeError):
+    """A dataset is missing, malformed, or cannot give what a job asks of it."""
+
+
+class Dataset(abc.ABC):
+    """Base class of dataset adapters.
+
+    Subclasses set ``subsets`` and implement :meth:`load`. Parameters from the config reach
+    ``__init__`` as keyword arguments; ``root`` is ``<data-root>/<name>`` unless the config gives one.
+    """
+
+    name: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    subsets: ClassVar[tuple[str, ...]] = ()
+    needs_download: ClassVar[bool] = True
+
+    def __init__(self, *, root: Path | None, image_size: int, channels: int = 1, split_seed: int = 0) -> None:
+        self.root = None if root is None else Path(root)
+        self.image_size = int(image_size)
+        self.channels = int(channels)
+        self.split_seed = int(split_seed)
+
+    @abc.abstractmethod
+    def load(self, subset: str) -> Subset:
+        """Build subset ``subset`` (one of ``self.subsets``)."""
+
+    def check_subset(self, subset: str) -> None:
+        """Raise a clear error for an unknown subset name."""
+        if subset not in self.subsets:
+            raise DatasetError(f"dataset {self.name!r} has no subset {subset!r}; its subsets: {', '.join(self.subsets)}")

@@ -1,0 +1,147 @@
+"""The detector contract: fit on normal images, score images (higher = more anomalous).
+
+Scores must never use test-set statistics: ``score`` sees one batch and must return the same value
+for an image whatever else is in the batch (eval-mode normalisation, no per-batch min-max).
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from typing import Any, ClassVar, Iterable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from medad.datasets.base import ImageSet
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training loss became NaN or infinite."""
+
+
+class TrainLog:
+    """Collects training curves (epoch, step, loss name, value) and stops on a NaN/inf loss.
+
+    Detectors call :meth:`log` for every loss they want in ``history.csv`` and wrap their epoch
+    loop in :meth:`epochs` for a progress bar.
+    """
+
+    def __init__(self, *, progress: bool = False, description: str = "epochs") -> None:
+        self.rows: list[tuple[int, int, str, float]] = []
+        self.progress = progress
+        self.description = description
+
+    def log(self, epoch: int, step: int, **losses: float | torch.Tensor) -> None:
+        """Record ``losses`` at (epoch, step); raise :class:`NonFiniteLossError` on NaN/inf."""
+        for name, value in losses.items():
+            value = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+            if not math.isfinite(value):
+                raise NonFiniteLossError(f"loss {name!r} became {value} at epoch {epoch}, step {step}")
+            self.rows.append((epoch, step, name, value))
+
+    def epochs(self, count: int) -> Iterable[int]:
+        """``range(count)`` with a tqdm bar when progress is on."""
+        return tqdm(range(count), desc=self.description, leave=False, disable=not self.progress)
+
+
+class Detector(abc.ABC):
+    """Base class of anomaly detectors.
+
+    Hyper-parameters are keyword-only arguments of ``__init__`` with defaults and type hints; the
+    config validator reads them from the signature, so a detector declares nothing twice.
+
+    Class attributes: ``paper`` (citation shown by ``medad list``), ``supervision``
+    (``"unsupervised"`` or ``"semi-supervised"``), ``needs`` (what a dataset must provide, for
+    example ``("roi_masks",)``).
+    """
+
+    name: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    supervision: ClassVar[str] = "unsupervised"
+    needs: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, *, image_size: int, channels: int, device: str | torch.device = "cpu", seed: int = 0) -> None:
+        self.image_size = int(image_size)
+        self.channels = int(channels)
+        self.device = torch.device(device)
+        self.seed = int(seed)
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    # --- the contract -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def fit(self, train: ImageSet, val: ImageSet | None = None, log: TrainLog | None = None) -> None:
+        """Train on ``train`` (normal images only; labels are not to be used)."""
+
+    @abc.abstractmethod
+    def score(self, images: torch.Tensor) -> torch.Tensor:
+        """Anomaly scores ``(N,)`` for float images ``(N, C, H, W)`` in [0, 1]; higher = more anomalous."""
+
+    def score_map(self, images: torch.Tensor) -> torch.Tensor | None:
+        """Pixel anomaly maps ``(N, H, W)``, or None when the detector has none."""
+        return None
+
+    def reconstruct(self, images: torch.Tensor) -> torch.Tensor | None:
+        """Reconstructions ``(N, C, H, W)`` in [0, 1] for report figures, or None."""
+        return None
+
+    @property
+    def weights(self) -> str:
+        """Which pretrained weights the result rests on: ``none`` (trained from scratch), ``imagenet``, ``random``..."""
+        return "none"
+
+    def extra_tags(self) -> dict[str, str]:
+        """Further columns for every CSV row of this detector's results (e.g. ``protocol``)."""
+        return {}
+
+    # --- checkpoints ---------------------------------------------------------------------------
+    def networks(self) -> dict[str, nn.Module]:
+        """The modules whose weights make up a checkpoint (default: every nn.Module attribute)."""
+        return {key: value for key, value in vars(self).items() if isinstance(value, nn.Module)}
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        """Tensors besides network weights that scoring needs (calibration statistics...)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`extra_state` returned."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors only, so that ``torch.load(..., weights_only=True)`` reads it back."""
+        return {
+            "networks": {key: module.state_dict() for key, module in self.networks().items()},
+            "extra": self.extra_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Load what :meth:`state_dict` returned."""
+        networks = self.networks()
+        missing = set(networks) - set(state.get("networks", {}))
+        if missing:
+            raise KeyError(f"checkpoint lacks networks {sorted(missing)} of detector {self.name!r}")
+        for key, module in networks.items():
+            module.load_state_dict(state["networks"][key])
+        self.load_extra_state(state.get("extra", {}))
+
+    def save(self, path) -> None:
+        """Write a checkpoint to ``path``."""
+        torch.save(self.state_dict(), path)
+
+    def load(self, path) -> None:
+        """Read a checkpoint written by :meth:`save` (weights only: no pickled code runs)."""
+        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+
+    # --- helpers for subclasses ----------------------------------------------------------------
+    def to_device(self, images: torch.Tensor) -> torch.Tensor:
+        return images.to(self.device, non_blocking=True)
+
+    def eval_mode(self) -> None:
+        """Put every network in eval mode (scores must not depend on the batch)."""
+        for module in self.networks().values():
+            module.eval()
+
+    def train_mode(self) -> None:
+        for module in self.networks().values():
+            module.train()
+

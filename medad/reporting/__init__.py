@@ -1,0 +1,1 @@
+"""Reporting: console tables, figures, and the HTML report."""
