@@ -88,6 +88,24 @@ def _score_frame(job: Job, run_id: str, part: str, images: ImageSet, scores: np.
                          "label": images.labels, "score": scores})
 
 
+def check_needs(detector_cls: type[Detector], subset: Subset, dataset: str) -> None:
+    """Raise a clear DatasetError when the subset lacks something the detector declares it needs."""
+    provided = {"roi_masks": subset.train.roi_masks is not None, "anomaly_pool": subset.anomaly_pool is not None}
+    for need in detector_cls.needs:
+        if not provided.get(need, False):
+            raise DatasetError(f"detector {detector_cls.name!r} needs {need.replace('_', ' ')} "
+                               f"(declared in its 'needs'); dataset {dataset!r} subset {subset.name!r} provides none")
+
+
+def fit_detector(detector: Detector, subset: Subset, log: TrainLog) -> None:
+    """Fit on the training normals with their labels removed and the validation normals; the test set stays out.
+
+    A semi-supervised detector also gets the labelled anomaly pool (disjoint from the test set).
+    """
+    extra = {"anomaly_pool": subset.anomaly_pool} if detector.supervision == "semi-supervised" else {}
+    detector.fit(subset.train.without_labels(), subset.val, log, **extra)
+
+
 def detector_tags(detector: Detector) -> dict[str, str]:
     """Columns that say what kind of result a row is (supervision, weights, ...)."""
     return {"supervision": detector.supervision, "weights": detector.weights, **detector.extra_tags()}
@@ -100,19 +118,12 @@ def execute(job: Job, run_id: str, progress: bool = False) -> tuple[dict[str, An
     seed_everything(job.seed)
     subset = load_subset(job)
     cls = DETECTORS.get(job.detector_name)
-    for need in cls.needs:
-        if need == "roi_masks" and subset.train.roi_masks is None:
-            raise DatasetError(f"detector {job.detector!r} needs ROI masks for its training images; "
-                               f"dataset {job.dataset!r} subset {job.subset!r} provides none")
-        if need == "anomaly_pool" and subset.anomaly_pool is None:
-            raise DatasetError(f"detector {job.detector!r} needs a labelled anomaly pool; "
-                               f"dataset {job.dataset!r} subset {job.subset!r} provides none")
+    check_needs(cls, subset, job.dataset)
     detector = cls(image_size=job.image_size, channels=job.channels, device=str(device), seed=job.seed,
                    **job.detector_params)
     log = TrainLog(progress=progress, description=f"{job.detector} epochs")
     started = time.perf_counter()
-    fit_kwargs = {"anomaly_pool": subset.anomaly_pool} if cls.supervision == "semi-supervised" else {}
-    detector.fit(subset.train.without_labels(), subset.val, log, **fit_kwargs)
+    fit_detector(detector, subset, log)
     timings["train_s"] = time.perf_counter() - started
 
     started = time.perf_counter()

@@ -125,7 +125,9 @@ class RunFolder:
         records = self.records()
         for name in tables:
             if name == "jobs":
-                frame = ordered(pd.DataFrame(records), "jobs")
+                rows = [{k: json.dumps(v, sort_keys=True) if isinstance(v, dict) else v for k, v in r.items()
+                         if k not in ("traceback", "tags")} for r in records]
+                frame = ordered(pd.DataFrame(rows), "jobs")
             else:
                 parts = [pd.read_csv(self.job_dir(r["job_id"]) / JOB_FILES[name], keep_default_na=True)
                          for r in records if (self.job_dir(r["job_id"]) / JOB_FILES[name]).is_file()]

@@ -55,8 +55,8 @@ class LesionSpec:
 
 
 SUBSET_LESIONS = {
-    "obvious": LesionSpec(radius=(0.09, 0.14), contrast=(0.10, 0.15), count=(1, 2)),
-    "subtle": LesionSpec(radius=(0.035, 0.06), contrast=(0.035, 0.06), count=(1, 1)),
+    "obvious": LesionSpec(radius=(0.09, 0.14), contrast=(0.15, 0.22), count=(1, 2)),
+    "subtle": LesionSpec(radius=(0.04, 0.07), contrast=(0.05, 0.08), count=(1, 1)),
 }
 
 

@@ -53,14 +53,20 @@ class Detector(abc.ABC):
     config validator reads them from the signature, so a detector declares nothing twice.
 
     Class attributes: ``paper`` (citation shown by ``medad list``), ``supervision``
-    (``"unsupervised"`` or ``"semi-supervised"``), ``needs`` (what a dataset must provide, for
-    example ``("roi_masks",)``).
+    (``"unsupervised"`` or ``"semi-supervised"``), ``needs`` (what a dataset must provide:
+    ``"roi_masks"``, ``"anomaly_pool"``), ``smoke_params`` (hyper-parameters for a fit of a few
+    seconds on 32 px images: what the conformance kit and CI use; ``smoke_image_size`` if 32 is too small).
+
+    A semi-supervised detector's ``fit`` also receives ``anomaly_pool=`` (labelled anomalies that
+    never overlap the test set).
     """
 
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     supervision: ClassVar[str] = "unsupervised"
     needs: ClassVar[tuple[str, ...]] = ()
+    smoke_params: ClassVar[dict[str, Any]] = {}
+    smoke_image_size: ClassVar[int] = 32
 
     def __init__(self, *, image_size: int, channels: int, device: str | torch.device = "cpu", seed: int = 0) -> None:
         self.image_size = int(image_size)

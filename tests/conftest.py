@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny synthetic subsets and small configs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))  # `tests.support` for detectors used only by tests
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def tiny_synthetic(image_size: int = 32, subset: str = "obvious", **params):
+    """A small, very obvious synthetic subset: what smoke fits are judged on."""
+    from medad.datasets.synthetic import SyntheticHeadCT
+
+    defaults = dict(n_train=64, n_val=16, n_test=40, n_anomaly_pool=8,
+                    lesion_radius=[0.14, 0.18], lesion_contrast=[0.25, 0.3])
+    return SyntheticHeadCT(image_size=image_size, **{**defaults, **params}).load(subset)
+
+
+@pytest.fixture(scope="session")
+def tiny_subset():
+    return tiny_synthetic()
+
+
+def write_config(path: Path, *, detectors: list[dict], name: str = "tiny", image_size: int = 32,
+                 seeds: tuple[int, ...] = (0,), subsets: tuple[str, ...] = ("obvious",), dataset_params=None) -> Path:
+    """A YAML config over the tiny synthetic dataset."""
+    import yaml
+
+    params = dataset_params or {"n_train": 48, "n_val": 12, "n_test": 24}
+    config = {"name": name, "image_size": image_size, "seeds": list(seeds), "device": "cpu",
+              "datasets": [{"name": "synthetic", "subsets": list(subsets), "params": params}],
+              "detectors": detectors}
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
