@@ -71,14 +71,20 @@ def _with_skipped(run_folder: RunFolder, jobs: list[Job]) -> pd.DataFrame:
 
 def run_matrix(config: RunConfig, run_folder: RunFolder, *, data_root: str | None = None, executor: str = "local",
                workers: int | None = None, resume: bool = False, progress: bool = True, fail_fast: bool = False,
-               argv: list[str] | None = None) -> RunSummary:
-    """Run every job of ``config`` not yet done in ``run_folder``; return the counts by status."""
+               argv: list[str] | None = None, executor_options: dict[str, Any] | None = None) -> RunSummary:
+    """Run every job of ``config`` not yet done in ``run_folder``; return the counts by status.
+
+    ``executor_options`` go to :func:`make_executor` (``ray_address``, ``max_retries``, ``slurm_params``...).
+    A resumed run may use another executor than the one it started with: done jobs are found in the folder.
+    """
+    executor_options = executor_options or {}
     argv = argv if argv is not None else sys.argv
     if resume:
         manifest = run_folder.read_manifest()
         data_root = manifest.get("data_root") if data_root is None else data_root
         removed = run_folder.remove_partial()
-        manifest["sessions"].append({"resumed": now(), "partial_jobs_removed": removed, "command": argv})
+        manifest["sessions"].append({"resumed": now(), "partial_jobs_removed": removed, "command": argv,
+                                     "executor": executor})
     else:
         if run_folder.manifest_path.exists():
             raise FileExistsError(f"{run_folder.path} already holds a run; use --resume {run_folder.path} or another --run-id")
@@ -91,7 +97,7 @@ def run_matrix(config: RunConfig, run_folder: RunFolder, *, data_root: str | Non
     jobs = expand_jobs(config, data_root)
     done = run_folder.done_job_ids()
     pending = [job for job in jobs if job.job_id not in done]
-    if progress and done:
+    if done:
         print(f"resuming: {len(done)} of {len(jobs)} jobs already done, {len(pending)} to run", file=sys.stderr)
 
     stop = {"failed": False}
@@ -103,10 +109,11 @@ def run_matrix(config: RunConfig, run_folder: RunFolder, *, data_root: str | Non
             print(f"job {record['job_id']} failed: {record['error']}", file=sys.stderr)
 
     if fail_fast:  # one job at a time, so that nothing starts after the first failure
-        make_executor(executor, "cpu", 1).run(pending, run_folder, on_record, progress=progress,
-                                              stop=lambda: stop["failed"])
+        make_executor(executor, "cpu", 1, **executor_options).run(pending, run_folder, on_record, progress=progress,
+                                                                  stop=lambda: stop["failed"])
     else:
-        make_executor(executor, config.device, workers).run(pending, run_folder, on_record, progress=progress)
+        make_executor(executor, config.device, workers, **executor_options).run(pending, run_folder, on_record,
+                                                                                progress=progress)
 
     run_folder.merge()
     jobs_frame = _with_skipped(run_folder, jobs)

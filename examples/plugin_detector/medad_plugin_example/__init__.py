@@ -1,0 +1,1 @@
+"""An example medad plugin: see detector.py."""

@@ -1,0 +1,51 @@
+"""Detectors used only by tests, reached through dotted class paths (``tests.support.detectors:Name``)."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from medad.datasets.base import ImageSet
+from medad.detectors.base import Detector, TrainLog
+
+
+class TemplateDistance(Detector):
+    """Distance to the mean training image, blurred: quick, deterministic, separates obvious lesions a bit."""
+
+    name = "template-distance"
+
+    def __init__(self, *, image_size: int, channels: int, device: str = "cpu", seed: int = 0,
+                 fit_seconds: float = 0.0) -> None:
+        super().__init__(image_size=image_size, channels=channels, device=device, seed=seed)
+        self.fit_seconds = fit_seconds
+        self.template = torch.zeros(channels, image_size, image_size)
+
+    def fit(self, train: ImageSet, val: ImageSet | None = None, log: TrainLog | None = None) -> None:
+        log = log or TrainLog()
+        self.template = train.float_images().mean(dim=0)
+        time.sleep(self.fit_seconds)
+        log.log(0, 0, template_norm=self.template.norm())
+
+    def score(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.template).pow(2).flatten(1).mean(dim=1)
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        return {"template": self.template}
+
+    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.template = state["template"]
+
+
+class FailingDetector(TemplateDistance):
+    """Raises inside fit."""
+
+    def fit(self, train: ImageSet, val: ImageSet | None = None, log: TrainLog | None = None) -> None:
+        raise RuntimeError("deliberate failure inside fit")
+
+
+class NaNLossDetector(TemplateDistance):
+    """Its training loss becomes NaN."""
+
+    def fit(self, train: ImageSet, val: ImageSet | None = None, log: TrainLog | None = None) -> None:
+        (log or TrainLog()).log(0, 0, loss=float("nan"))

@@ -1,0 +1,75 @@
+"""Config validation: unknown keys, unknown names and wrong types name the key and list what is allowed."""
+
+from __future__ import annotations
+
+import pytest
+
+from medad.benchmark.config import ConfigError, load_config, narrow, parse_config
+from tests.conftest import REPO_ROOT
+
+
+def base(**changes):
+    config = {"name": "t", "image_size": 32, "datasets": [{"name": "synthetic"}], "detectors": [{"name": "ae"}]}
+    config.update(changes)
+    return config
+
+
+def test_defaults_are_filled_and_all_subsets_taken():
+    config = parse_config(base())
+    assert config.seeds == [0] and config.device == "auto" and config.channels == 1
+    assert config.datasets[0].subsets == ["obvious", "subtle"]
+    assert config.detectors[0].label == "ae"
+
+
+def test_shipped_default_config_is_valid():
+    config = load_config(REPO_ROOT / "configs" / "default.yaml")
+    assert config.name == "default" and any(d.name == "synthetic" for d in config.datasets)
+
+
+@pytest.mark.parametrize("raw,expected", [
+    (base(imagesize=3), "imagesize: unknown key; allowed:"),
+    (base(image_size="64"), "image_size: expected int, got str"),
+    (base(seeds=[0, "one"]), "seeds[1]: expected int"),
+    (base(device="tpu"), "device: expected one of auto, cpu, cuda"),
+    (base(channels=2), "channels: expected 1 or 3"),
+    (base(detectors=[{"name": "nope"}]), "detectors[0].name: unknown detector 'nope'; known detectors: "),
+    (base(datasets=[{"name": "nope"}]), "datasets[0].name: unknown dataset 'nope'"),
+    (base(datasets=[{"name": "synthetic", "subsets": ["huge"]}]), "has no subset 'huge'; its subsets: obvious, subtle"),
+    (base(detectors=[{"name": "ae", "params": {"epoch": 3}}]), "detectors[0].params.epoch: unknown parameter of 'ae'; allowed: "),
+    (base(detectors=[{"name": "ae", "params": {"lr": "fast"}}]), "detectors[0].params.lr: expected float, got str"),
+    (base(detectors=[{"name": "ae", "params": {"epochs": 2.5}}]), "detectors[0].params.epochs: expected int, got float"),
+    (base(datasets=[{"name": "synthetic", "params": {"lesion_radius": [0.1, "x"]}}]), "lesion_radius[1]: expected float"),
+    (base(detectors=[{"name": "ae"}, {"name": "ae"}]), "label 'ae' appears twice"),
+    (base(detectors=[{"name": "ae", "params": {"seed": 3}}]), "unknown parameter"),
+    ({"name": "t"}, "image_size: missing (required)"),
+])
+def test_bad_configs_name_the_key(raw, expected):
+    with pytest.raises(ConfigError) as error:
+        parse_config(raw)
+    assert expected in str(error.value)
+
+
+def test_allowed_parameters_are_listed():
+    with pytest.raises(ConfigError) as error:
+        parse_config(base(detectors=[{"name": "ae", "params": {"epoch": 3}}]))
+    assert "epochs" in str(error.value) and "lr" in str(error.value)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_narrowing_by_cli_flags():
+    config = parse_config(base(detectors=[{"name": "ae"}, {"name": "ae", "label": "ae-wide", "params": {"width": 64}}],
+                               seeds=[0, 1, 2]))
+    narrowed = narrow(config, detectors=["ae-wide"], seeds=[5], device="cpu")
+    assert [d.label for d in narrowed.detectors] == ["ae-wide"] and narrowed.seeds == [5] and narrowed.device == "cpu"
+    with pytest.raises(ConfigError, match="--detectors: 'x' is not in the config"):
+        narrow(parse_config(base()), detectors=["x"])
+    with pytest.raises(ConfigError, match="--device"):
+        narrow(parse_config(base()), device="gpu")
