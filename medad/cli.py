@@ -38,10 +38,20 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--datasets", type=_csv, default=None, help="only these datasets (comma-separated)")
     parser.add_argument("--seeds", type=_seeds, default=None, help="these seeds instead of the config's")
     parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--executor", default="local", choices=["local"], help="how jobs are run")
-    parser.add_argument("--workers", type=int, default=None, help="worker processes (default: one per GPU; CPU: 1)")
+    parser.add_argument("--executor", default="local", choices=["local", "ray", "slurm"],
+                        help="how jobs are run: local processes, Ray tasks (medad[ray]), SLURM array jobs (medad[slurm])")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="local: worker processes (default: one per GPU; CPU: 1); ray/slurm: jobs at once (default: all)")
+    parser.add_argument("--ray-address", default=None,
+                        help="Ray cluster to use: 'auto' or ray://host:port (default: start a local Ray instance)")
+    parser.add_argument("--max-retries", type=int, default=2,
+                        help="ray/slurm: times a job lost with its worker or node is run again (default: 2)")
+    parser.add_argument("--slurm-param", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra sbatch option for --executor slurm, e.g. partition=gpu (repeatable)")
     parser.add_argument("--fail-fast", action="store_true", help="stop after the first failed job (the rest: skipped)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="decode the datasets' images again instead of using the decode cache ($MEDAD_CACHE)")
 
 
 def command_run(args: argparse.Namespace) -> int:
@@ -50,6 +60,10 @@ def command_run(args: argparse.Namespace) -> int:
     from medad.reporting.console import auc_table
 
     data_root = args.data_root or os.environ.get("MEDAD_DATA")
+    if args.no_cache:
+        from medad.datasets.cache import NO_CACHE_ENV
+
+        os.environ[NO_CACHE_ENV] = "1"  # read by the dataset loaders, inherited by worker processes
     if args.resume is not None:
         if args.config or args.detectors or args.datasets or args.seeds or args.run_id:
             raise ConfigError("--resume takes the run's own config; drop --config/--detectors/--datasets/--seeds/--run-id")
@@ -62,14 +76,44 @@ def command_run(args: argparse.Namespace) -> int:
         config = narrow(config, detectors=args.detectors, datasets=args.datasets, seeds=args.seeds, device=args.device)
         run_id = args.run_id or f"{config.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
         run_folder = RunFolder(args.results / run_id)
+    if args.ray_address is not None and args.executor != "ray":
+        raise ConfigError("--ray-address needs --executor ray")
+    if args.slurm_param and args.executor != "slurm":
+        raise ConfigError("--slurm-param needs --executor slurm")
+    from medad.benchmark.slurm_executor import parse_slurm_params
+
+    options = {"ray_address": args.ray_address, "max_retries": args.max_retries,
+               "slurm_params": parse_slurm_params(args.slurm_param)}
     summary = run_matrix(config, run_folder, data_root=data_root, executor=args.executor, workers=args.workers,
                          resume=args.resume is not None, progress=not args.quiet, fail_fast=args.fail_fast,
-                         argv=sys.argv)
+                         argv=sys.argv, executor_options=options)
     print(auc_table(run_folder.path))
     counts = ", ".join(f"{n} {status}" for status, n in summary.counts.items())
     print(f"\n{len(summary.jobs)} jobs: {counts}")
     print(f"run folder: {run_folder.path}")
-    return 0 if summary.ok else 1
+    report = _report_or_error(run_folder.path, args.reports)
+    return 0 if summary.ok and report is not None else 1
+
+
+def _report_or_error(run_path: Path, reports: Path) -> Path | None:
+    """Build the HTML report and print its path; on failure print why (the run folder stays complete)."""
+    from medad.reporting.html import build_report
+
+    try:
+        index = build_report(run_path, reports)
+    except Exception as error:  # a report bug must not hide the finished run
+        print(f"medad: the report of {run_path} failed: {type(error).__name__}: {error}\n"
+              f"  rebuild it with: medad report {run_path} --reports {reports}", file=sys.stderr)
+        return None
+    print(f"report: {index}")
+    return index
+
+
+def command_report(args: argparse.Namespace) -> int:
+    from medad.reporting.html import build_report
+
+    print(f"report: {build_report(args.run_dir, args.reports)}")
+    return 0
 
 
 def command_list(args: argparse.Namespace) -> int:
@@ -86,6 +130,23 @@ def command_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_datasets_check(args: argparse.Namespace) -> int:
+    from medad.benchmark.registry import DATASETS
+    from medad.datasets.files import FileDataset
+
+    cls = DATASETS.get(args.name)
+    if not issubclass(cls, FileDataset):
+        print(f"{args.name}: built in, nothing to check")
+        return 0
+    data_root = args.data_root or os.environ.get("MEDAD_DATA")
+    root = args.root or (Path(data_root) / args.name if data_root else None)
+    if root is None:
+        raise ConfigError("datasets check needs --data-root DIR (or $MEDAD_DATA, or --root DIR)")
+    report = cls(root=root, image_size=32).check(strict_counts=not args.allow_other_counts)
+    print("\n".join(report.lines))
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medad", description="Benchmark harness for anomaly detection in medical images")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -94,6 +155,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=command_run)
     listing = commands.add_parser("list", help="list registered detectors and datasets")
     listing.set_defaults(handler=command_list)
+    report = commands.add_parser("report", help="(re)build the HTML report from a run folder's CSVs")
+    report.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run folder (results/<run-id>)")
+    report.add_argument("--reports", type=Path, default=Path("reports"),
+                        help="output root: the report goes to REPORTS/<run-id>/index.html (default: reports/)")
+    report.set_defaults(handler=command_report)
+    datasets = commands.add_parser("datasets", help="work with the real datasets")
+    datasets_commands = datasets.add_subparsers(dest="datasets_command", required=True)
+    check = datasets_commands.add_parser("check", help="validate a download: layout, counts, unreadable files")
+    check.add_argument("name", help="dataset registry name, e.g. head-ct")
+    check.add_argument("--data-root", default=None, help="folder holding <name>/ (default: $MEDAD_DATA)")
+    check.add_argument("--root", type=Path, default=None, help="the dataset's own folder (instead of DATA_ROOT/<name>)")
+    check.add_argument("--allow-other-counts", action="store_true",
+                       help="counts that match no known release are a warning, not an error")
+    check.set_defaults(handler=command_datasets_check)
     return parser
 
 
@@ -102,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except (ConfigError, FileNotFoundError, FileExistsError, KeyError, ValueError) as error:
+    except (ConfigError, FileNotFoundError, FileExistsError, KeyError, ValueError, ConnectionError) as error:
         print(f"medad: error: {error}", file=sys.stderr)
         return 2
 

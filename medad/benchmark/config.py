@@ -9,6 +9,7 @@ Schema (DESIGN.md)::
     device: auto
     score_batch_size: 64
     save_checkpoints: false
+    resources: {cpus: 1, gpus: 1, memory_gb: 16, time_min: 240}   # optional: what each job asks a cluster for
     datasets:
       - name: synthetic
         subsets: [obvious, subtle]   # omitted: every subset
@@ -18,6 +19,7 @@ Schema (DESIGN.md)::
       - name: ae
         label: ae-small              # optional; the name in CSVs (default: name)
         params: {epochs: 10}
+        resources: {memory_gb: 32}   # optional; overrides the top-level resources for this detector's jobs
 
 Detector and dataset ``params`` are checked against the keyword arguments of the class's
 ``__init__``: an unknown key lists the allowed ones, a wrong type names the expected one.
@@ -54,6 +56,7 @@ class DetectorEntry:
     name: str
     label: str
     params: dict[str, Any] = field(default_factory=dict)
+    resources: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -67,6 +70,7 @@ class RunConfig:
     save_checkpoints: bool
     datasets: list[DatasetEntry]
     detectors: list[DetectorEntry]
+    resources: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,9 +78,12 @@ class RunConfig:
 
 _TOP_KEYS = {
     "name": str, "image_size": int, "channels": int, "seeds": list, "device": str,
-    "score_batch_size": int, "save_checkpoints": bool, "datasets": list, "detectors": list,
+    "score_batch_size": int, "save_checkpoints": bool, "datasets": list, "detectors": list, "resources": dict,
 }
-_DEFAULTS = {"channels": 1, "seeds": [0], "device": "auto", "score_batch_size": 64, "save_checkpoints": False}
+_DEFAULTS = {"channels": 1, "seeds": [0], "device": "auto", "score_batch_size": 64, "save_checkpoints": False,
+             "resources": {}}
+# What a job may ask a cluster (Ray, SLURM) for; the smallest value each may take.
+RESOURCE_KEYS = {"cpus": 1, "gpus": 0, "memory_gb": 0, "time_min": 1}
 _REQUIRED = ("name", "image_size", "datasets", "detectors")
 _DEVICES = ("auto", "cpu", "cuda")
 # Arguments the harness passes itself; a config may not set them in params.
@@ -87,6 +94,20 @@ def check_device(key: str, value: str) -> None:
     """Raise ConfigError unless ``value`` is auto, cpu, cuda or cuda:N."""
     if value not in _DEVICES and not (value.startswith("cuda:") and value[5:].isdigit()):
         raise ConfigError(f"{key}: expected one of {', '.join(_DEVICES)} (or cuda:N), got {value!r}")
+
+
+def check_resources(where: str, resources: Any) -> dict[str, Any]:
+    """Validate a ``resources`` mapping (cpus, gpus, memory_gb, time_min: numbers, each at least its minimum)."""
+    if resources is None:
+        return {}
+    if not isinstance(resources, dict):
+        raise ConfigError(f"{where}: expected a mapping like {{cpus: 1, gpus: 1}}, got {type(resources).__name__}")
+    for key, value in resources.items():
+        if key not in RESOURCE_KEYS:
+            raise ConfigError(f"{where}.{key}: unknown resource; allowed: {', '.join(RESOURCE_KEYS)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < RESOURCE_KEYS[key]:
+            raise ConfigError(f"{where}.{key}: expected a number >= {RESOURCE_KEYS[key]}, got {value!r}")
+    return dict(resources)
 
 
 def _type_name(expected: Any) -> str:
@@ -139,13 +160,24 @@ def _check_type(key: str, value: Any, expected: Any) -> None:
 
 
 def hyperparameters(cls: type) -> dict[str, inspect.Parameter]:
-    """The keyword arguments of ``cls.__init__`` a config may set, with their defaults and hints."""
-    hints = typing.get_type_hints(cls.__init__)
+    """The keyword arguments of ``cls.__init__`` a config may set, with their defaults and hints.
+
+    An ``__init__`` that forwards ``**kwargs`` also accepts its parent classes' keyword arguments.
+    """
     params = {}
-    for name, parameter in inspect.signature(cls.__init__).parameters.items():
-        if name in _HARNESS_ARGS or parameter.kind in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL):
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None or klass is object:
             continue
-        params[name] = parameter.replace(annotation=hints.get(name, parameter.annotation))
+        hints = typing.get_type_hints(init)
+        forwards = False
+        for name, parameter in inspect.signature(init).parameters.items():
+            forwards = forwards or parameter.kind == parameter.VAR_KEYWORD
+            if name in _HARNESS_ARGS or parameter.kind in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL):
+                continue
+            params.setdefault(name, parameter.replace(annotation=hints.get(name, parameter.annotation)))
+        if not forwards:
+            break
     return params
 
 
@@ -220,11 +252,12 @@ def parse_config(raw: Any, source: str = "<config>") -> RunConfig:
     detectors = []
     for i, entry in enumerate(values["detectors"]):
         where = f"detectors[{i}]"
-        entry = _check_keys(where, entry, {"name", "label", "params"}, ("name",))
+        entry = _check_keys(where, entry, {"name", "label", "params", "resources"}, ("name",))
         cls = _lookup(DETECTORS, where, entry["name"])
         label = entry.get("label", entry["name"])
         _check_type(f"{where}.label", label, str)
-        detectors.append(DetectorEntry(entry["name"], label, check_params(where, cls, entry.get("params"))))
+        detectors.append(DetectorEntry(entry["name"], label, check_params(where, cls, entry.get("params")),
+                                       check_resources(f"{where}.resources", entry.get("resources"))))
     labels = [d.label for d in detectors]
     duplicated = sorted({label for label in labels if labels.count(label) > 1})
     if duplicated:
@@ -234,6 +267,7 @@ def parse_config(raw: Any, source: str = "<config>") -> RunConfig:
         name=values["name"], image_size=values["image_size"], channels=values["channels"],
         seeds=list(values["seeds"]), device=values["device"], score_batch_size=values["score_batch_size"],
         save_checkpoints=values["save_checkpoints"], datasets=datasets, detectors=detectors,
+        resources=check_resources("resources", values["resources"]),
     )
 
 

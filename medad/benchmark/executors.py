@@ -17,9 +17,9 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from medad.benchmark.job_runner import run_job
+from medad.benchmark.job_runner import run_job, write_lost_job
 from medad.benchmark.jobs import Job
-from medad.benchmark.run_folder import RunFolder, now
+from medad.benchmark.run_folder import RunFolder
 
 OnRecord = Callable[[dict[str, Any]], None]
 
@@ -130,11 +130,8 @@ class ProcessPoolExecutor:
             if process.is_alive() or name not in running:
                 continue
             job = by_id[running.pop(name)]
-            record = {"run_id": run_folder.run_id, "job_id": job.job_id, **job.keys(), "detector_name": job.detector_name,
-                      "status": "failed", "error": f"worker {name} died (exit code {process.exitcode}) while running the job",
-                      "worker": name, "started": "", "finished": now()}
-            run_folder.write_job(job.job_id, record, {})
-            on_record(record)
+            on_record(write_lost_job(run_folder, job, f"worker {name} died (exit code {process.exitcode}) while "
+                                                      "running the job", name))
             bar.update()
             lost += 1
             tasks.put(None)  # the replacement's own stop sentinel
@@ -153,10 +150,28 @@ def visible_gpu_ids() -> list[str]:
     return [str(i) for i in range(count)]
 
 
-def make_executor(name: str, device: str, workers: int | None) -> InProcessExecutor | ProcessPoolExecutor:
-    """The executor for ``--executor name``: GPUs get one worker each; CPU runs in-process unless --workers > 1."""
+EXECUTORS = ("local", "ray", "slurm")
+
+
+def make_executor(name: str, device: str, workers: int | None, *, ray_address: str | None = None,
+                  max_retries: int = 2, slurm_cluster: str = "slurm", slurm_params: dict[str, Any] | None = None):
+    """The executor for ``--executor name``.
+
+    ``local``: GPUs get one worker each; CPU runs in-process unless --workers > 1. ``ray`` and ``slurm``
+    run each job remotely (``workers``: at most that many at once); a lost task runs again up to
+    ``max_retries`` times.
+    """
+    if name == "ray":
+        from medad.benchmark.ray_executor import RayExecutor
+
+        return RayExecutor(address=ray_address, max_retries=max_retries, max_in_flight=workers)
+    if name == "slurm":
+        from medad.benchmark.slurm_executor import SlurmExecutor
+
+        return SlurmExecutor(cluster=slurm_cluster, max_retries=max_retries, max_in_flight=workers,
+                             slurm_params=slurm_params)
     if name != "local":
-        raise ValueError(f"unknown executor {name!r}; available: local")
+        raise ValueError(f"unknown executor {name!r}; available: {', '.join(EXECUTORS)}")
     gpus = visible_gpu_ids() if device != "cpu" else []
     if gpus:
         count = workers or len(gpus)

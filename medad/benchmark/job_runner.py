@@ -7,12 +7,14 @@ without labels and the validation normals; it never sees the test set.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import tempfile
 import time
 import traceback
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +23,13 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from medad.benchmark.examples import write_examples
 from medad.benchmark.jobs import Job
-from medad.benchmark.metrics import MetricRow, image_metrics, pixel_metrics
+from medad.benchmark.metrics import MetricRow, image_metrics, pixel_metrics, screening_metrics, threshold_val_q95
 from medad.benchmark.registry import DATASETS, DETECTORS
 from medad.benchmark.resources import PeakMemory, resolve_device, seed_everything
 from medad.benchmark.run_folder import RunFolder, now
+from medad.benchmark.statistics import bootstrap_intervals
 from medad.datasets.base import DatasetError, ImageSet, Subset
 from medad.detectors.base import Detector, TrainLog
 
@@ -75,10 +79,14 @@ def maps_in_batches(detector: Detector, images: ImageSet, batch_size: int) -> np
     return torch.cat(parts).numpy()
 
 
-def _metric_frame(job: Job, run_id: str, rows: list[MetricRow], tags: dict[str, str]) -> pd.DataFrame:
+def _metric_frame(job: Job, run_id: str, rows: list[MetricRow], tags: dict[str, str],
+                  intervals: dict[str, tuple[float, float]] | None = None) -> pd.DataFrame:
+    """The job's metrics.csv; ``intervals`` gives bootstrap (ci_low, ci_high) by metric name."""
+    intervals = intervals or {}
     return pd.DataFrame([
-        {"run_id": run_id, **job.keys(), **tags, "metric": r.metric, "value": r.value, "ci_low": np.nan,
-         "ci_high": np.nan, "threshold_policy": r.threshold_policy, "oracle": r.oracle, "note": r.note}
+        {"run_id": run_id, **job.keys(), **tags, "metric": r.metric, "value": r.value,
+         "ci_low": intervals.get(r.metric, (np.nan, np.nan))[0], "ci_high": intervals.get(r.metric, (np.nan, np.nan))[1],
+         "threshold_policy": r.threshold_policy, "oracle": r.oracle, "note": r.note}
         for r in rows
     ])
 
@@ -100,9 +108,12 @@ def check_needs(detector_cls: type[Detector], subset: Subset, dataset: str) -> N
 def fit_detector(detector: Detector, subset: Subset, log: TrainLog) -> None:
     """Fit on the training normals with their labels removed and the validation normals; the test set stays out.
 
-    A semi-supervised detector also gets the labelled anomaly pool (disjoint from the test set).
+    A semi-supervised detector also gets the labelled anomaly pool (disjoint from the test set). A
+    detector whose ``sees_test_set`` is true (an explicit, tagged reference-protocol quirk) gets ``test=``.
     """
     extra = {"anomaly_pool": subset.anomaly_pool} if detector.supervision == "semi-supervised" else {}
+    if getattr(detector, "sees_test_set", False):  # a marked reference-protocol quirk (e.g. GANomaly's best-epoch-on-test)
+        extra["test"] = subset.test
     detector.fit(subset.train.without_labels(), subset.val, log, **extra)
 
 
@@ -130,6 +141,13 @@ def execute(job: Job, run_id: str, progress: bool = False) -> tuple[dict[str, An
     test_scores = score_in_batches(detector, subset.test, job.score_batch_size)
     val_scores = score_in_batches(detector, subset.val, job.score_batch_size) if subset.val is not None else None
     rows = image_metrics(subset.test.labels, test_scores, val_scores)
+    # the high-sensitivity screening filter (screen_s98) is calibrated on the labelled anomaly pool
+    pool_scores = (score_in_batches(detector, subset.anomaly_pool, job.score_batch_size)
+                   if subset.anomaly_pool is not None else None)
+    rows += screening_metrics(subset.test.labels, test_scores, pool_scores,
+                              in_sample=detector.supervision == "semi-supervised")
+    # 95% stratified bootstrap intervals of ROC/PR AUC, 1000 resamples seeded by the job's seed
+    intervals = bootstrap_intervals(subset.test.labels, test_scores, seed=job.seed)
     if subset.test.masks is not None:
         maps = maps_in_batches(detector, subset.test, job.score_batch_size)
         if maps is not None:
@@ -141,7 +159,7 @@ def execute(job: Job, run_id: str, progress: bool = False) -> tuple[dict[str, An
     if val_scores is not None:
         scores.append(_score_frame(job, run_id, "val", subset.val, val_scores))
     tables = {
-        "metrics": _metric_frame(job, run_id, rows, tags),
+        "metrics": _metric_frame(job, run_id, rows, tags, intervals),
         "scores": pd.concat(scores, ignore_index=True),
         "history": pd.DataFrame([{"run_id": run_id, **job.keys(), "epoch": e, "step": s, "loss_name": n, "value": v}
                                  for e, s, n, v in log.rows]),
@@ -149,6 +167,13 @@ def execute(job: Job, run_id: str, progress: bool = False) -> tuple[dict[str, An
                                  "part": part, "label": label} for i, part, label in subset.split_rows()]),
     }
     files = {}
+    threshold = threshold_val_q95(val_scores) if val_scores is not None and len(val_scores) else float("nan")
+    try:  # a few test images with reconstructions/maps for the report's figures; never fails a finished job
+        examples = write_examples(detector, subset.test, test_scores, threshold)
+    except Exception as error:
+        examples, timings["examples_error"] = None, f"{type(error).__name__}: {error}"
+    if examples is not None:
+        files[examples.name] = examples
     if job.save_checkpoints:
         checkpoint = Path(tempfile.mkdtemp(prefix="medad-ckpt-")) / "model.pt"
         detector.save(checkpoint)
@@ -158,13 +183,51 @@ def execute(job: Job, run_id: str, progress: bool = False) -> tuple[dict[str, An
     return timings, tables, files
 
 
-def run_job(job: Job, run_folder: RunFolder, worker: str = "main", progress: bool = False) -> dict[str, Any]:
-    """Run ``job`` and write its folder; return the job record (status done or failed)."""
-    record: dict[str, Any] = {
-        "run_id": run_folder.run_id, "job_id": job.job_id, **job.keys(), "detector_name": job.detector_name,
-        "status": "failed", "error": "", "worker": f"{socket.gethostname()}:{worker}:{os.getpid()}",
-        "started": now(), "params": job.detector_params, "dataset_params": job.dataset_params,
+@dataclass
+class JobOutput:
+    """What a job produces: its record (status, timings, errors), its tables, and its files (checkpoints).
+
+    ``files`` maps a file name to a temporary path on the machine that ran the job, or to the file's
+    bytes once :meth:`portable` made the output fit to travel to another machine.
+    """
+
+    record: dict[str, Any]
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    files: dict[str, Path | bytes] = field(default_factory=dict)
+
+    def portable(self) -> "JobOutput":
+        """The same output with its files read into memory (and the temporary copies removed)."""
+        files = {}
+        for name, source in self.files.items():
+            if isinstance(source, Path):
+                files[name] = source.read_bytes()
+                source.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # the job's own temporary folder, once empty
+                    source.parent.rmdir()
+            else:
+                files[name] = source
+        return JobOutput(self.record, self.tables, files)
+
+
+def job_record(job: Job, run_id: str, worker: str) -> dict[str, Any]:
+    """A job's record before it runs: its keys, where it runs, and status ``failed`` until it succeeds."""
+    return {
+        "run_id": run_id, "job_id": job.job_id, **job.keys(), "detector_name": job.detector_name,
+        "status": "failed", "error": "", "worker": worker, "started": now(),
+        "params": job.detector_params, "dataset_params": job.dataset_params,
     }
+
+
+def write_lost_job(run_folder: RunFolder, job: Job, error: str, worker: str) -> dict[str, Any]:
+    """Record a job whose worker was lost (died, or its node did) before it returned: ``failed``, with ``error``."""
+    record = {**job_record(job, run_folder.run_id, worker), "error": error, "started": "", "finished": now()}
+    run_folder.write_job(job.job_id, record, {})
+    return record
+
+
+def compute_job(job: Job, run_id: str, worker: str = "main", progress: bool = False) -> JobOutput:
+    """Run ``job`` and return its output (status done or failed); writes nothing to the run folder."""
+    record = job_record(job, run_id, f"{socket.gethostname()}:{worker}:{os.getpid()}")
     tables: dict[str, pd.DataFrame] = {}
     files: dict[str, Path] = {}
     started = time.perf_counter()
@@ -174,7 +237,7 @@ def run_job(job: Job, run_folder: RunFolder, worker: str = "main", progress: boo
         device = torch.device("cpu")
     with PeakMemory(device) as peak:
         try:
-            timings, tables, files = execute(job, run_folder.run_id, progress)
+            timings, tables, files = execute(job, run_id, progress)
             record.update(timings)
             record["status"] = "done"
         except Exception as error:  # recorded, and the matrix goes on
@@ -183,5 +246,15 @@ def run_job(job: Job, run_folder: RunFolder, worker: str = "main", progress: boo
             record["device"] = str(device)
     record.update(wall_s=time.perf_counter() - started, peak_rss_mb=peak.rss_mb,
                   peak_gpu_mb=peak.gpu_mb, finished=now())
-    run_folder.write_job(job.job_id, record, tables, files)
-    return record
+    return JobOutput(record, tables, files)
+
+
+def write_output(run_folder: RunFolder, output: JobOutput) -> dict[str, Any]:
+    """Write a job's output as its folder in ``run_folder``; return its record."""
+    run_folder.write_job(output.record["job_id"], output.record, output.tables, output.files)
+    return output.record
+
+
+def run_job(job: Job, run_folder: RunFolder, worker: str = "main", progress: bool = False) -> dict[str, Any]:
+    """Run ``job`` and write its folder; return the job record (status done or failed)."""
+    return write_output(run_folder, compute_job(job, run_folder.run_id, worker, progress))

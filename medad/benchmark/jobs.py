@@ -26,6 +26,7 @@ class Job:
     dataset_params: dict[str, Any] = field(default_factory=dict)
     detector_params: dict[str, Any] = field(default_factory=dict)
     dataset_root: str | None = None
+    resources: dict[str, Any] = field(default_factory=dict)  # what to ask a cluster for (config ``resources``)
 
     @property
     def job_id(self) -> str:
@@ -54,6 +55,7 @@ def expand_jobs(config: RunConfig, data_root: str | None = None) -> list[Job]:
                         seed=seed, image_size=config.image_size, channels=config.channels, device=config.device,
                         score_batch_size=config.score_batch_size, save_checkpoints=config.save_checkpoints,
                         dataset_params=dict(dataset.params), detector_params=dict(detector.params), dataset_root=root,
+                        resources={**config.resources, **detector.resources},
                     ))
     ids = [job.job_id for job in jobs]
     if len(set(ids)) != len(ids):

@@ -7,6 +7,9 @@ Threshold policies:
   before the test set is seen.
 - ``youden``: the test-set threshold maximising sensitivity + specificity - 1. **Oracle.**
 - ``best_f1``: the test-set threshold maximising F1 (the study's TABLE 3 operating point). **Oracle.**
+- ``screen_s98``: the high-sensitivity screening filter (SURE-ROI, Wang 2022): the largest threshold that
+  keeps 98% sensitivity on the labelled anomaly pool (never the test set); ``cleared_fraction`` is the
+  share of test studies it would report as certainly normal. Honest for unsupervised detectors.
 
 PR AUC is average precision (the step-wise area under the precision-recall curve, scikit-learn's
 ``average_precision_score``), which is what the reference implementations report.
@@ -21,6 +24,9 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 
 ORACLE_POLICIES = frozenset({"youden", "best_f1"})
 THRESHOLD_METRICS = ("threshold", "precision", "recall", "specificity", "f1", "accuracy")
+# Clinical operating points read off the test ROC curve (threshold-free summaries, like the AUC).
+OPERATING_POINTS = {"sens_at_spec90": ("sensitivity", 0.90), "sens_at_spec95": ("sensitivity", 0.95),
+                    "spec_at_sens95": ("specificity", 0.95)}
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,33 @@ def threshold_best_f1(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(np.nextafter(thresholds[best], -np.inf))
 
 
+def operating_point(labels: np.ndarray, scores: np.ndarray, fixed: str, level: float) -> float:
+    """The best sensitivity at specificity >= ``level`` (``fixed="sensitivity"`` reads: sensitivity is the
+    output), or the best specificity at sensitivity >= ``level`` (``fixed="specificity"``); NaN for one class.
+
+    The clinical summaries "sensitivity at 90%/95% specificity" and "specificity at 95% sensitivity": the
+    highest value reached at any threshold of the test ROC curve that meets the constraint (no interpolation
+    between ROC points, so the value is one a real threshold achieves).
+    """
+    labels, scores = _validate(labels, scores)
+    if single_class_reason(labels):
+        return float("nan")
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    if fixed == "sensitivity":
+        return float(tpr[(1.0 - fpr) >= level - 1e-12].max())
+    if fixed == "specificity":
+        return float((1.0 - fpr)[tpr >= level - 1e-12].max())
+    raise ValueError(f"operating_point: fixed must be 'sensitivity' or 'specificity', got {fixed!r}")
+
+
+def operating_point_rows(labels: np.ndarray, scores: np.ndarray) -> list[MetricRow]:
+    """The rows of :data:`OPERATING_POINTS` (policy ``none``: points of the test ROC curve)."""
+    reason = single_class_reason(np.asarray(labels))
+    return [MetricRow(name, operating_point(labels, scores, fixed, level),
+                      note=reason or "point of the test ROC curve")
+            for name, (fixed, level) in OPERATING_POINTS.items()]
+
+
 def image_metrics(labels: np.ndarray, scores: np.ndarray, val_scores: np.ndarray | None = None) -> list[MetricRow]:
     """Every image-level metric for one job: threshold-free ones, then each threshold policy."""
     labels, scores = _validate(labels, scores)
@@ -131,6 +164,7 @@ def image_metrics(labels: np.ndarray, scores: np.ndarray, val_scores: np.ndarray
         MetricRow("roc_auc", roc_auc(labels, scores), note=reason or ""),
         MetricRow("pr_auc", pr_auc(labels, scores), note=reason or ""),
     ]
+    rows += operating_point_rows(labels, scores)
     thresholds: dict[str, tuple[float, str]] = {}
     if val_scores is not None and len(val_scores) > 0:
         thresholds["val_q95"] = (threshold_val_q95(val_scores), "")
@@ -159,3 +193,54 @@ def pixel_metrics(masks: np.ndarray, maps: np.ndarray) -> list[MetricRow]:
     if reason:
         return [MetricRow("pixel_roc_auc", float("nan"), note=reason), MetricRow("pixel_pr_auc", float("nan"), note=reason)]
     return [MetricRow("pixel_roc_auc", roc_auc(masks, maps)), MetricRow("pixel_pr_auc", pr_auc(masks, maps))]
+
+
+# --- screening operating point (SURE-ROI's high-sensitivity filter, Wang 2022 §1.3/§6.1) -------------------
+SCREENING_METRICS = THRESHOLD_METRICS + ("npv", "cleared_fraction")
+
+
+def screening_policy(target_sensitivity: float = 0.98) -> str:
+    """The policy name for a target sensitivity: ``screen_s98`` for 0.98."""
+    return f"screen_s{round(target_sensitivity * 100):02d}"
+
+
+def threshold_screen(anomaly_scores: np.ndarray, target_sensitivity: float = 0.98) -> float:
+    """The largest threshold keeping ``score > t`` for at least ``target_sensitivity`` of labelled anomalies.
+
+    Honest when ``anomaly_scores`` come from calibration anomalies that are not in the test set (the
+    dataset's labelled anomaly pool). With fewer than ``1/(1 - target)`` anomalies no miss is allowed,
+    so the threshold sits just below the lowest anomaly score.
+    """
+    scores = np.sort(np.asarray(anomaly_scores, dtype=np.float64).ravel())
+    if scores.size == 0:
+        raise ValueError("a screening threshold needs scores of labelled anomalies; none were given")
+    if not 0.0 < target_sensitivity <= 1.0:
+        raise ValueError(f"target sensitivity must be in (0, 1], got {target_sensitivity}")
+    allowed_misses = int(np.floor((1.0 - target_sensitivity) * scores.size + 1e-9))
+    return float(np.nextafter(scores[allowed_misses], -np.inf))
+
+
+def screening_metrics(labels: np.ndarray, scores: np.ndarray, anomaly_scores: np.ndarray | None,
+                      target_sensitivity: float = 0.98, in_sample: bool = False) -> list[MetricRow]:
+    """The high-sensitivity filter as a threshold policy (``screen_s98``): studies scoring ``<= t`` are cleared.
+
+    ``t`` comes from :func:`threshold_screen` on the labelled anomaly pool (the harness's validation
+    set holds normals only, so it cannot fix a sensitivity). Rows: the usual threshold metrics, the
+    negative predictive value ``npv`` and ``cleared_fraction``, the share of all test studies the filter
+    would report as certainly normal (the radiologists' workload saved). ``in_sample`` notes that the
+    pool was also training data (semi-supervised detectors), so the threshold is optimistic.
+    """
+    labels, scores = _validate(labels, scores)
+    policy = screening_policy(target_sensitivity)
+    if anomaly_scores is None or len(anomaly_scores) == 0:
+        note = "no labelled anomaly pool: a sensitivity-controlled threshold is undefined"
+        return [MetricRow(name, float("nan"), policy, note) for name in SCREENING_METRICS]
+    threshold = threshold_screen(anomaly_scores, target_sensitivity)
+    note = f"threshold from {len(anomaly_scores)} labelled pool anomalies, target sensitivity {target_sensitivity:g}"
+    if in_sample:
+        note += "; the pool was training data of this detector, so test sensitivity is likely lower"
+    values = confusion_metrics(labels, scores, threshold)
+    cleared = scores <= threshold
+    values["npv"] = float(np.mean(labels[cleared] == 0)) if cleared.any() else float("nan")
+    values["cleared_fraction"] = float(np.mean(cleared))
+    return [MetricRow(name, values[name], policy, note) for name in SCREENING_METRICS]

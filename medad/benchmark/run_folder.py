@@ -83,14 +83,20 @@ class RunFolder:
         return self.jobs_dir / job_id
 
     def write_job(self, job_id: str, record: dict[str, Any], tables: dict[str, pd.DataFrame],
-                  files: dict[str, Path] | None = None) -> Path:
-        """Write a job's record and tables as one folder, atomically (replacing an earlier attempt)."""
+                  files: dict[str, Path | bytes] | None = None) -> Path:
+        """Write a job's record and tables as one folder, atomically (replacing an earlier attempt).
+
+        A file is given as a temporary path (moved in) or as its bytes (from a job run on another machine).
+        """
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=self.jobs_dir, prefix=f".tmp-{job_id}-"))
         for name, frame in tables.items():
             ordered(frame, name).to_csv(staging / JOB_FILES[name], index=False)
         for name, source in (files or {}).items():
-            shutil.move(str(source), staging / name)
+            if isinstance(source, bytes):
+                (staging / name).write_bytes(source)
+            else:
+                shutil.move(str(source), staging / name)
         (staging / "job.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
         target = self.job_dir(job_id)
         if target.exists():

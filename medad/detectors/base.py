@@ -101,6 +101,13 @@ class Detector(abc.ABC):
         """Further columns for every CSV row of this detector's results (e.g. ``protocol``)."""
         return {}
 
+    @property
+    def sees_test_set(self) -> bool:
+        """True only where a detector reproduces reference code that uses the labelled test set in training
+        (best-epoch-on-test selection, test-set min-max): the harness then passes ``test=`` to ``fit``.
+        Never true by default; such a detector must say so in :meth:`extra_tags`."""
+        return False
+
     # --- checkpoints ---------------------------------------------------------------------------
     def networks(self) -> dict[str, nn.Module]:
         """The modules whose weights make up a checkpoint (default: every nn.Module attribute)."""

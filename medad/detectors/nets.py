@@ -51,17 +51,22 @@ class DCGANDecoder(nn.Module):
     """Code ``(N, latent, 1, 1)`` -> image ``(N, C, S, S)``; the mirror of :class:`DCGANEncoder`.
 
     ``output`` is the final activation: ``"tanh"`` (images in [-1, 1], the GAN convention) or
-    ``"sigmoid"`` (images in [0, 1]).
+    ``"sigmoid"`` (images in [0, 1]). ``hidden`` is the activation of the inner blocks: ``"relu"``
+    (DCGAN/GANomaly) or ``"leaky_relu"`` (slope 0.2; e.g. SURE-ROI, Wang 2022 §4.2.1).
     """
 
-    def __init__(self, image_size: int, channels: int, latent: int, width: int = 64, output: str = "tanh") -> None:
+    def __init__(self, image_size: int, channels: int, latent: int, width: int = 64, output: str = "tanh",
+                 hidden: str = "relu") -> None:
         super().__init__()
         depth = _check_power_of_two(image_size)
         top = width * 2 ** (depth - 3)
+        hiddens = {"relu": lambda: nn.ReLU(inplace=True), "leaky_relu": lambda: nn.LeakyReLU(0.2, inplace=True)}
+        if hidden not in hiddens:
+            raise ValueError(f"hidden must be one of {sorted(hiddens)}, got {hidden!r}")
         layers: list[nn.Module] = [
-            nn.ConvTranspose2d(latent, top, 4, 1, 0, bias=False), nn.BatchNorm2d(top), nn.ReLU(inplace=True)]
+            nn.ConvTranspose2d(latent, top, 4, 1, 0, bias=False), nn.BatchNorm2d(top), hiddens[hidden]()]
         for _ in range(depth - 3):  # side: 4 -> S/2
-            layers += [nn.ConvTranspose2d(top, top // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(top // 2), nn.ReLU(inplace=True)]
+            layers += [nn.ConvTranspose2d(top, top // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(top // 2), hiddens[hidden]()]
             top //= 2
         layers += [nn.ConvTranspose2d(top, channels, 4, 2, 1, bias=False)]
         activations = {"tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
@@ -87,3 +92,24 @@ def dcgan_init(module: nn.Module) -> None:
 def count_parameters(module: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+class DCGANDiscriminator(nn.Module):
+    """DCGAN/GANomaly discriminator: :class:`DCGANEncoder` features f(x), then a 4x4 valid conv to one logit.
+
+    ``features`` gives f(x) (GANomaly's feature-matching target), ``classify`` the sigmoid probability
+    of "real" from features, ``forward`` both steps.
+    """
+
+    def __init__(self, image_size: int, channels: int, width: int = 64) -> None:
+        super().__init__()
+        self.body = DCGANEncoder(image_size, channels, 1, width)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.body.features(images)
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.body.head(features)).flatten()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.features(images))

@@ -1,0 +1,163 @@
+"""Training and scoring throughput (images/s) of registered detectors on the current device.
+
+    python benchmarks/throughput.py --detectors f-anogan,ganomaly,multi-kd --image-size 128 --batch-size 32 --steps 10
+    python benchmarks/throughput.py --detectors mama-net,proxyano --image-size 128 --batch-size 8 --steps 5 \
+        --param mama-net.mem_size=2000
+    python benchmarks/throughput.py --detectors sure-roi,coronet,coronet-semi --image-size 64 --batch-size 16 \
+        --steps 5 --param coronet-semi.cin_weights=none --param coronet-semi.anomaly_ae_steps=5
+
+Each detector is built with ``batch_size`` and every ``*epochs`` hyper-parameter set to 1, and fitted on
+``(steps + 1) * batch_size`` random images. A :class:`TimedTrainLog` stamps every logged training step;
+a *phase* is the run of steps whose first logged loss has the same name (f-AnoGAN: the WGAN-GP stage,
+then the encoder stage). Training img/s of a phase = batch size / mean time between its consecutive
+steps (img/cpu-s: per second of this process's CPU time, which a busy shared machine distorts
+less), so the first step of each phase (optimiser state, caches such as Multi-KD's source features) is
+not counted; ``fit img/s`` divides all trained images by the whole ``fit`` time, set-up included.
+Scoring img/s: ``score`` on ``--score-images`` images in batches of ``batch_size`` after a warm-up batch.
+``--param key=value`` sets a hyper-parameter of every detector that has it (``name.key=value``: one
+detector); values are YAML (``--param multi-kd.source_cache_mb=0``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import defaultdict
+
+import numpy as np
+import torch
+import yaml
+
+from medad.benchmark.config import hyperparameters
+from medad.benchmark.registry import DETECTORS
+from medad.benchmark.resources import resolve_device
+from medad.datasets.base import ImageSet
+from medad.detectors.base import TrainLog
+
+
+class TimedTrainLog(TrainLog):
+    """A TrainLog that also records when each step was logged (after its losses reached the host)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stamps: list[tuple[float, float, str]] = []
+
+    def log(self, epoch: int, step: int, **losses) -> None:
+        super().log(epoch, step, **losses)  # float() of each loss: waits for the device
+        self.stamps.append((time.perf_counter(), time.process_time(), next(iter(losses))))
+
+
+def phase_rates(stamps: list[tuple[float, float, str]], batch_size: int) -> dict[str, tuple[float, float, int]]:
+    """{phase: (img/s of wall time, img/s of process CPU time, counted steps)} from consecutive stamps of a phase.
+
+    CPU time (all threads of this process) is what a step costs on a shared machine, where wall time
+    also counts other processes; on an idle machine with T threads, wall img/s ≈ T × CPU img/s at best.
+    """
+    gaps: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for (wall0, cpu0, phase_before), (wall1, cpu1, phase) in zip(stamps, stamps[1:]):
+        if phase == phase_before:
+            gaps[phase].append((wall1 - wall0, cpu1 - cpu0))
+    return {phase: (batch_size / float(np.mean([w for w, _ in values])),
+                    batch_size / max(float(np.mean([c for _, c in values])), 1e-9), len(values))
+            for phase, values in gaps.items()}
+
+
+def random_images(count: int, channels: int, size: int, seed: int = 0) -> ImageSet:
+    """``count`` uniform-noise uint8 images: content does not change the arithmetic of a step."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (count, channels, size, size), dtype=torch.uint8, generator=generator)
+    roi = torch.zeros(count, size, size, dtype=torch.uint8)
+    roi[:, size // 8: -size // 8, size // 8: -size // 8] = 1  # an organ region, for detectors that need one (sure-roi)
+    return ImageSet(images=images, labels=np.zeros(count, dtype=np.int64), ids=[f"img{i}" for i in range(count)],
+                    roi_masks=roi)
+
+
+def parse_params(items: list[str]) -> dict[str | None, dict[str, object]]:
+    """``key=value`` (every detector) and ``name.key=value`` (one detector) -> {name or None: {key: value}}."""
+    parsed: dict[str | None, dict[str, object]] = defaultdict(dict)
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--param {item!r}: expected key=value")
+        name, _, key = key.rpartition(".")
+        parsed[name or None][key] = yaml.safe_load(value)
+    return parsed
+
+
+def build(name: str, image_size: int, channels: int, device: str, batch_size: int, overrides: dict):
+    """The detector with one epoch per stage, ``batch_size``, and the overrides it accepts."""
+    cls = DETECTORS.get(name)
+    allowed = hyperparameters(cls)
+    params = {key: 1 for key in allowed if key.endswith("epochs")}
+    if "batch_size" in allowed:
+        params["batch_size"] = batch_size
+    for scope in (None, name):
+        params.update({k: v for k, v in overrides.get(scope, {}).items() if k in allowed})
+    return cls(image_size=image_size, channels=channels, device=device, seed=0, **params), params
+
+
+def measure(name: str, args: argparse.Namespace, overrides: dict) -> list[dict[str, object]]:
+    """Rows (detector, phase, img/s, steps) for one detector."""
+    device = str(resolve_device(args.device))
+    detector, params = build(name, args.image_size, args.channels, device, args.batch_size, overrides)
+    train = random_images((args.steps + 1) * args.batch_size, args.channels, args.image_size)
+    log = TimedTrainLog()
+    cpu_started, started = time.process_time(), time.perf_counter()
+    if detector.supervision == "semi-supervised":  # coronet-semi: a labelled pool of one batch
+        pool = random_images(args.batch_size, args.channels, args.image_size, seed=2)
+        pool.labels[:] = 1
+        detector.fit(train, None, log, anomaly_pool=pool)
+    else:
+        detector.fit(train, None, log)
+    fit_seconds, fit_cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    rows = [{"detector": name, "phase": f"train:{phase}", "img_per_s": rate, "img_per_cpu_s": cpu_rate, "steps": steps}
+            for phase, (rate, cpu_rate, steps) in phase_rates(log.stamps, args.batch_size).items()]
+    trained = len(log.stamps) * args.batch_size
+    rows.append({"detector": name, "phase": "fit (all, incl. set-up)", "img_per_s": trained / fit_seconds,
+                 "img_per_cpu_s": trained / fit_cpu, "steps": len(log.stamps)})
+    test = random_images(args.score_images + args.batch_size, args.channels, args.image_size, seed=1)
+    batches = list(test.batches(args.batch_size))
+    detector.score(batches[0])  # warm-up
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    cpu_started, started = time.process_time(), time.perf_counter()
+    for batch in batches[1:]:
+        detector.score(batch).cpu()
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    rows.append({"detector": name, "phase": "score", "img_per_s": args.score_images / seconds,
+                 "img_per_cpu_s": args.score_images / cpu_seconds, "steps": len(batches) - 1})
+    for row in rows:
+        row["params"] = ",".join(f"{k}={v}" for k, v in params.items())
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--detectors", default="f-anogan,ganomaly,multi-kd,mama-net,proxyano",
+                        help="comma-separated registry names")
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=10, help="timed training steps per phase")
+    parser.add_argument("--score-images", type=int, default=128)
+    parser.add_argument("--channels", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--param", action="append", default=[], metavar="[NAME.]KEY=VALUE")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides = parse_params(args.param)
+    print(f"device={args.device} threads={torch.get_num_threads()} image_size={args.image_size} "
+          f"batch_size={args.batch_size} torch={torch.__version__}")
+    print(f"{'detector':<12} {'phase':<34} {'img/s':>9} {'img/cpu-s':>10} {'steps':>6}  params")
+    for name in args.detectors.split(","):
+        for row in measure(name.strip(), args, overrides):
+            print(f"{row['detector']:<12} {row['phase']:<34} {row['img_per_s']:>9.2f} {row['img_per_cpu_s']:>10.2f} "
+                  f"{row['steps']:>6}  {row['params']}",
+                  flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

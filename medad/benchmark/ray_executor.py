@@ -1,0 +1,119 @@
+"""``--executor ray``: each job is a Ray task; its output comes back to the driver, which writes the run folder.
+
+Each task asks for the resources its job's config states (:func:`medad.benchmark.remote.job_resources`:
+by default 1 CPU, and 1 GPU when the cluster has GPUs). Ray sets ``CUDA_VISIBLE_DEVICES`` for the task,
+so device ``auto`` uses the GPU it was given.
+
+Faults: a task whose worker process or node is lost is run again by Ray up to ``max_retries`` times
+(``--max-retries``), then recorded ``failed``; a job that fails by itself (an exception in the detector,
+a missing dataset) returns a ``failed`` record like any output and is not retried (Ray's
+``retry_exceptions`` stays off). With no address a local Ray instance is started and stopped again;
+``address`` is ``auto`` (the cluster this machine belongs to) or ``ray://host:port`` (Ray client).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable, Sequence
+
+from tqdm.auto import tqdm
+
+from medad.benchmark.job_runner import write_lost_job, write_output
+from medad.benchmark.jobs import Job
+from medad.benchmark.remote import error_line, job_resources, missing_extra, remote_job
+from medad.benchmark.run_folder import RunFolder
+
+OnRecord = Callable[[dict[str, Any]], None]
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError as error:
+        raise missing_extra("ray", "ray", "ray") from error
+    return ray
+
+
+class RayExecutor:
+    """Runs jobs as Ray tasks on a local instance or an existing cluster."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, max_retries: int = 2, max_in_flight: int | None = None) -> None:
+        if max_retries < 0:
+            raise ValueError(f"--max-retries must be >= 0, got {max_retries}")
+        if max_in_flight is not None and max_in_flight < 1:
+            raise ValueError(f"--workers (tasks in flight) must be >= 1, got {max_in_flight}")
+        self.address = address
+        self.max_retries = max_retries
+        self.max_in_flight = max_in_flight
+
+    def _connect(self, ray) -> bool:
+        """Connect to Ray unless this process already is; return whether this call made the connection."""
+        if ray.is_initialized():  # the caller's own ray.init() (a notebook, a test) is left as it is
+            return False
+        try:
+            if self.address is None:  # "local": a new instance, even where RAY_ADDRESS or a `ray start` exists
+                ray.init(address="local", include_dashboard=False)
+            else:
+                ray.init(address=self.address)
+        except ConnectionError as error:
+            raise ConnectionError(f"--ray-address {self.address}: cannot connect to a Ray cluster: {error}") from error
+        return True
+
+    def run(self, jobs: Sequence[Job], run_folder: RunFolder, on_record: OnRecord, progress: bool = True,
+            stop: Callable[[], bool] | None = None) -> None:
+        if not jobs:
+            return
+        ray = _import_ray()
+        started_here = self._connect(ray)
+        try:
+            self._run(ray, list(jobs), run_folder, on_record, progress, stop)
+        finally:
+            if started_here:
+                ray.shutdown()
+
+    def _submit(self, ray, task, job: Job, run_id: str, gpus_available: bool):
+        resources = job_resources(job, gpus_available)
+        if resources.gpus and not gpus_available:
+            print(f"warning: job {job.job_id} asks for {resources.gpus} GPU(s) but the Ray cluster has none yet; "
+                  "it waits until a GPU node joins", file=sys.stderr)
+        options: dict[str, Any] = {"num_cpus": resources.cpus, "num_gpus": resources.gpus, "name": f"medad:{job.job_id}",
+                                   "max_retries": self.max_retries, "retry_exceptions": False}
+        if resources.memory_gb is not None:
+            options["memory"] = int(resources.memory_gb * 2**30)
+        return task.options(**options).remote(job, run_id, "ray", resources.threads)
+
+    def _run(self, ray, pending: list[Job], run_folder: RunFolder, on_record: OnRecord, progress: bool,
+             stop: Callable[[], bool] | None) -> None:
+        task = ray.remote(remote_job)
+        gpus_available = ray.cluster_resources().get("GPU", 0) > 0
+        in_flight: dict[Any, Job] = {}
+        bar = tqdm(total=len(pending), desc="jobs (ray)", disable=not progress)
+        try:
+            while pending or in_flight:
+                stopping = stop is not None and stop()
+                while pending and not stopping and (self.max_in_flight is None or len(in_flight) < self.max_in_flight):
+                    job = pending.pop(0)
+                    in_flight[self._submit(ray, task, job, run_folder.run_id, gpus_available)] = job
+                if not in_flight:
+                    return
+                ready, _ = ray.wait(list(in_flight), num_returns=1)
+                for ref in ready:
+                    job = in_flight.pop(ref)
+                    self._collect(ray, ref, job, run_folder, on_record)
+                    bar.update()
+        finally:
+            bar.close()
+
+    def _collect(self, ray, ref, job: Job, run_folder: RunFolder, on_record: OnRecord) -> None:
+        """Write the task's output, or record it failed when it raised or its worker was lost past the retries."""
+        try:
+            output = ray.get(ref)
+        except ray.exceptions.RayTaskError as error:  # raised outside the job's own try (e.g. cannot unpickle)
+            on_record(write_lost_job(run_folder, job, f"the Ray task raised: {error_line(error, last=True)}", "ray"))
+        except ray.exceptions.RayError as error:  # worker or node lost, also after max_retries attempts
+            on_record(write_lost_job(run_folder, job, f"lost after {self.max_retries} retries: "
+                                                      f"{type(error).__name__}: {error_line(error)}", "ray"))
+        else:
+            on_record(write_output(run_folder, output))

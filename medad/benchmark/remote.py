@@ -1,0 +1,70 @@
+"""What the cluster executors (Ray, SLURM) share: the function a remote worker runs, and what a job asks for.
+
+A remote worker computes the job and sends its whole output (record, tables, file bytes) back to the
+driver, which writes the run folder exactly as the local executor does; so the workers need the
+datasets (read from ``--data-root`` as the workers see it) but no file system shared with the driver.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from medad.benchmark.config import ConfigError
+from medad.benchmark.job_runner import JobOutput, compute_job
+from medad.benchmark.jobs import Job
+
+# The time a SLURM job may run when the config states none (submitit's own default is 5 minutes).
+DEFAULT_TIME_MIN = 720
+
+
+@dataclass(frozen=True)
+class JobResources:
+    """What one job asks a cluster for: CPU cores, GPUs, memory (GiB, None: the cluster's default), minutes."""
+
+    cpus: float
+    gpus: float
+    memory_gb: float | None
+    time_min: int
+
+    @property
+    def threads(self) -> int:
+        """torch threads for the job: one per requested core, so that results do not depend on the node's size."""
+        return max(1, int(self.cpus))
+
+
+def job_resources(job: Job, gpus_available: bool) -> JobResources:
+    """The job's config ``resources``, with defaults: 1 CPU, and 1 GPU when the cluster has GPUs and the
+    job's device is not ``cpu`` (else none)."""
+    stated = job.resources
+    default_gpus = 1 if gpus_available and job.device != "cpu" else 0
+    return JobResources(cpus=stated.get("cpus", 1), gpus=stated.get("gpus", default_gpus),
+                        memory_gb=stated.get("memory_gb"), time_min=int(stated.get("time_min", DEFAULT_TIME_MIN)))
+
+
+def remote_job(job: Job, run_id: str, worker: str, threads: int) -> JobOutput:
+    """Run ``job`` on a remote worker with ``threads`` torch threads; return its output with files as bytes."""
+    torch.set_num_threads(threads)
+    return compute_job(job, run_id, worker=worker).portable()
+
+
+def whole_gpus(gpus: float) -> int:
+    """GPUs as a whole number (SLURM has no fractions of a GPU)."""
+    return int(math.ceil(gpus))
+
+
+def missing_extra(package: str, extra: str, executor: str) -> ConfigError:
+    """The error for an executor whose optional dependency is not installed."""
+    return ConfigError(f"--executor {executor} needs the {package!r} package: pip install 'medad[{extra}]' "
+                       f"(Python {sys.version_info.major}.{sys.version_info.minor})")
+
+
+def error_line(error: BaseException, last: bool = False) -> str:
+    """One line of an error's message: its first line, or with ``last`` its last (a traceback's exception)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return lines[-1] if last else lines[0]

@@ -1,0 +1,152 @@
+"""``--executor slurm``: the matrix as SLURM array jobs through submitit; outputs come back to the driver.
+
+Jobs are grouped by the resources they ask for (:func:`medad.benchmark.remote.job_resources`; most
+matrices have one group) and each group is submitted as one array job with those resources
+(``cpus_per_task``, ``gpus_per_node``, ``mem_gb``, ``timeout_min``; ``--workers`` caps how many array
+tasks run at once). Each task returns the job's output through submitit's result file and the driver
+writes the run folder exactly as the local executor does. submitit exchanges its pickles through
+``<run folder>/submitit/``, so the run folder must be on a file system the compute nodes see (on SLURM
+clusters the home and scratch file systems are); the datasets are read from ``--data-root`` as the
+compute nodes see it.
+
+Faults: a task that ends without a result (node failure, preemption, killed, out of time) is submitted
+again, at most ``max_retries`` times, then recorded ``failed``; a job that fails by itself returns a
+``failed`` record and is not retried. ``cluster="local"`` runs the same code on this machine with
+submitit's local executor (what the tests use).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from tqdm.auto import tqdm
+
+from medad.benchmark.job_runner import write_lost_job, write_output
+from medad.benchmark.jobs import Job
+from medad.benchmark.remote import JobResources, error_line, job_resources, missing_extra, remote_job, whole_gpus
+from medad.benchmark.run_folder import RunFolder
+
+OnRecord = Callable[[dict[str, Any]], None]
+
+
+def _import_submitit():
+    try:
+        import submitit
+    except ImportError as error:
+        raise missing_extra("submitit", "slurm", "slurm") from error
+    return submitit
+
+
+def parse_slurm_params(items: Sequence[str]) -> dict[str, Any]:
+    """``["partition=gpu", "account=lab"]`` -> ``{"partition": "gpu", "account": "lab"}`` (digits become ints)."""
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--slurm-param expects KEY=VALUE (e.g. partition=gpu), got {item!r}")
+        value = value.strip()
+        params[key.strip().replace("-", "_")] = int(value) if value.isdigit() else value
+    return params
+
+
+class SlurmExecutor:
+    """Runs jobs as SLURM array jobs (or submitit's local processes with ``cluster="local"``)."""
+
+    name = "slurm"
+
+    def __init__(self, cluster: str = "slurm", max_retries: int = 2, max_in_flight: int | None = None,
+                 slurm_params: dict[str, Any] | None = None, poll_s: float = 5.0) -> None:
+        if max_retries < 0:
+            raise ValueError(f"--max-retries must be >= 0, got {max_retries}")
+        self.cluster = cluster
+        self.max_retries = max_retries
+        self.max_in_flight = max_in_flight
+        self.slurm_params = dict(slurm_params or {})
+        self.poll_s = poll_s
+
+    def _gpus_available(self) -> bool:
+        """SLURM: assume the cluster has GPUs (a CPU partition sets ``resources: {gpus: 0}``); local: this machine's."""
+        if self.cluster != "local":
+            return True
+        import torch
+
+        return torch.cuda.is_available()
+
+    def _executor(self, submitit, folder: Path, run_id: str, resources: JobResources):
+        executor = submitit.AutoExecutor(folder=folder, cluster=self.cluster)
+        params: dict[str, Any] = {"name": f"medad-{run_id}", "timeout_min": resources.time_min,
+                                  "cpus_per_task": int(math.ceil(resources.cpus)),
+                                  "gpus_per_node": whole_gpus(resources.gpus)}
+        if resources.memory_gb is not None:
+            params["mem_gb"] = resources.memory_gb
+        if self.max_in_flight is not None:
+            params["slurm_array_parallelism"] = self.max_in_flight
+        params.update({f"slurm_{key}": value for key, value in self.slurm_params.items()})
+        try:
+            executor.update_parameters(**params)
+        except NameError as error:  # submitit's message lists the valid parameters
+            raise ValueError(f"--slurm-param: {error}") from None
+        return executor
+
+    def run(self, jobs: Sequence[Job], run_folder: RunFolder, on_record: OnRecord, progress: bool = True,
+            stop: Callable[[], bool] | None = None) -> None:
+        if not jobs:
+            return
+        submitit = _import_submitit()
+        folder = run_folder.path / "submitit"
+        gpus_available = self._gpus_available()
+        groups: dict[JobResources, list[Job]] = defaultdict(list)
+        for job in jobs:
+            groups[job_resources(job, gpus_available)].append(job)
+        running: list[tuple[Any, Job, Any, int]] = []  # (submitit job, job, executor, attempt)
+        for resources, group in groups.items():
+            executor = self._executor(submitit, folder, run_folder.run_id, resources)
+            with executor.batch():  # one array job per resource group
+                handles = [executor.submit(remote_job, job, run_folder.run_id, "slurm", resources.threads)
+                           for job in group]
+            running += [(handle, job, executor, 0) for handle, job in zip(handles, group)]
+        bar = tqdm(total=len(jobs), desc=f"jobs ({self.cluster})", disable=not progress)
+        try:
+            while running:
+                still = []
+                for handle, job, executor, attempt in running:
+                    if not handle.done():
+                        still.append((handle, job, executor, attempt))
+                        continue
+                    retry = self._collect(submitit, handle, job, attempt, run_folder, on_record)
+                    if retry:
+                        resources = job_resources(job, gpus_available)
+                        again = executor.submit(remote_job, job, run_folder.run_id, "slurm", resources.threads)
+                        still.append((again, job, executor, attempt + 1))
+                    else:
+                        bar.update()
+                running = still
+                if stop is not None and stop():
+                    for handle, _, _, _ in running:  # not recorded: the engine marks them skipped
+                        handle.cancel(check=False)
+                    return
+                if running:  # local processes are cheap to poll; a cluster's queue is asked less often
+                    time.sleep(min(self.poll_s, 0.5) if self.cluster == "local" else self.poll_s)
+        finally:
+            bar.close()
+
+    def _collect(self, submitit, handle, job: Job, attempt: int, run_folder: RunFolder, on_record: OnRecord) -> bool:
+        """Record a finished task's output (or its failure); return True when it was lost and may run again."""
+        try:
+            output = handle.result()
+        except submitit.core.utils.FailedJobError as error:  # raised outside the job's own try: not retried
+            on_record(write_lost_job(run_folder, job, f"the SLURM task raised: {error_line(error, last=True)}",
+                                     f"slurm:{handle.job_id}"))
+        except submitit.core.utils.UncompletedJobError as error:  # lost: node failure, killed, out of time
+            if attempt < self.max_retries:
+                return True
+            on_record(write_lost_job(run_folder, job, f"lost after {self.max_retries} retries (SLURM job "
+                                                      f"{handle.job_id}): {error_line(error)}", f"slurm:{handle.job_id}"))
+        else:
+            on_record(write_output(run_folder, output))
+        return False
+

@@ -1,0 +1,324 @@
+"""The shared machinery of file-based adapters: scan -> records -> decode (cached) -> group -> split.
+
+An adapter says how to recognise its root (:meth:`FileDataset.is_root`), turns the files into
+:class:`Record` s (:meth:`FileDataset.scan`) and picks a subset's records
+(:meth:`FileDataset.select`); this class finds the root through extra nesting levels, decodes
+every file through the on-disk cache, groups patients and near-duplicate images, splits with a
+seed, and builds the :class:`~medad.datasets.base.Subset`. :meth:`FileDataset.check` is what
+``medad datasets check`` prints.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from medad.datasets import cache
+from medad.datasets import io
+from medad.datasets.base import Dataset, DatasetError, ImageSet, Subset
+from medad.datasets.splits import SplitPlan, assign_parts, group_labels, near_duplicate_pairs
+
+
+@dataclass(frozen=True)
+class Record:
+    """One image as the publisher ships it.
+
+    ``path`` is relative to the dataset root (posix). ``category`` is the publisher's class name
+    (what ``datasets check`` counts). ``group`` is a patient/subject id ("" = its own group);
+    ``part`` the publisher's split (``train``/``val``/``test`` or ""). ``crop`` = (top, left,
+    height, width) in source pixels; ``circles`` = anomaly discs (row, col, radius) in source
+    pixels; ``roi_paths`` = region-mask files OR-ed into the ROI.
+    """
+
+    path: str
+    label: int
+    category: str
+    group: str = ""
+    part: str = ""
+    sample_id: str = ""
+    crop: tuple[int, int, int, int] | None = None
+    circles: tuple[tuple[float, float, float], ...] = ()
+    roi_paths: tuple[str, ...] = ()
+
+    @property
+    def id(self) -> str:
+        return self.sample_id or self.path
+
+
+@dataclass
+class CheckReport:
+    """What ``medad datasets check`` found: printed lines and whether everything is as expected."""
+
+    lines: list[str] = field(default_factory=list)
+    ok: bool = True
+
+    def fail(self, line: str) -> None:
+        self.lines.append(f"ERROR: {line}")
+        self.ok = False
+
+
+class FileDataset(Dataset):
+    """Base of the adapters that read a publisher's files.
+
+    Split parameters (all seeded by ``split_seed``): ``test_normal_fraction`` of the normals go to
+    the test set (default: the study's TABLE 1 ratio, or the adapter's); ``val_fraction`` of the
+    training normals form the validation set used for the honest threshold; ``n_anomaly_pool``
+    labelled anomalies are held out for semi-supervised detectors, never in the test set.
+    ``dedupe`` groups exact and near-duplicate images (dHash within ``duplicate_distance`` of 256
+    bits, flips included) so a group stays on one side of the split. ``resize_mode`` is
+    ``stretch`` (the study: every image to a square) or ``pad`` (keep the aspect ratio).
+    """
+
+    expected_layout: ClassVar[str] = ""
+    download: ClassVar[str] = ""
+    expected_counts: ClassVar[dict[str, dict[str, int]]] = {}   # variant -> category -> count
+    has_masks: ClassVar[bool] = False
+    default_test_normal_fraction: ClassVar[float] = 0.2
+    default_anomaly_pool: ClassVar[int] = 0
+    default_strict_groups: ClassVar[bool] = True
+
+    def __init__(self, *, root: Path | None, image_size: int, channels: int = 1, split_seed: int = 0,
+                 resize_mode: str = "stretch", val_fraction: float = 0.1, test_normal_fraction: float | None = None,
+                 n_anomaly_pool: int | None = None, dedupe: bool = True, duplicate_distance: int = 12,
+                 strict_groups: bool | None = None) -> None:
+        super().__init__(root=root, image_size=image_size, channels=channels, split_seed=split_seed)
+        if resize_mode not in io.RESIZE_MODES:
+            raise ValueError(f"resize_mode must be one of {', '.join(io.RESIZE_MODES)}, got {resize_mode!r}")
+        for key, value in (("val_fraction", val_fraction), ("test_normal_fraction", test_normal_fraction)):
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ValueError(f"{key} must be in [0, 1), got {value}")
+        self.resize_mode = resize_mode
+        self.plan = SplitPlan(
+            seed=self.split_seed,
+            test_normal_fraction=self.default_test_normal_fraction if test_normal_fraction is None else test_normal_fraction,
+            val_fraction=val_fraction,
+            n_anomaly_pool=self.default_anomaly_pool if n_anomaly_pool is None else int(n_anomaly_pool),
+            strict_groups=self.default_strict_groups if strict_groups is None else strict_groups,
+        )
+        self.dedupe = dedupe
+        self.duplicate_distance = int(duplicate_distance)
+        self._root: Path | None = None
+        self._records: list[Record] | None = None
+
+    # ---- what an adapter provides -------------------------------------------------------------
+
+    def is_root(self, folder: Path) -> bool:
+        """True when ``folder`` holds the download's signature files."""
+        raise NotImplementedError
+
+    def scan(self, root: Path) -> list[Record]:
+        """Every usable image under ``root`` as a Record (raise DatasetError naming bad files)."""
+        raise NotImplementedError
+
+    def select(self, subset: str, records: list[Record]) -> list[Record]:
+        """The records of ``subset`` (default: all)."""
+        return records
+
+    def decode_view(self, subset: str) -> str:
+        """The name of the record set decoded and cached together (default: the subset)."""
+        return subset
+
+    def ignored(self, relpath: str) -> bool:
+        """True for files that ship with the download but are not images the adapter reads."""
+        return Path(relpath).suffix.lower() in {".txt", ".csv", ".json", ".md", ".pdf", ".xlsx", ".xls", ".h5", ".tar", ".zip", ".gz"}
+
+    def options(self) -> str:
+        """Decode settings that change pixels (part of the cache key)."""
+        return self.resize_mode
+
+    def crop_for(self, record: Record, pixels: np.ndarray) -> tuple[int, int, int, int]:
+        """(top, left, height, width) of the record's window, shifted to lie inside the image."""
+        height, width = pixels.shape[:2]
+        if record.crop is None:
+            return 0, 0, height, width
+        top, left, crop_h, crop_w = record.crop
+        if crop_h > height or crop_w > width:
+            raise DatasetError(f"{self.name}: a {crop_h}x{crop_w} crop does not fit in {record.path} ({height}x{width})")
+        return (min(max(top, 0), height - crop_h), min(max(left, 0), width - crop_w), crop_h, crop_w)
+
+    def read(self, path: Path) -> np.ndarray:
+        """Decode one file (float32 in [0, 1]); adapters with decode options override."""
+        return io.read_image(path)
+
+    # ---- shared machinery ---------------------------------------------------------------------
+
+    def data_root(self) -> Path:
+        """The folder holding the download, found at or below ``root`` (through extra nesting levels)."""
+        if self._root is None:
+            if self.root is None:
+                raise DatasetError(f"dataset {self.name!r} needs its files: pass --data-root DIR (or set MEDAD_DATA) "
+                                   f"with the download unpacked in DIR/{self.name}/, or give 'root' in the config")
+            self._root = io.find_root(self.root, self.is_root, dataset=self.name, expected=self.expected_layout,
+                                      download=self.download)
+        return self._root
+
+    def records(self) -> list[Record]:
+        """All records of the download (scanned once)."""
+        if self._records is None:
+            records = self.scan(self.data_root())
+            if not records:
+                raise DatasetError(f"{self.name}: no images found under {self.data_root()}; expected:\n{self.expected_layout}")
+            ids = Counter(r.id for r in records)
+            repeated = [i for i, n in ids.items() if n > 1]
+            if repeated:
+                raise DatasetError(f"{self.name}: sample id {repeated[0]!r} appears {ids[repeated[0]]} times under {self.data_root()}")
+            self._records = records
+        return self._records
+
+    def _decode_record(self, root: Path, record: Record, size: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        pixels = self.read(root / record.path)
+        height, width = pixels.shape[:2]
+        top, left, crop_h, crop_w = self.crop_for(record, pixels)
+        pixels = pixels[top:top + crop_h, left:left + crop_w]
+        image = io.to_uint8(io.resize(io.to_channels(pixels, self.channels), size, self.resize_mode))
+        mask = None
+        if self.has_masks:
+            circles = tuple((r - top, c - left, radius) for r, c, radius in record.circles)
+            disc = io.disc_mask((crop_h, crop_w), circles).astype(np.float32)[None]
+            mask = (io.resize(disc, size, self.resize_mode, nearest=True)[0] > 0.5).astype(np.uint8)
+        roi = None
+        if record.roi_paths:
+            union = np.zeros((height, width), dtype=bool)
+            for roi_path in record.roi_paths:
+                region = self.read(root / roi_path)
+                region = region if region.ndim == 2 else region.max(axis=-1)
+                if region.shape != union.shape:
+                    raise DatasetError(f"{self.name}: mask {roi_path} is {region.shape}, its image {record.path} is {union.shape}")
+                union |= region > 0
+            region = union[top:top + crop_h, left:left + crop_w].astype(np.float32)[None]
+            roi = (io.resize(region, size, self.resize_mode, nearest=True)[0] > 0.5).astype(np.uint8)
+        return image, mask, roi
+
+    def decode(self, records: list[Record], size: int) -> dict[str, np.ndarray]:
+        """Decode ``records`` to uint8 arrays: ``images`` (N, C, S, S), ``masks``/``roi`` (N, S, S), ``has_roi`` (N,)."""
+        root = self.data_root()
+        images = np.zeros((len(records), self.channels, size, size), dtype=np.uint8)
+        masks = np.zeros((len(records), size, size), dtype=np.uint8)
+        rois = np.zeros((len(records), size, size), dtype=np.uint8)
+        has_roi = np.zeros(len(records), dtype=np.uint8)
+        for index, record in enumerate(records):
+            image, mask, roi = self._decode_record(root, record, size)
+            images[index] = image
+            if mask is not None:
+                masks[index] = mask
+            if roi is not None:
+                rois[index], has_roi[index] = roi, 1
+        arrays = {"images": images, "has_roi": has_roi}
+        if self.has_masks:
+            arrays["masks"] = masks
+        if has_roi.any():
+            arrays["roi"] = rois
+        return arrays
+
+    def cached_decode(self, view: str, records: list[Record]) -> dict[str, np.ndarray]:
+        """:meth:`decode` through the on-disk cache, keyed by the files' fingerprint and the records."""
+        root = self.data_root()
+        files = [root / p for r in records for p in (r.path, *r.roi_paths)]
+        try:
+            stamp = cache.fingerprint(root, files, [asdict(r) for r in records])
+        except FileNotFoundError as error:
+            raise DatasetError(f"{self.name}: file listed but missing: {error.filename}") from error
+        return cache.cached_arrays(dataset=self.name, view=view, image_size=self.image_size, channels=self.channels,
+                                   options=self.options(), fingerprint=stamp,
+                                   build=lambda: self.decode(records, self.image_size))
+
+    def load(self, subset: str) -> Subset:
+        self.check_subset(subset)
+        records = self.records()
+        view = self.decode_view(subset)
+        view_records = records if view != subset else self.select(subset, records)
+        arrays = self.cached_decode(view, view_records)
+        position = {r.id: i for i, r in enumerate(view_records)}
+        chosen = self.select(subset, records)
+        index = np.array([position[r.id] for r in chosen], dtype=np.int64)
+        if len(index) == 0:
+            raise DatasetError(f"{self.name}: subset {subset!r} has no images under {self.data_root()}")
+        images = arrays["images"][index]
+        labels = np.array([r.label for r in chosen], dtype=np.int64)
+        pairs = near_duplicate_pairs(images, self.duplicate_distance) if self.dedupe else []
+        groups = group_labels(len(chosen), [r.group for r in chosen], pairs)
+        parts = assign_parts(labels, groups, [r.part for r in chosen], self.plan)
+        masks = arrays["masks"][index] if "masks" in arrays else None
+        roi = arrays["roi"][index] if "roi" in arrays and arrays["has_roi"][index].all() else None
+
+        def part(name: str) -> ImageSet | None:
+            where = np.array([i for i, p in enumerate(parts) if p == name], dtype=np.int64)
+            if len(where) == 0:
+                return None
+            return ImageSet(
+                images=torch.from_numpy(images[where]), labels=labels[where], ids=[chosen[i].id for i in where],
+                masks=None if masks is None else torch.from_numpy(masks[where]),
+                roi_masks=None if roi is None else torch.from_numpy(roi[where]),
+            )
+
+        train, test = part("train"), part("test")
+        if train is None or test is None or not (test.labels == 1).any():
+            counts = Counter(parts)
+            raise DatasetError(f"{self.name}/{subset}: the split left no training normals, test images or test "
+                               f"anomalies ({dict(counts)}); the download under {self.data_root()} is too small")
+        n_groups = sum(1 for _, n in Counter(groups.tolist()).items() if n > 1)
+        info = {"root": str(self.data_root()), "near_duplicate_pairs": str(len(pairs)),
+                "multi_image_groups": str(n_groups), "unused": str(parts.count("unused")),
+                "split": json.dumps(asdict(self.plan), sort_keys=True)}
+        return Subset(name=subset, train=train, test=test, val=part("val"), anomaly_pool=part("anomaly_pool"),
+                      split_info=info)
+
+    # ---- medad datasets check -----------------------------------------------------------------
+
+    def check(self, *, strict_counts: bool = True) -> CheckReport:
+        """Layout, counts per class vs the known variants, unreadable and unexpected files, duplicate groups."""
+        report = CheckReport()
+        try:
+            root = self.data_root()
+            records = self.records()
+        except DatasetError as error:
+            report.fail(str(error))
+            return report
+        report.lines.append(f"{self.name}: found the download at {root}")
+        counts = Counter(r.category for r in {r.path: r for r in records}.values())
+        report.lines.append("images per class: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        if self.expected_counts:
+            matches = [name for name, expected in self.expected_counts.items() if dict(counts) == expected]
+            if matches:
+                report.lines.append(f"counts match the known variant: {matches[0]}")
+            else:
+                known = " | ".join(f"{name}: " + ", ".join(f"{k} {v}" for k, v in sorted(exp.items()))
+                                   for name, exp in self.expected_counts.items())
+                line = f"counts differ from every known variant (expected one of: {known})"
+                report.fail(line) if strict_counts else report.lines.append(f"WARNING: {line}")
+        unreadable, thumbs = [], []
+        image_paths = {r.path for r in records}
+        paths = sorted(image_paths | {p for r in records for p in r.roi_paths})
+        for relpath in paths:
+            try:
+                planes = io.to_channels(self.read(root / relpath), 1)
+            except DatasetError as error:
+                unreadable.append(str(error))
+                continue
+            if relpath in image_paths:  # masks look alike by design: only images are compared
+                thumbs.append(io.to_uint8(io.resize(planes, 32, "stretch")))
+        for line in unreadable[:20]:
+            report.fail(line)
+        if len(unreadable) > 20:
+            report.fail(f"... and {len(unreadable) - 20} more unreadable files")
+        referenced = set(paths)
+        unexpected = [p.relative_to(root).as_posix() for p in io.walk_files(root)
+                      if p.relative_to(root).as_posix() not in referenced and not self.ignored(p.relative_to(root).as_posix())]
+        if unexpected:
+            report.lines.append(f"WARNING: {len(unexpected)} unexpected file(s) not read: " + ", ".join(unexpected[:10])
+                                + (" ..." if len(unexpected) > 10 else ""))
+        if thumbs and self.dedupe:
+            pairs = near_duplicate_pairs(np.stack(thumbs), self.duplicate_distance)
+            groups = group_labels(len(thumbs), [""] * len(thumbs), pairs)
+            multi = sum(1 for n in Counter(groups.tolist()).values() if n > 1)
+            report.lines.append(f"near-duplicate groups (dHash <= {self.duplicate_distance} bits, flips included): {multi}"
+                                f" holding {sum(n for n in Counter(groups.tolist()).values() if n > 1)} images;"
+                                " the default split keeps each group on one side")
+        report.lines.append("OK" if report.ok else "NOT OK")
+        return report

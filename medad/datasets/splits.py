@@ -1,0 +1,211 @@
+"""Seeded, group-aware splits and the near-duplicate guard.
+
+Every image belongs to a *group*: the images of one patient, and images that are exact or near
+duplicates of each other (flipped or contrast-changed copies, which Br35H is known to hold). A
+group never straddles train/val and test. Near duplicates are found with a difference hash
+(dHash; Krawetz 2013): the signs of horizontal neighbour differences on a ``hash_size`` grid,
+compared by Hamming distance to the image's own hash and to those of its horizontal and vertical
+flips. dHash only depends on the order of neighbouring pixels, so a monotone contrast change
+keeps the hash.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+class UnionFind:
+    """Disjoint sets over ``0..n-1``."""
+
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, i: int, j: int) -> None:
+        a, b = self.find(i), self.find(j)
+        if a != b:
+            self.parent[max(a, b)] = min(a, b)
+
+    def labels(self) -> np.ndarray:
+        return np.array([self.find(i) for i in range(len(self.parent))], dtype=np.int64)
+
+
+def dhash(images: np.ndarray, hash_size: int = 16) -> np.ndarray:
+    """Difference hashes of uint8 ``(N, C, H, W)`` images as ``(N, hash_size**2 / 64)`` uint64 words."""
+    grey = torch.from_numpy(np.asarray(images, dtype=np.float32).mean(axis=1, keepdims=True))
+    small = F.interpolate(grey, size=(hash_size, hash_size + 1), mode="area")[:, 0]
+    bits = (small[:, :, 1:] > small[:, :, :-1]).reshape(len(images), -1).numpy()
+    packed = np.packbits(bits, axis=1)
+    return packed.view(np.uint64) if packed.shape[1] % 8 == 0 else np.pad(packed, ((0, 0), (0, -packed.shape[1] % 8))).view(np.uint64)
+
+
+def _hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.bitwise_count(a ^ b).sum(axis=-1)
+
+
+def near_duplicate_pairs(images: np.ndarray, max_distance: int, hash_size: int = 16) -> list[tuple[int, int]]:
+    """Index pairs (i < j) whose dHash (or that of a flipped copy of j) differs in at most ``max_distance`` bits.
+
+    Pigeonhole search (multi-index hashing; Norouzi et al., CVPR 2012): cut the hash into
+    ``max_distance + 1`` pieces; two hashes within the distance agree exactly on at least one
+    piece, so only images sharing a piece are compared. Linear in N for distinct images.
+    """
+    if len(images) < 2:
+        return []
+    hashes = dhash(images, hash_size)
+    bits = np.unpackbits(hashes.view(np.uint8), axis=1).astype(np.int64)
+    pieces = np.array_split(np.arange(bits.shape[1]), max_distance + 1)
+    found = []
+    for flipped in (None, images[..., ::-1], images[..., ::-1, :]):
+        other = hashes if flipped is None else dhash(np.ascontiguousarray(flipped), hash_size)
+        other_bits = bits if flipped is None else np.unpackbits(other.view(np.uint8), axis=1).astype(np.int64)
+        for piece in pieces:
+            weights = np.left_shift(1, np.arange(len(piece), dtype=np.int64))
+            keys, other_keys = bits[:, piece] @ weights, other_bits[:, piece] @ weights
+            order = np.argsort(keys, kind="stable")
+            low = np.searchsorted(keys[order], other_keys, "left")
+            counts = np.searchsorted(keys[order], other_keys, "right") - low
+            right = np.repeat(np.arange(len(images)), counts)
+            offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+            left = order[np.repeat(low, counts) + offsets]
+            keep = left != right
+            left, right = left[keep], right[keep]
+            close = _hamming(hashes[left], other[right]) <= max_distance
+            found.append(np.stack([np.minimum(left, right)[close], np.maximum(left, right)[close]], axis=1))
+    pairs = np.unique(np.concatenate(found), axis=0) if found else np.zeros((0, 2), dtype=np.int64)
+    return [(int(i), int(j)) for i, j in pairs]
+
+
+def group_labels(n: int, keys: list[str], pairs: list[tuple[int, int]] = ()) -> np.ndarray:
+    """A group id per item: items sharing a non-empty key, or joined by a pair, share a group."""
+    union = UnionFind(n)
+    first: dict[str, int] = {}
+    for index, key in enumerate(keys):
+        if key:
+            union.union(index, first.setdefault(key, index))
+    for i, j in pairs:
+        union.union(i, j)
+    return union.labels()
+
+
+def _fill(groups: list[np.ndarray], target: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Take whole groups, in order, while they fit in ``target`` items: (taken, left)."""
+    taken, left, room = [], [], target
+    for members in groups:
+        if 0 < len(members) <= room:
+            taken.append(members)
+            room -= len(members)
+        else:
+            left.append(members)
+    return taken, left
+
+
+def _groups_of(indices: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    """The items of ``indices`` bunched by group label, groups in seeded random order."""
+    indices = np.asarray(indices, dtype=np.int64)
+    order = np.unique(labels[indices]) if len(indices) else np.array([], dtype=np.int64)
+    bunches = [indices[labels[indices] == g] for g in order]
+    return [bunches[i] for i in rng.permutation(len(bunches))]
+
+
+def _flat(groups: list[np.ndarray]) -> list[int]:
+    return [int(i) for members in groups for i in members]
+
+
+@dataclass
+class SplitPlan:
+    """How a subset's records are split; counts are images, fractions of the normals they apply to.
+
+    ``publisher_parts`` (one of ``train``/``val``/``test``/"" per record) keeps a published split:
+    published train anomalies become anomaly-pool candidates, published test images the test set.
+    """
+
+    seed: int
+    test_normal_fraction: float = 0.2
+    val_fraction: float = 0.1
+    n_anomaly_pool: int = 0
+    strict_groups: bool = True
+
+
+def assign_parts(labels: np.ndarray, groups: np.ndarray, publisher_parts: list[str], plan: SplitPlan) -> list[str]:
+    """The part of every record: ``train``, ``val``, ``test``, ``anomaly_pool`` or ``unused``.
+
+    Without a published split: anomalies go to the test set except ``n_anomaly_pool`` of them (whole
+    groups with no image in the test set, at most half of the anomalies); ``round(test_normal_fraction * normals)`` normals go to
+    the test set as whole groups (exactly that many when singletons allow), the rest are training
+    normals, of which ``val_fraction`` (whole groups) become the validation set. With
+    ``strict_groups``, a normal that shares a group with a test anomaly goes to the test set too.
+    A published train image whose group reaches the test set is dropped (``unused``), so no group
+    is on both sides.
+    """
+    rng = np.random.default_rng(plan.seed)
+    n = len(labels)
+    parts = [""] * n
+    labels = np.asarray(labels)
+    published = any(publisher_parts)
+    anomalies = np.flatnonzero(labels == 1)
+    normals = np.flatnonzero(labels == 0)
+
+    if published:
+        test = {i for i in range(n) if publisher_parts[i] == "test"}
+        pool_candidates = [i for i in anomalies if publisher_parts[i] in ("train", "val")]
+        train_candidates = [i for i in normals if publisher_parts[i] in ("train", "val")]
+        val_fixed = [i for i in normals if publisher_parts[i] == "val"]
+        test_groups = {groups[i] for i in test}
+        pool_groups = _groups_of(np.array([i for i in pool_candidates if groups[i] not in test_groups], dtype=np.int64), groups, rng)
+        pool, _ = _fill(pool_groups, plan.n_anomaly_pool)
+        for i in range(n):
+            parts[i] = "test" if i in test else "unused"
+        for i in _flat(pool):
+            parts[i] = "anomaly_pool"
+        kept = np.array([i for i in train_candidates if groups[i] not in test_groups], dtype=np.int64)
+        if val_fixed:
+            val_set = {i for i in val_fixed if groups[i] not in test_groups}
+            train_set = [i for i in kept if i not in val_set]
+            for i in train_set:
+                parts[i] = "train"
+            for i in val_set:
+                parts[i] = "val"
+            return parts
+        _split_train_val(kept, groups, plan.val_fraction, rng, parts)
+        return parts
+
+    anomaly_groups = _groups_of(anomalies, groups, rng)
+    normal_group_ids = set(groups[normals].tolist())
+    pure = [g for g in anomaly_groups if groups[g[0]] not in normal_group_ids or not plan.strict_groups]
+    # the pool never takes more than half of the anomalies: the test set keeps most of them
+    pool, _ = _fill(pure, min(plan.n_anomaly_pool, len(anomalies) // 2))
+    pool_items = set(_flat(pool))
+    for i in anomalies:
+        parts[i] = "anomaly_pool" if i in pool_items else "test"
+    test_anomaly_groups = {groups[i] for i in anomalies if parts[i] == "test"} if plan.strict_groups else set()
+    normal_groups = _groups_of(normals, groups, rng)
+    forced = [g for g in normal_groups if groups[g[0]] in test_anomaly_groups]
+    free = [g for g in normal_groups if groups[g[0]] not in test_anomaly_groups]
+    n_test = int(round(plan.test_normal_fraction * len(normals)))
+    n_forced = sum(len(g) for g in forced)
+    test_free, rest = _fill(free, max(0, n_test - n_forced))
+    for i in _flat(forced) + _flat(test_free):
+        parts[i] = "test"
+    _split_train_val(np.array(_flat(rest), dtype=np.int64), groups, plan.val_fraction, rng, parts)
+    return parts
+
+
+def _split_train_val(indices: np.ndarray, groups: np.ndarray, val_fraction: float, rng: np.random.Generator,
+                     parts: list[str]) -> None:
+    """Mark ``val_fraction`` of ``indices`` (whole groups) as ``val`` and the rest ``train``."""
+    bunches = _groups_of(indices, groups, rng)
+    val, train = _fill(bunches, int(round(val_fraction * len(indices))))
+    for i in _flat(train):
+        parts[i] = "train"
+    for i in _flat(val):
+        parts[i] = "val"

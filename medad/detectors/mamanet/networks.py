@@ -1,0 +1,75 @@
+"""MAMA Net's encoder / hash memory / decoder (Chen et al., IEEE TMI 2021, Sec. III-D and IV-A; Fig. 2).
+
+Shapes at 128 px (``widths = (64, 256, 512)``, ``dec_sa3_out = 1024``; spec-mamanet.md Sec. 2)::
+
+    x C x128x128 -DA-> Conv_1 64x64x64 -DA-> Conv_2 256x32x32 -DA-> Conv_3 512x16x16
+    Conv_3 -SA-> semantic basis 512x16x16;  z = flatten(Conv_3) -> hash memory -> z_hat 512x16x16
+    concat(z_hat, SB) 1024x16x16 -SA-> 1024x16x16 -UA-> 512x32x32 -SA-> 512x32x32 -UA-> 64x64x64
+    -UA (sigmoid)-> x_hat C x128x128
+
+[!] the paper's decoder text says two SA + three UA in one place and two UA + two SA in another; the
+listed shapes need three up-samplings, so the decoder is 2 SA + 3 UA [R]. ``use_semantic_basis=False``
+is the paper's ablation (the decoder sees ``z_hat`` only).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from medad.detectors.blocks.memory import HashMemory
+from medad.detectors.mamanet.attention import MultiScaleAttention
+
+
+def encoder_sizes(image_size: int, downs: int = 3) -> list[int]:
+    """Spatial side after each DA block: a 3x3 stride-2 pad-1 conv gives ``ceil(s / 2)`` (228 -> 114 -> 57 -> 29)."""
+    sizes = [image_size]
+    for _ in range(downs):
+        sizes.append(math.ceil(sizes[-1] / 2))
+    return sizes
+
+
+class MamaNetwork(nn.Module):
+    """Encoder (3 DA) -> hash memory (+ SA semantic basis) -> decoder (2 SA + 3 UA), sigmoid output in [0, 1]."""
+
+    def __init__(self, image_size: int, channels: int, *, widths: tuple[int, int, int] = (64, 256, 512),
+                 dec_sa3_out: int = 1024, mem_size: int = 2000, hash_bits: int = 128, addressing: str = "hard",
+                 soft_topk: int = 5, soft_tau: float = 1.0, hash_train: str = "frozen",
+                 use_semantic_basis: bool = True, **block: Any) -> None:
+        super().__init__()
+        w1, w2, w3 = widths
+        self.sizes = encoder_sizes(image_size)
+        self.use_semantic_basis = use_semantic_basis
+        self.conv1 = MultiScaleAttention(channels, w1, "down", **block)
+        self.conv2 = MultiScaleAttention(w1, w2, "down", **block)
+        self.conv3 = MultiScaleAttention(w2, w3, "down", **block)
+        self.semantic_basis = MultiScaleAttention(w3, w3, "same", **block) if use_semantic_basis else None
+        self.latent_shape = (w3, self.sizes[3], self.sizes[3])
+        self.memory = HashMemory(mem_size, w3 * self.sizes[3] ** 2, hash_bits, addressing, soft_topk, soft_tau, hash_train)
+        self.deconv3 = MultiScaleAttention(2 * w3 if use_semantic_basis else w3, dec_sa3_out, "same", **block)
+        self.pre_deconv2 = MultiScaleAttention(dec_sa3_out, w3, "up", **block)
+        self.deconv2_sa = MultiScaleAttention(w3, w3, "same", **block)
+        self.deconv2 = MultiScaleAttention(w3, w1, "up", **block)
+        self.output = MultiScaleAttention(w1, channels, "up", **{**block, "output": "sigmoid"})
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """``Conv_3``: the encoder's ``(B, 512, S/8, S/8)`` feature map (z before flattening, Eq. 10)."""
+        return self.conv3(self.conv2(self.conv1(images)))
+
+    def decode(self, z_hat: torch.Tensor, basis: torch.Tensor | None) -> torch.Tensor:
+        """Eq. 11: reconstruct from the memory read ``z_hat`` and the semantic basis."""
+        h = torch.cat([z_hat, basis], dim=1) if basis is not None else z_hat
+        h = self.deconv3(h)
+        h = self.deconv2_sa(self.pre_deconv2(h, output_size=(self.sizes[2], self.sizes[2])))
+        h = self.deconv2(h, output_size=(self.sizes[1], self.sizes[1]))
+        return self.output(h, output_size=(self.sizes[0], self.sizes[0]))
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``recon`` (x_hat), ``z`` (Conv_3), ``z_hat`` (memory read) and ``slots`` (addressed indices)."""
+        z = self.encode(images)
+        z_hat, slots = self.memory(z)
+        basis = self.semantic_basis(z) if self.semantic_basis is not None else None
+        return {"recon": self.decode(z_hat, basis), "z": z, "z_hat": z_hat, "slots": slots}

@@ -1,0 +1,89 @@
+"""The papers' own numbers, shipped as data, and their comparison with a run's reproduced values.
+
+Format (``medad/data/paper_results.csv``, and any further ``medad/data/paper_results*.csv`` a
+contributor adds for another paper; one row per number)::
+
+    source            short id of the table, e.g. esmaeili2023-table3
+    paper             citation shown in the report
+    dataset, subset   our registry names (an empty subset: the dataset's only subset)
+    detector          our registry name (the CSV label of a run must equal it to be compared)
+    metric            our metric vocabulary: roc_auc, pr_auc, precision, recall, f1, specificity, ...
+    value             the paper's number, as a fraction (0.912, not 91.2)
+    threshold_policy  none for threshold-free metrics; the policy the paper's operating point
+                      corresponds to (best_f1 and youden are oracles: chosen on test labels)
+    split_match       yes (the paper's own file lists), sizes (same split sizes, our seeded draw), no
+    note              free text (how the number was read, caveats)
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medad.benchmark.metrics import ORACLE_POLICIES
+
+PAPER_COLUMNS = ["source", "paper", "dataset", "subset", "detector", "metric", "value", "threshold_policy",
+                 "split_match", "note"]
+SPLIT_MATCHES = ("yes", "sizes", "no")
+
+
+def packaged_files() -> list[Path]:
+    """``paper_results*.csv`` shipped in ``medad/data``, sorted by name."""
+    folder = Path(str(resources.files("medad") / "data"))
+    return sorted(folder.glob("paper_results*.csv")) if folder.is_dir() else []
+
+
+def read_paper_results(path: Path) -> pd.DataFrame:
+    """One paper-results CSV, validated: columns, numeric values in [0, 1], split_match vocabulary."""
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in PAPER_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing}; expected {PAPER_COLUMNS}")
+    values = pd.to_numeric(frame["value"], errors="coerce")
+    bad = frame.index[values.isna() | (values < 0) | (values > 1)]
+    if len(bad):
+        raise ValueError(f"{path}: row {int(bad[0]) + 2}: value {frame.loc[bad[0], 'value']!r} is not a number in [0, 1]")
+    wrong = frame.index[~frame["split_match"].isin(SPLIT_MATCHES)]
+    if len(wrong):
+        raise ValueError(f"{path}: row {int(wrong[0]) + 2}: split_match {frame.loc[wrong[0], 'split_match']!r} "
+                         f"is not one of {list(SPLIT_MATCHES)}")
+    frame["value"] = values
+    frame["threshold_policy"] = frame["threshold_policy"].replace("", "none")
+    return frame[PAPER_COLUMNS]
+
+
+def load_paper_results(paths: list[Path] | None = None) -> pd.DataFrame:
+    """Every paper number (the packaged files unless ``paths`` is given), one frame."""
+    frames = [read_paper_results(Path(p)) for p in (packaged_files() if paths is None else paths)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PAPER_COLUMNS)
+
+
+def compare(paper: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
+    """Paper value next to the reproduced mean (and std, seeds) of the same dataset/subset, detector, metric and policy.
+
+    Only rows whose dataset/subset and detector occur in the run are kept. A paper row with an empty subset
+    matches the run's subset of that dataset when the run has exactly one.
+    """
+    columns = PAPER_COLUMNS + ["unit", "reproduced", "std", "seeds", "difference", "oracle"]
+    if paper.empty or metrics.empty:
+        return pd.DataFrame(columns=columns)
+    grouped = (metrics.groupby(["dataset", "subset", "detector", "metric", "threshold_policy"])["value"]
+               .agg(reproduced="mean", std="std", seeds="count").reset_index())
+    subsets = grouped.groupby("dataset")["subset"].unique()
+    paper = paper[paper["dataset"].isin(subsets.index) & paper["detector"].isin(grouped["detector"])].copy()
+    if paper.empty:
+        return pd.DataFrame(columns=columns)
+    only = {d: s[0] for d, s in subsets.items() if len(s) == 1}
+    empty = paper["subset"] == ""
+    paper.loc[empty, "subset"] = paper.loc[empty, "dataset"].map(only).fillna("")
+    merged = paper.merge(grouped, how="left", on=["dataset", "subset", "detector", "metric", "threshold_policy"])
+    merged["unit"] = merged["dataset"] + "/" + merged["subset"]
+    merged = merged[merged["unit"].isin(set(grouped["dataset"] + "/" + grouped["subset"]))].copy()
+    merged["difference"] = merged["reproduced"] - merged["value"]
+    merged["seeds"] = merged["seeds"].fillna(0).astype(int)
+    merged["oracle"] = merged["threshold_policy"].isin(ORACLE_POLICIES)
+    merged.loc[merged["seeds"] == 0, "difference"] = np.nan
+    return merged[columns]

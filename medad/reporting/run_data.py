@@ -1,0 +1,145 @@
+"""A run folder's CSVs, read once for the report: metrics, scores, history, jobs, manifest, examples."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from medad.benchmark.examples import EXAMPLES_FILE
+from medad.benchmark.run_folder import COLUMNS
+
+UNIT_SEPARATOR = "/"
+
+
+def unit_name(dataset: str, subset: str) -> str:
+    """The name of one evaluation unit, ``dataset/subset``."""
+    return f"{dataset}{UNIT_SEPARATOR}{subset}"
+
+
+def _read(path: Path, name: str) -> pd.DataFrame:
+    """``path`` as a frame with at least the standard columns of table ``name`` (empty when absent)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return pd.DataFrame(columns=COLUMNS[name])
+    try:
+        frame = pd.read_csv(path, keep_default_na=True, dtype={"dataset": str, "subset": str, "detector": str,
+                                                                "sample_id": str, "job_id": str})
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame(columns=COLUMNS[name])
+    missing = [c for c in COLUMNS[name] if c not in frame.columns and c not in ("ci_low", "ci_high", "note", "oracle")]
+    if missing and not frame.empty:
+        raise ValueError(f"{path}: missing columns {missing}; expected {COLUMNS[name]}")
+    return frame.reindex(columns=list(COLUMNS[name]) + [c for c in frame.columns if c not in COLUMNS[name]])
+
+
+@dataclass
+class DetectorTags:
+    """What kind of result a detector's rows are: supervision, weights and extra tags such as ``protocol``."""
+
+    supervision: str = "unsupervised"
+    weights: str = "none"
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def semi_supervised(self) -> bool:
+        return self.supervision != "unsupervised"
+
+
+@dataclass
+class RunData:
+    """Everything the report shows, read from one run folder."""
+
+    path: Path
+    run_id: str
+    manifest: dict[str, Any]
+    jobs: pd.DataFrame
+    metrics: pd.DataFrame
+    scores: pd.DataFrame
+    history: pd.DataFrame
+    tags: dict[str, DetectorTags]
+    tag_columns: list[str]
+    _metric_index: dict | None = field(default=None, repr=False)
+
+    @property
+    def units(self) -> list[str]:
+        """``dataset/subset`` units with any job or metric, in the config's order."""
+        frames = [f[["dataset", "subset"]] for f in (self.jobs, self.metrics) if not f.empty]
+        if not frames:
+            return []
+        pairs = pd.concat(frames).dropna().drop_duplicates()
+        found = [unit_name(d, s) for d, s in pairs.itertuples(index=False)]
+        config = self.manifest.get("config") or {}
+        order = [unit_name(d.get("name", ""), s) for d in config.get("datasets", []) for s in (d.get("subsets") or [])]
+        return _in_order(found, order)
+
+    @property
+    def detectors(self) -> list[str]:
+        """Detector labels with any job or metric, in the config's order."""
+        frames = [f["detector"] for f in (self.jobs, self.metrics) if not f.empty]
+        found = list(pd.concat(frames).dropna().astype(str).drop_duplicates()) if frames else []
+        config = self.manifest.get("config") or {}
+        order = [d.get("label") or d.get("name", "") for d in config.get("detectors", [])]
+        return _in_order(found, order)
+
+    def unit_rows(self, frame: pd.DataFrame, unit: str) -> pd.DataFrame:
+        """The rows of ``frame`` that belong to ``unit``."""
+        if frame.empty:
+            return frame
+        return frame[(frame["dataset"] + UNIT_SEPARATOR + frame["subset"]) == unit]
+
+    def metric_rows(self, unit: str, detector: str, metric: str, policy: str = "none") -> pd.DataFrame:
+        """The metrics.csv rows of one unit, detector, metric and threshold policy (all seeds)."""
+        if self._metric_index is None:
+            frame = self.metrics.assign(unit=self.metrics["dataset"] + UNIT_SEPARATOR + self.metrics["subset"])
+            self._metric_index = {key: rows for key, rows in
+                                  frame.groupby(["unit", "detector", "metric", "threshold_policy"], sort=False)}
+        return self._metric_index.get((unit, detector, metric, policy), self.metrics.iloc[0:0])
+
+    def examples_path(self, dataset: str, subset: str, detector: str, seed: int) -> Path | None:
+        """The job's ``examples.npz`` when it has one."""
+        done = self.jobs[(self.jobs["dataset"] == dataset) & (self.jobs["subset"] == subset)
+                         & (self.jobs["detector"] == detector) & (self.jobs["seed"] == seed)]
+        for job_id in done["job_id"]:
+            path = self.path / "jobs" / str(job_id) / EXAMPLES_FILE
+            if path.is_file():
+                return path
+        return None
+
+
+def _in_order(found: list[str], order: list[str]) -> list[str]:
+    """``found`` sorted by position in ``order`` (names not in it last, in their own order)."""
+    position = {name: i for i, name in enumerate(order)}
+    return sorted(found, key=lambda name: position.get(name, len(order)))
+
+
+def _detector_tags(metrics: pd.DataFrame, tag_columns: list[str]) -> dict[str, DetectorTags]:
+    tags: dict[str, DetectorTags] = {}
+    for detector, rows in metrics.groupby("detector", sort=False):
+        first = rows.iloc[0]
+        extra = {c: str(first[c]) for c in tag_columns if pd.notna(first[c]) and str(first[c]) != ""}
+        supervision = str(first["supervision"]) if pd.notna(first["supervision"]) else "unsupervised"
+        weights = str(first["weights"]) if pd.notna(first["weights"]) else "none"
+        tags[str(detector)] = DetectorTags(supervision, weights, extra)
+    return tags
+
+
+def load_run(path: str | Path) -> RunData:
+    """Read a run folder (``manifest.json`` and the merged CSVs); a clear error when it is not one."""
+    path = Path(path)
+    manifest_path = path / "manifest.json"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{manifest_path} does not exist: {path} is not a medad run folder")
+    manifest = json.loads(manifest_path.read_text())
+    metrics = _read(path / "metrics.csv", "metrics")
+    tag_columns = [c for c in metrics.columns if c not in COLUMNS["metrics"]]
+    if "oracle" in metrics:
+        metrics["oracle"] = metrics["oracle"].astype(str).str.lower().isin(["true", "1"])
+    return RunData(
+        path=path, run_id=str(manifest.get("run_id") or path.name), manifest=manifest,
+        jobs=_read(path / "jobs.csv", "jobs"), metrics=metrics, scores=_read(path / "scores.csv", "scores"),
+        history=_read(path / "history.csv", "history"), tags=_detector_tags(metrics, tag_columns),
+        tag_columns=tag_columns,
+    )
