@@ -42,11 +42,36 @@ def test_shipped_default_config_is_valid():
     (base(detectors=[{"name": "ae"}, {"name": "ae"}]), "label 'ae' appears twice"),
     (base(detectors=[{"name": "ae", "params": {"seed": 3}}]), "unknown parameter"),
     ({"name": "t"}, "image_size: missing (required)"),
+    (base(detectors=[{"name": "ae", "datasets": ["synthetic/huge"]}]),
+     "detectors[0].datasets: 'synthetic/huge' is not a dataset or dataset/subset of this config; it has: synthetic, "),
+    (base(detectors=[{"name": "ae", "image_size": 4}]), "detectors[0].image_size: expected an integer >= 8, got 4"),
+    (base(detectors=[{"name": "ae", "channels": 2}]), "detectors[0].channels: expected 1 or 3, got 2"),
 ])
 def test_bad_configs_name_the_key(raw, expected):
     with pytest.raises(ConfigError) as error:
         parse_config(raw)
     assert expected in str(error.value)
+
+
+def test_detector_entries_pick_their_datasets_and_input_size():
+    from medad.benchmark.jobs import expand_jobs
+
+    config = parse_config(base(detectors=[
+        {"name": "ae"},
+        {"name": "ae", "label": "ae-big", "image_size": 48, "channels": 3, "datasets": ["synthetic/subtle"]},
+    ]))
+    cells = {(job.detector, job.subset, job.image_size, job.channels) for job in expand_jobs(config)}
+    assert cells == {("ae", "obvious", 32, 1), ("ae", "subtle", 32, 1), ("ae-big", "subtle", 48, 3)}
+
+
+def test_papers_config_runs_each_paper_on_its_own_datasets():
+    from medad.benchmark.jobs import expand_jobs
+
+    jobs = expand_jobs(load_config(REPO_ROOT / "configs" / "papers.yaml"), "/data")
+    pairs = {(job.detector, job.dataset) for job in jobs}
+    assert ("mama-net", "rider") in pairs and ("proxyano", "brain-tumor-mri") in pairs
+    assert not {pair for pair in pairs if pair[0].startswith("sure-roi") and pair[1] != "montgomery-shenzhen"}
+    assert {job.image_size for job in jobs if job.detector.startswith("mama-net")} == {228}
 
 
 def test_allowed_parameters_are_listed():

@@ -57,6 +57,15 @@ class DetectorEntry:
     label: str
     params: dict[str, Any] = field(default_factory=dict)
     resources: dict[str, Any] = field(default_factory=dict)
+    # Per-entry overrides (a paper's own input size), and the datasets it runs on ("name" or "name/subset");
+    # None: the top-level image_size/channels, every dataset of the config.
+    image_size: int | None = None
+    channels: int | None = None
+    datasets: list[str] | None = None
+
+    def runs_on(self, dataset: str, subset: str) -> bool:
+        """Whether this detector entry takes part in the ``dataset``/``subset`` cells of the matrix."""
+        return self.datasets is None or dataset in self.datasets or f"{dataset}/{subset}" in self.datasets
 
 
 @dataclass
@@ -217,16 +226,33 @@ def _lookup(registry, where: str, name: Any):
         raise ConfigError(f"{where}.name: {error}") from None
 
 
+def _check_image_format(prefix: str, entry: dict[str, Any]) -> None:
+    """``image_size`` (an int >= 8) and ``channels`` (1 or 3), where the mapping sets them."""
+    if "image_size" in entry:
+        _check_type(f"{prefix}image_size", entry["image_size"], int)
+        if entry["image_size"] < 8:
+            raise ConfigError(f"{prefix}image_size: expected an integer >= 8, got {entry['image_size']}")
+    if "channels" in entry and entry["channels"] not in (1, 3):
+        raise ConfigError(f"{prefix}channels: expected 1 or 3, got {entry['channels']!r}")
+
+
+def _check_dataset_restriction(where: str, only: Any, datasets: list[DatasetEntry]) -> None:
+    """A detector entry's ``datasets``: names or name/subset pairs, each among the config's datasets."""
+    _check_type(where, only, list[str])
+    cells = {d.name for d in datasets} | {f"{d.name}/{s}" for d in datasets for s in d.subsets}
+    for item in only:
+        if item not in cells:
+            raise ConfigError(f"{where}: {item!r} is not a dataset or dataset/subset of this config; "
+                              f"it has: {', '.join(sorted(cells))}")
+
+
 def parse_config(raw: Any, source: str = "<config>") -> RunConfig:
     """Validate a loaded YAML mapping and fill defaults."""
     top = _check_keys(source, raw, set(_TOP_KEYS), _REQUIRED)
     values = {**_DEFAULTS, **top}
     for key, expected in _TOP_KEYS.items():
         _check_type(key, values[key], expected)
-    if values["image_size"] < 8:
-        raise ConfigError(f"image_size: expected an integer >= 8, got {values['image_size']}")
-    if values["channels"] not in (1, 3):
-        raise ConfigError(f"channels: expected 1 or 3, got {values['channels']}")
+    _check_image_format("", values)
     check_device("device", values["device"])
     for i, seed in enumerate(values["seeds"]):
         _check_type(f"seeds[{i}]", seed, int)
@@ -252,12 +278,18 @@ def parse_config(raw: Any, source: str = "<config>") -> RunConfig:
     detectors = []
     for i, entry in enumerate(values["detectors"]):
         where = f"detectors[{i}]"
-        entry = _check_keys(where, entry, {"name", "label", "params", "resources"}, ("name",))
+        entry = _check_keys(where, entry, {"name", "label", "params", "resources", "image_size", "channels", "datasets"},
+                            ("name",))
         cls = _lookup(DETECTORS, where, entry["name"])
         label = entry.get("label", entry["name"])
         _check_type(f"{where}.label", label, str)
+        _check_image_format(f"{where}.", entry)
+        only = entry.get("datasets")
+        if only is not None:
+            _check_dataset_restriction(f"{where}.datasets", only, datasets)
         detectors.append(DetectorEntry(entry["name"], label, check_params(where, cls, entry.get("params")),
-                                       check_resources(f"{where}.resources", entry.get("resources"))))
+                                       check_resources(f"{where}.resources", entry.get("resources")),
+                                       entry.get("image_size"), entry.get("channels"), only))
     labels = [d.label for d in detectors]
     duplicated = sorted({label for label in labels if labels.count(label) > 1})
     if duplicated:

@@ -49,10 +49,13 @@ def expand_jobs(config: RunConfig, data_root: str | None = None) -> list[Job]:
         root = dataset.root or (f"{data_root}/{dataset.name}" if data_root else None)
         for subset in dataset.subsets:
             for detector in config.detectors:
+                if not detector.runs_on(dataset.name, subset):
+                    continue
                 for seed in config.seeds:
                     jobs.append(Job(
                         dataset=dataset.name, subset=subset, detector=detector.label, detector_name=detector.name,
-                        seed=seed, image_size=config.image_size, channels=config.channels, device=config.device,
+                        seed=seed, image_size=detector.image_size or config.image_size,
+                        channels=detector.channels or config.channels, device=config.device,
                         score_batch_size=config.score_batch_size, save_checkpoints=config.save_checkpoints,
                         dataset_params=dict(dataset.params), detector_params=dict(detector.params), dataset_root=root,
                         resources={**config.resources, **detector.resources},

@@ -13,6 +13,7 @@ a missing dataset) returns a ``failed`` record like any output and is not retrie
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Callable, Sequence
 
@@ -52,11 +53,16 @@ class RayExecutor:
         """Connect to Ray unless this process already is; return whether this call made the connection."""
         if ray.is_initialized():  # the caller's own ray.init() (a notebook, a test) is left as it is
             return False
+        # The driver's --no-cache reaches the workers' dataset loaders (the cache folder stays each node's own).
+        from medad.datasets.cache import NO_CACHE_ENV
+
+        env = {key: os.environ[key] for key in (NO_CACHE_ENV,) if key in os.environ}
+        runtime_env = {"env_vars": env} if env else None
         try:
             if self.address is None:  # "local": a new instance, even where RAY_ADDRESS or a `ray start` exists
-                ray.init(address="local", include_dashboard=False)
+                ray.init(address="local", include_dashboard=False, runtime_env=runtime_env)
             else:
-                ray.init(address=self.address)
+                ray.init(address=self.address, runtime_env=runtime_env)
         except ConnectionError as error:
             raise ConnectionError(f"--ray-address {self.address}: cannot connect to a Ray cluster: {error}") from error
         return True
