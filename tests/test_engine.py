@@ -10,7 +10,6 @@ import sys
 import time
 
 import pandas as pd
-import pytest
 
 from medad.benchmark.config import load_config
 from medad.benchmark.engine import run_matrix

@@ -20,11 +20,10 @@ from typing import Any, Callable, Sequence
 from tqdm.auto import tqdm
 
 from medad.benchmark.job_runner import write_lost_job, write_output
+from medad.benchmark.executors import OnRecord
 from medad.benchmark.jobs import Job
 from medad.benchmark.remote import error_line, job_resources, missing_extra, remote_job
 from medad.benchmark.run_folder import RunFolder
-
-OnRecord = Callable[[dict[str, Any]], None]
 
 
 def _import_ray():

@@ -115,11 +115,18 @@ def _in_order(found: list[str], order: list[str]) -> list[str]:
     return sorted(found, key=lambda name: position.get(name, len(order)))
 
 
+def _tag_text(value: object) -> str:
+    """A tag value as written by its detector: a whole number read back as float (20.0) shows as 20."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def _detector_tags(metrics: pd.DataFrame, tag_columns: list[str]) -> dict[str, DetectorTags]:
     tags: dict[str, DetectorTags] = {}
     for detector, rows in metrics.groupby("detector", sort=False):
         first = rows.iloc[0]
-        extra = {c: str(first[c]) for c in tag_columns if pd.notna(first[c]) and str(first[c]) != ""}
+        extra = {c: _tag_text(first[c]) for c in tag_columns if pd.notna(first[c]) and str(first[c]) != ""}
         supervision = str(first["supervision"]) if pd.notna(first["supervision"]) else "unsupervised"
         weights = str(first["weights"]) if pd.notna(first["weights"]) else "none"
         tags[str(detector)] = DetectorTags(supervision, weights, extra)
