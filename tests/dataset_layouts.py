@@ -6,6 +6,7 @@ purpose are near duplicates) with the publisher's names, nesting, label files an
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -83,13 +84,49 @@ def brain_tumor_mri(root: Path) -> Path:
     return root
 
 
-def br35h(root: Path, n: int = 10) -> Path:
-    """yes/y0..yN.jpg, no/no0..noN.jpg with some capitalised No*.jpg, unlabelled pred/."""
+def br35h(root: Path, n: int = 10, mask_rcnn: bool = False) -> Path:
+    """yes/y0..yN.jpg, no/no0..noN.jpg with some capitalised No*.jpg, unlabelled pred/ (+ Br35H-Mask-RCNN/)."""
     no = [f"No{i}.jpg" if i in (2, 3) else f"no{i}.jpg" for i in range(n)]
     yes_no(root, [f"y{i}.jpg" for i in range(n)], no, seed=3)
     rng = np.random.default_rng(4)
     for i in range(3):
         save(root / "pred" / f"pred{i}.jpg", noise(rng), fmt="JPEG")
+    if mask_rcnn:
+        br35h_mask_rcnn(root, {"TRAIN": range(n // 2 - 1), "VAL": range(n // 2 - 1, n // 2 + 1), "TEST": range(n // 2 + 1, n - 2)})
+    return root
+
+
+def br35h_polygon(index: int) -> dict[str, object]:
+    """The VIA ``shape_attributes`` of tumour ``y<index>``: a quadrilateral in the upper-left of its 24 x 24 image."""
+    left, top = 2 + index % 3, 3 + index % 2
+    return {"name": "polygon", "all_points_x": [left, left + 9, left + 10, left + 1],
+            "all_points_y": [top, top + 1, top + 8, top + 9]}
+
+
+def br35h_mask_rcnn(root: Path, parts: dict[str, range]) -> Path:
+    """Br35H-Mask-RCNN/{TRAIN,VAL,TEST}/: byte copies of the outlined yes/ images + VIA exports keyed ``filename+size``.
+
+    Each split folder holds its images and ``annotations_<split>.json``; ``annotations_all.json``
+    (all entries) sits at the top. ``y1`` has two regions (a polygon and a rect); the last two
+    tumours are in no split (their masks are unknown).
+    """
+    base = root / "Br35H-Mask-RCNN"
+    every = {}
+    for split, indices in parts.items():
+        entries = {}
+        for i in indices:
+            data = (root / "yes" / f"y{i}.jpg").read_bytes()
+            (base / split).mkdir(parents=True, exist_ok=True)
+            (base / split / f"y{i}.jpg").write_bytes(data)
+            regions = [{"shape_attributes": br35h_polygon(i), "region_attributes": {}}]
+            if i == 1:
+                regions.append({"shape_attributes": {"name": "rect", "x": 14, "y": 14, "width": 4, "height": 4},
+                                "region_attributes": {}})
+            entries[f"y{i}.jpg{len(data)}"] = {"filename": f"y{i}.jpg", "size": len(data), "regions": regions,
+                                                "file_attributes": {}}
+        (base / split / f"annotations_{split.lower()}.json").write_text(json.dumps(entries))
+        every.update(entries)
+    (base / "annotations_all.json").write_text(json.dumps(every))
     return root
 
 

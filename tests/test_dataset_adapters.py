@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,7 +11,7 @@ import torch
 from PIL import Image
 
 from medad.benchmark.jobs import Job
-from medad.benchmark.job_runner import load_subset
+from medad.benchmark.job_runner import execute, load_subset
 from medad.benchmark.registry import DATASETS
 from medad.cli import main
 from medad.datasets import io
@@ -17,6 +19,7 @@ from medad.datasets.base import DatasetError
 from medad.datasets.splits import SplitPlan, assign_parts, group_labels
 from tests import dataset_layouts as layouts
 from tests.conftest import write_config
+from tests.support.detectors import TemplateDistance
 
 SIZE = 32
 
@@ -33,7 +36,7 @@ def downloads(tmp_path_factory):
     base = tmp_path_factory.mktemp("data")
     layouts.head_ct(base / "head-ct" / "head_ct_archive")
     layouts.brain_tumor_mri(base / "brain-tumor-mri")
-    layouts.br35h(base / "br35h" / "Br35H")
+    layouts.br35h(base / "br35h" / "Br35H", mask_rcnn=True)
     layouts.mias(base / "mias")
     layouts.oct(base / "oct" / "oct2017")
     layouts.cnmc(base / "c-nmc")
@@ -153,6 +156,86 @@ def test_br35h_ignores_pred_and_matches_capitalised_names(downloads):
     ids = subset.train.ids + (subset.val.ids if subset.val else []) + subset.test.ids
     assert "no/No2.jpg" in ids and not any(i.startswith("pred/") for i in ids)
     assert int((subset.test.labels == 1).sum()) == 10
+
+
+def test_br35h_mask_rcnn_polygons_become_tumour_masks(downloads):
+    from skimage.measure import points_in_poly
+
+    dataset = DATASETS.get("br35h")(root=downloads / "br35h", image_size=SIZE)
+    assert not any("mask-rcnn" in r.path.lower() for r in dataset.records())   # the byte copies are not indexed
+    assert len(dataset.records()) == 20
+    subset = dataset.load("default")
+    test = subset.test
+    assert test.masks is not None and subset.train.masks is not None and subset.train.mask_known.all()
+    assert int(subset.train.masks.sum()) == 0
+    root = downloads / "br35h" / "Br35H"
+    for i in range(8):                       # outlined in TRAIN / VAL / TEST: the mask lies inside the polygon
+        k = test.ids.index(f"yes/y{i}.jpg")
+        mask = test.masks[k].numpy().astype(bool)
+        assert test.mask_known[k] and mask.sum() > 0.1 * SIZE * SIZE
+        height, width = np.asarray(Image.open(root / "yes" / f"y{i}.jpg")).shape[:2]
+        rows, cols = np.nonzero(mask)       # mask pixel -> the source pixel nearest-neighbour resizing read
+        source = np.stack([cols * width // SIZE, rows * height // SIZE], axis=1)
+        shape = layouts.br35h_polygon(i)
+        outline = np.stack([shape["all_points_x"], shape["all_points_y"]], axis=1)
+        assert points_in_poly(source, outline).all()
+        centre = outline.mean(axis=0)             # (x, y) in source pixels -> the polygon's middle is covered
+        assert mask[int(centre[1] * SIZE / height), int(centre[0] * SIZE / width)]
+    assert not test.masks[test.ids.index("yes/y1.jpg")][19:23, 19:23].any()   # y1's rect region is not a polygon
+    for name in ("yes/y8.jpg", "yes/y9.jpg"):                           # tumours nobody outlined
+        k = test.ids.index(name)
+        assert not test.mask_known[k] and int(test.masks[k].sum()) == 0
+    normals = test.labels == 0
+    assert normals.any() and test.mask_known[normals].all() and int(test.masks[torch.from_numpy(normals)].sum()) == 0
+    assert list(test.subset(np.array([test.ids.index("yes/y9.jpg")])).mask_known) == [False]
+    report = dataset.check(strict_counts=False)
+    assert "anomaly masks: 8 of 10 anomalous images annotated; pixel metrics use only those and the normals" in report.lines
+    assert report.ok and not any("unexpected file" in line for line in report.lines)
+
+
+def test_br35h_without_mask_rcnn_has_no_masks_and_bad_annotations_name_the_file(tmp_path):
+    layouts.br35h(tmp_path / "br35h", n=6)
+    plain = DATASETS.get("br35h")(root=tmp_path / "br35h", image_size=SIZE).load("default")
+    assert plain.test.masks is None and plain.test.mask_known is None
+    layouts.br35h_mask_rcnn(tmp_path / "br35h", {"TRAIN": range(2)})
+    source = tmp_path / "br35h" / "Br35H-Mask-RCNN" / "TRAIN" / "annotations_train.json"
+    entries = json.loads(source.read_text())
+    entries["y77.jpg123"] = {"filename": "y77.jpg", "size": 123, "regions": [], "file_attributes": {}}
+    source.write_text(json.dumps(entries))
+    with pytest.raises(DatasetError, match=r"annotations_train.json outlines 'y77.jpg', which is not in"):
+        DATASETS.get("br35h")(root=tmp_path / "br35h", image_size=SIZE).records()
+    del entries["y77.jpg123"]
+    y0 = next(key for key in entries if entries[key]["filename"] == "y0.jpg")
+    entries[y0]["regions"][0]["shape_attributes"]["all_points_y"] = [1, 1]   # 4 x values, 2 y values
+    source.write_text(json.dumps(entries))
+    with pytest.raises(DatasetError, match=r"annotations_train.json: entry 'y0.jpg\d+' has a polygon whose all_points_x"):
+        DATASETS.get("br35h")(root=tmp_path / "br35h", image_size=SIZE).records()
+
+
+class IntensityMaps(TemplateDistance):
+    """Pixel maps = grey level: fixed by the image alone, so a test can recompute the pixel metrics."""
+
+    def score_map(self, images: torch.Tensor) -> torch.Tensor:
+        return images.mean(dim=1)
+
+
+def test_pixel_metrics_cover_only_images_with_known_masks(downloads):
+    from sklearn.metrics import roc_auc_score
+
+    job = Job(dataset="br35h", subset="default", detector="maps", detector_name=f"{__name__}:IntensityMaps", seed=0,
+              image_size=SIZE, channels=1, device="cpu", score_batch_size=8, save_checkpoints=False,
+              dataset_root=str(downloads / "br35h"))
+    _, tables, _ = execute(job, "r")
+    metrics = tables["metrics"].set_index("metric")
+    test = load_subset(job).test
+    known = test.mask_known
+    assert 0 < known.sum() < len(test)
+    assert metrics.loc["pixel_roc_auc", "note"] == f"pixel metrics over {known.sum()} of {len(test)} test images with masks"
+    maps = test.float_images().mean(dim=1).numpy()
+    masks = test.masks.numpy()
+    expected = roc_auc_score(masks[known].ravel(), maps[known].ravel())
+    assert metrics.loc["pixel_roc_auc", "value"] == pytest.approx(expected)
+    assert expected != pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()))   # unknown masks would change it
 
 
 def test_mias_discs_patches_and_patient_pairs(downloads):

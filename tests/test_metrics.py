@@ -132,3 +132,17 @@ def test_pixel_metrics_match_sklearn_and_handle_empty_masks():
     assert rows[("pixel_roc_auc", "none")].value == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()))
     empty = by_key(m.pixel_metrics(np.zeros((2, 4, 4)), np.ones((2, 4, 4))))
     assert math.isnan(empty[("pixel_roc_auc", "none")].value) and "single class" in empty[("pixel_roc_auc", "none")].note
+
+
+def test_pixel_metrics_add_aupro_and_dice_with_an_honest_and_an_oracle_threshold():
+    rng = np.random.default_rng(3)
+    masks = np.zeros((4, 16, 16), dtype=bool)
+    masks[:2, 4:10, 4:10] = True
+    maps = rng.random(masks.shape) * 0.5 + masks            # lesions score above every normal pixel
+    val_maps = rng.random((3, 16, 16)) * 0.5
+    rows = by_key(m.pixel_metrics(masks, maps, val_maps=val_maps))
+    assert rows[("aupro", "none")].value == pytest.approx(1.0)
+    assert rows[("dice", "best_dice")].value == pytest.approx(1.0) and rows[("dice", "best_dice")].oracle
+    honest = rows[("dice", "val_px_q99")]
+    assert not honest.oracle and 0.8 < honest.value < 1.0  # about 1% of normal pixels pass the val threshold
+    assert ("dice", "val_px_q99") not in by_key(m.pixel_metrics(masks, maps))  # no validation maps: oracle only

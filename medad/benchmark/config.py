@@ -228,11 +228,11 @@ def _lookup(registry, where: str, name: Any):
 
 def _check_image_format(prefix: str, entry: dict[str, Any]) -> None:
     """``image_size`` (an int >= 8) and ``channels`` (1 or 3), where the mapping sets them."""
-    if "image_size" in entry:
+    if entry.get("image_size") is not None:
         _check_type(f"{prefix}image_size", entry["image_size"], int)
         if entry["image_size"] < 8:
             raise ConfigError(f"{prefix}image_size: expected an integer >= 8, got {entry['image_size']}")
-    if "channels" in entry and entry["channels"] not in (1, 3):
+    if entry.get("channels") is not None and entry["channels"] not in (1, 3):
         raise ConfigError(f"{prefix}channels: expected 1 or 3, got {entry['channels']!r}")
 
 

@@ -148,10 +148,14 @@ def execute(job: Job, run_id: str, progress: bool = False) -> tuple[dict[str, An
                               in_sample=detector.supervision == "semi-supervised")
     # 95% stratified bootstrap intervals of ROC/PR AUC, 1000 resamples seeded by the job's seed
     intervals = bootstrap_intervals(subset.test.labels, test_scores, seed=job.seed)
-    if subset.test.masks is not None:
-        maps = maps_in_batches(detector, subset.test, job.score_batch_size)
+    if subset.test.masks is not None and subset.test.mask_known.any():
+        # anomalies the publisher did not outline have unknown masks: only known ones are scored
+        masked = subset.test.subset(np.flatnonzero(subset.test.mask_known))
+        maps = maps_in_batches(detector, masked, job.score_batch_size)
         if maps is not None:
-            rows += pixel_metrics(subset.test.masks.numpy(), maps)
+            # the normal validation images' maps fix the honest pixel threshold of Dice
+            val_maps = maps_in_batches(detector, subset.val, job.score_batch_size) if subset.val is not None else None
+            rows += pixel_metrics(masked.masks.numpy(), maps, n_test=len(subset.test), val_maps=val_maps)
     timings["score_s"] = time.perf_counter() - started
 
     tags = detector_tags(detector)

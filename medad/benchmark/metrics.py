@@ -7,6 +7,8 @@ Threshold policies:
   before the test set is seen.
 - ``youden``: the test-set threshold maximising sensitivity + specificity - 1. **Oracle.**
 - ``best_f1``: the test-set threshold maximising F1 (the study's TABLE 3 operating point). **Oracle.**
+- ``val_px_q99`` (pixel level, ``dice``): the 99th percentile of the anomaly-map values of the normal
+  validation images. Honest. ``best_dice``: the pixel threshold maximising Dice on the test masks. **Oracle.**
 - ``screen_s98``: the high-sensitivity screening filter (SURE-ROI, Wang 2022): the largest threshold that
   keeps 98% sensitivity on the labelled anomaly pool (never the test set); ``cleared_fraction`` is the
   share of test studies it would report as certainly normal. Honest for unsupervised detectors.
@@ -22,7 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
-ORACLE_POLICIES = frozenset({"youden", "best_f1"})
+from medad.benchmark.pixel_metrics import aupro, best_dice, dice, pixel_threshold_val
+
+ORACLE_POLICIES = frozenset({"youden", "best_f1", "best_dice"})
 THRESHOLD_METRICS = ("threshold", "precision", "recall", "specificity", "f1", "accuracy")
 # Clinical operating points read off the test ROC curve (threshold-free summaries, like the AUC).
 OPERATING_POINTS = {"sens_at_spec90": ("sensitivity", 0.90), "sens_at_spec95": ("sensitivity", 0.95),
@@ -183,16 +187,34 @@ def image_metrics(labels: np.ndarray, scores: np.ndarray, val_scores: np.ndarray
     return rows
 
 
-def pixel_metrics(masks: np.ndarray, maps: np.ndarray) -> list[MetricRow]:
-    """Pixel ROC AUC and PR AUC over every pixel of every test image with a mask."""
-    masks = np.asarray(masks).astype(np.int64).ravel()
-    maps = np.asarray(maps, dtype=np.float64).ravel()
-    if masks.shape != maps.shape:
-        raise ValueError(f"masks and score maps differ in size: {masks.shape[0]} vs {maps.shape[0]} pixels")
-    reason = None if masks.any() and not masks.all() else "masks hold a single class: pixel AUC undefined"
-    if reason:
-        return [MetricRow("pixel_roc_auc", float("nan"), note=reason), MetricRow("pixel_pr_auc", float("nan"), note=reason)]
-    return [MetricRow("pixel_roc_auc", roc_auc(masks, maps)), MetricRow("pixel_pr_auc", pr_auc(masks, maps))]
+def pixel_metrics(masks: np.ndarray, maps: np.ndarray, n_test: int | None = None,
+                  val_maps: np.ndarray | None = None) -> list[MetricRow]:
+    """Pixel ROC AUC, PR AUC, AUPRO and Dice over every pixel of every test image with a known mask.
+
+    ``masks`` and ``maps`` are ``(N, H, W)`` for the images whose mask is known; ``n_test`` is the
+    size of the whole test set when that is larger (some anomalies not outlined), and the rows' note
+    then says how many images the values cover. ``val_maps`` (the normal validation images' maps) fix
+    the honest Dice threshold ``val_px_q99``; without them only the oracle ``best_dice`` is given.
+    """
+    n_masked = len(masks)
+    masks = np.asarray(masks).astype(bool)
+    maps = np.asarray(maps, dtype=np.float64)
+    if masks.size != maps.size:
+        raise ValueError(f"masks and score maps differ in size: {masks.size} vs {maps.size} pixels")
+    maps = maps.reshape(masks.shape)
+    notes = [] if n_test is None or n_test == n_masked else [f"pixel metrics over {n_masked} of {n_test} test images with masks"]
+    if not (masks.any() and not masks.all()):
+        note = "; ".join(["masks hold a single class: pixel metrics undefined", *notes])
+        return [MetricRow(name, float("nan"), note=note) for name in ("pixel_roc_auc", "pixel_pr_auc", "aupro")]
+    note = "; ".join(notes)
+    flat_masks, flat_maps = masks.ravel().astype(np.int64), maps.ravel()
+    rows = [MetricRow("pixel_roc_auc", roc_auc(flat_masks, flat_maps), note=note),
+            MetricRow("pixel_pr_auc", pr_auc(flat_masks, flat_maps), note=note),
+            MetricRow("aupro", aupro(masks, maps), note=note)]
+    if val_maps is not None and np.size(val_maps):
+        rows.append(MetricRow("dice", dice(masks, maps, pixel_threshold_val(val_maps)), "val_px_q99", note))
+    rows.append(MetricRow("dice", best_dice(masks, maps)[0], "best_dice", note))
+    return rows
 
 
 # --- screening operating point (SURE-ROI's high-sensitivity filter, Wang 2022 §1.3/§6.1) -------------------

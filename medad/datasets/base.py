@@ -18,7 +18,10 @@ class ImageSet:
     ``images`` is uint8 ``(N, C, H, W)`` (the decode cache stores exactly this); ``batches`` hands a
     detector float32 tensors in [0, 1]. ``labels`` are 0 = normal, 1 = anomalous. ``masks`` are
     ``(N, H, W)`` uint8 pixel labels of the anomaly; ``roi_masks`` ``(N, H, W)`` uint8 regions of
-    interest (the organ), for detectors whose training target is a region.
+    interest (the organ), for detectors whose training target is a region. ``mask_known`` ``(N,)``
+    bool says which masks are real annotations: False for an anomalous image the publisher did not
+    outline (its all-zero mask means "unknown", not "no anomaly"). It defaults to all True when
+    ``masks`` is given and is None when there are no masks.
     """
 
     images: torch.Tensor
@@ -26,6 +29,7 @@ class ImageSet:
     ids: list[str]
     masks: torch.Tensor | None = None
     roi_masks: torch.Tensor | None = None
+    mask_known: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
@@ -38,6 +42,14 @@ class ImageSet:
             masks = getattr(self, name)
             if masks is not None and tuple(masks.shape) != (n, *self.images.shape[2:]):
                 raise ValueError(f"ImageSet.{name} must be (N, H, W) = {(n, *self.images.shape[2:])}, got {tuple(masks.shape)}")
+        if self.masks is None:
+            if self.mask_known is not None:
+                raise ValueError("ImageSet.mask_known is given but masks is None")
+        else:
+            known = np.ones(n, dtype=bool) if self.mask_known is None else np.asarray(self.mask_known, dtype=bool)
+            if known.shape != (n,):
+                raise ValueError(f"ImageSet.mask_known must be (N,) = ({n},), got {known.shape}")
+            self.mask_known = known
 
     def __len__(self) -> int:
         return len(self.images)
@@ -64,7 +76,7 @@ class ImageSet:
             yield self.float_images(order[start:start + batch_size])
 
     def subset(self, index: np.ndarray) -> "ImageSet":
-        """The images at integer ``index``, with their labels, ids and masks."""
+        """The images at integer ``index``, with their labels, ids, masks and which masks are known."""
         index_t = torch.as_tensor(index, dtype=torch.long)
         return ImageSet(
             images=self.images[index_t],
@@ -72,6 +84,7 @@ class ImageSet:
             ids=[self.ids[i] for i in index],
             masks=None if self.masks is None else self.masks[index_t],
             roi_masks=None if self.roi_masks is None else self.roi_masks[index_t],
+            mask_known=None if self.mask_known is None else self.mask_known[index],
         )
 
     @classmethod
@@ -81,12 +94,14 @@ class ImageSet:
             parts = [getattr(s, name) for s in sets]
             return torch.cat(parts) if all(p is not None for p in parts) else None
 
+        masks = joined("masks")
         return cls(
             images=torch.cat([s.images for s in sets]),
             labels=np.concatenate([s.labels for s in sets]),
             ids=[i for s in sets for i in s.ids],
-            masks=joined("masks"),
+            masks=masks,
             roi_masks=joined("roi_masks"),
+            mask_known=None if masks is None else np.concatenate([s.mask_known for s in sets]),
         )
 
     def without_labels(self) -> "ImageSet":

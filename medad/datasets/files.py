@@ -32,8 +32,10 @@ class Record:
     ``path`` is relative to the dataset root (posix). ``category`` is the publisher's class name
     (what ``datasets check`` counts). ``group`` is a patient/subject id ("" = its own group);
     ``part`` the publisher's split (``train``/``val``/``test`` or ""). ``crop`` = (top, left,
-    height, width) in source pixels; ``circles`` = anomaly discs (row, col, radius) in source
-    pixels; ``roi_paths`` = region-mask files OR-ed into the ROI.
+    height, width) in source pixels; ``circles`` = anomaly discs (row, col, radius) and
+    ``polygons`` = anomaly outlines (each a tuple of (row, col) vertices), both in source pixels;
+    ``mask_known`` is False for an anomalous image the publisher did not outline (its mask is
+    unknown, not empty); ``roi_paths`` = region-mask files OR-ed into the ROI.
     """
 
     path: str
@@ -44,6 +46,8 @@ class Record:
     sample_id: str = ""
     crop: tuple[int, int, int, int] | None = None
     circles: tuple[tuple[float, float, float], ...] = ()
+    polygons: tuple[tuple[tuple[float, float], ...], ...] = ()
+    mask_known: bool = True
     roi_paths: tuple[str, ...] = ()
 
     @property
@@ -78,7 +82,7 @@ class FileDataset(Dataset):
     expected_layout: ClassVar[str] = ""
     download: ClassVar[str] = ""
     expected_counts: ClassVar[dict[str, dict[str, int]]] = {}   # variant -> category -> count
-    has_masks: ClassVar[bool] = False
+    has_masks: ClassVar[bool] = False   # every download has anomaly masks (else see masks_shipped)
     default_test_normal_fraction: ClassVar[float] = 0.2
     default_anomaly_pool: ClassVar[int] = 0
     default_strict_groups: ClassVar[bool] = True
@@ -128,6 +132,10 @@ class FileDataset(Dataset):
         """True for files that ship with the download but are not images the adapter reads."""
         return Path(relpath).suffix.lower() in {".txt", ".csv", ".json", ".md", ".pdf", ".xlsx", ".xls", ".h5", ".tar", ".zip", ".gz"}
 
+    def masks_shipped(self) -> bool:
+        """True when this download has anomaly masks (default ``has_masks``; some releases add them)."""
+        return self.has_masks
+
     def options(self) -> str:
         """Decode settings that change pixels (part of the cache key)."""
         return self.resize_mode
@@ -171,17 +179,23 @@ class FileDataset(Dataset):
             self._records = records
         return self._records
 
-    def _decode_record(self, root: Path, record: Record, size: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    def _resize_region(self, region: np.ndarray, window: tuple[int, int, int, int], size: int) -> np.ndarray:
+        """A bool (H, W) region in source pixels, cropped to ``window`` and resized like its image, as uint8."""
+        top, left, crop_h, crop_w = window
+        planes = region[top:top + crop_h, left:left + crop_w].astype(np.float32)[None]
+        return (io.resize(planes, size, self.resize_mode, nearest=True)[0] > 0.5).astype(np.uint8)
+
+    def _decode_record(self, root: Path, record: Record, size: int,
+                       with_mask: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         pixels = self.read(root / record.path)
         height, width = pixels.shape[:2]
-        top, left, crop_h, crop_w = self.crop_for(record, pixels)
+        window = top, left, crop_h, crop_w = self.crop_for(record, pixels)
         pixels = pixels[top:top + crop_h, left:left + crop_w]
         image = io.to_uint8(io.resize(io.to_channels(pixels, self.channels), size, self.resize_mode))
         mask = None
-        if self.has_masks:
-            circles = tuple((r - top, c - left, radius) for r, c, radius in record.circles)
-            disc = io.disc_mask((crop_h, crop_w), circles).astype(np.float32)[None]
-            mask = (io.resize(disc, size, self.resize_mode, nearest=True)[0] > 0.5).astype(np.uint8)
+        if with_mask:
+            anomaly = io.disc_mask((height, width), record.circles) | io.polygon_mask((height, width), record.polygons)
+            mask = self._resize_region(anomaly, window, size)
         roi = None
         if record.roi_paths:
             union = np.zeros((height, width), dtype=bool)
@@ -191,8 +205,7 @@ class FileDataset(Dataset):
                 if region.shape != union.shape:
                     raise DatasetError(f"{self.name}: mask {roi_path} is {region.shape}, its image {record.path} is {union.shape}")
                 union |= region > 0
-            region = union[top:top + crop_h, left:left + crop_w].astype(np.float32)[None]
-            roi = (io.resize(region, size, self.resize_mode, nearest=True)[0] > 0.5).astype(np.uint8)
+            roi = self._resize_region(union, window, size)
         return image, mask, roi
 
     def decode(self, records: list[Record], size: int) -> dict[str, np.ndarray]:
@@ -202,15 +215,16 @@ class FileDataset(Dataset):
         masks = np.zeros((len(records), size, size), dtype=np.uint8)
         rois = np.zeros((len(records), size, size), dtype=np.uint8)
         has_roi = np.zeros(len(records), dtype=np.uint8)
+        with_masks = self.masks_shipped()
         for index, record in enumerate(records):
-            image, mask, roi = self._decode_record(root, record, size)
+            image, mask, roi = self._decode_record(root, record, size, with_masks)
             images[index] = image
             if mask is not None:
                 masks[index] = mask
             if roi is not None:
                 rois[index], has_roi[index] = roi, 1
         arrays = {"images": images, "has_roi": has_roi}
-        if self.has_masks:
+        if with_masks:
             arrays["masks"] = masks
         if has_roi.any():
             arrays["roi"] = rois
@@ -245,6 +259,7 @@ class FileDataset(Dataset):
         groups = group_labels(len(chosen), [r.group for r in chosen], pairs)
         parts = assign_parts(labels, groups, [r.part for r in chosen], self.plan)
         masks = arrays["masks"][index] if "masks" in arrays else None
+        mask_known = np.array([r.mask_known for r in chosen], dtype=bool)
         roi = arrays["roi"][index] if "roi" in arrays and arrays["has_roi"][index].all() else None
 
         def part(name: str) -> ImageSet | None:
@@ -255,6 +270,7 @@ class FileDataset(Dataset):
                 images=torch.from_numpy(images[where]), labels=labels[where], ids=[chosen[i].id for i in where],
                 masks=None if masks is None else torch.from_numpy(masks[where]),
                 roi_masks=None if roi is None else torch.from_numpy(roi[where]),
+                mask_known=None if masks is None else mask_known[where],
             )
 
         train, test = part("train"), part("test")
@@ -281,8 +297,14 @@ class FileDataset(Dataset):
             report.fail(str(error))
             return report
         report.lines.append(f"{self.name}: found the download at {root}")
-        counts = Counter(r.category for r in {r.path: r for r in records}.values())
+        by_path = {r.path: r for r in records}.values()
+        counts = Counter(r.category for r in by_path)
         report.lines.append("images per class: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        if self.masks_shipped():
+            anomalous = [r for r in by_path if r.label == 1]
+            known = sum(r.mask_known for r in anomalous)
+            report.lines.append(f"anomaly masks: {known} of {len(anomalous)} anomalous images annotated"
+                                + ("; pixel metrics use only those and the normals" if known < len(anomalous) else ""))
         if self.expected_counts:
             matches = [name for name, expected in self.expected_counts.items() if dict(counts) == expected]
             if matches:

@@ -222,6 +222,17 @@ def disc_mask(shape: tuple[int, int], circles: tuple[tuple[float, float, float],
     return mask
 
 
+def polygon_mask(shape: tuple[int, int], polygons: tuple[tuple[tuple[float, float], ...], ...]) -> np.ndarray:
+    """A bool (H, W) mask, true inside any polygon of (row, col) vertices (clipped to the image)."""
+    from skimage.draw import polygon
+
+    mask = np.zeros(shape, dtype=bool)
+    for vertices in polygons:
+        rows, cols = polygon([r for r, _ in vertices], [c for _, c in vertices], shape=shape)
+        mask[rows, cols] = True
+    return mask
+
+
 def natural_key(text: str) -> list[object]:
     """Sort key that orders ``y2`` before ``y10``."""
     return [int(token) if token.isdigit() else token.lower() for token in re.split(r"(\d+)", text)]

@@ -20,11 +20,13 @@ from medad.reporting.run_data import DetectorTags, RunData, unit_name
 STUDY_METRICS = ("precision", "recall", "f1")
 CURVE_METRICS = ("roc_auc", "pr_auc")
 OPERATING_METRICS = ("sens_at_spec90", "sens_at_spec95", "spec_at_sens95")
-PIXEL_METRICS = ("pixel_roc_auc", "pixel_pr_auc")
+# (metric, threshold policy) of the pixel-level columns; Dice at the honest pixel threshold only
+PIXEL_METRICS = (("pixel_roc_auc", "none"), ("pixel_pr_auc", "none"), ("aupro", "none"), ("dice", "val_px_q99"))
 LABELS = {"precision": "Precision", "recall": "Recall", "f1": "F1", "roc_auc": "ROC AUC", "pr_auc": "PR AUC",
           "specificity": "Specificity", "sens_at_spec90": "Sens @ 90% spec", "sens_at_spec95": "Sens @ 95% spec",
           "spec_at_sens95": "Spec @ 95% sens", "accuracy": "Accuracy", "threshold": "Threshold",
-          "pixel_roc_auc": "Pixel ROC AUC", "pixel_pr_auc": "Pixel PR AUC"}
+          "pixel_roc_auc": "Pixel ROC AUC", "pixel_pr_auc": "Pixel PR AUC", "aupro": "AUPRO (FPR ≤ 0.3)",
+          "dice": "Dice (val_px_q99)"}
 POLICY_TEXT = {"val_q95": "val_q95: 95th percentile of normal validation scores (honest, fixed before the test set)",
                "best_f1": "best_f1: the test threshold that maximises F1 (ORACLE: chosen on test labels, as in the study)",
                "youden": "youden: the test threshold maximising sensitivity + specificity - 1 (ORACLE)"}
@@ -112,10 +114,12 @@ def study_table(data: RunData, policy: str, units: list[str] | None = None, tabl
     """Precision, recall, F1 at ``policy``; ROC/PR AUC (with bootstrap CI) and the clinical operating points."""
     units = data.units if units is None else units
     oracle = policy in ORACLE_POLICIES
-    pixel = [m for m in PIXEL_METRICS if data.metrics["metric"].eq(m).any() and data.metrics.loc[
-        data.metrics["metric"].eq(m) & (data.metrics["dataset"] + "/" + data.metrics["subset"]).isin(units), "value"].notna().any()]
+    in_units = (data.metrics["dataset"] + "/" + data.metrics["subset"]).isin(units)
+    pixel = [(m, p) for m, p in PIXEL_METRICS if data.metrics.loc[
+        in_units & data.metrics["metric"].eq(m) & data.metrics["threshold_policy"].eq(p), "value"].notna().any()]
     columns = ["Dataset/subset", "Detector"] + [f"{LABELS[m]} ({policy})" for m in STUDY_METRICS] + \
-              [f"{LABELS[m]} [95% CI]" for m in CURVE_METRICS] + [LABELS[m] for m in OPERATING_METRICS + tuple(pixel)]
+              [f"{LABELS[m]} [95% CI]" for m in CURVE_METRICS] + [LABELS[m] for m in OPERATING_METRICS] + \
+              [LABELS[m] for m, _ in pixel]
     rows = []
     for unit in units:
         for detector in data.detectors:
@@ -130,7 +134,8 @@ def study_table(data: RunData, policy: str, units: list[str] | None = None, tabl
             for metric in CURVE_METRICS:
                 selected = _select(data, unit, detector, metric)
                 cells.append(number_cell(selected["value"], ci=_ci(selected)))
-            cells += [number_cell(_select(data, unit, detector, m)["value"]) for m in OPERATING_METRICS + tuple(pixel)]
+            cells += [number_cell(_select(data, unit, detector, m)["value"]) for m in OPERATING_METRICS]
+            cells += [number_cell(_select(data, unit, detector, m, p)["value"]) for m, p in pixel]
             rows.append(cells)
     caption = f"TABLE 3 layout at threshold policy {policy}" + (" (ORACLE)" if oracle else " (honest)")
     note = (POLICY_TEXT.get(policy, policy) + ". ROC/PR AUC: mean ± std over seeds, with the stratified bootstrap "
