@@ -244,7 +244,9 @@ def test_mias_discs_patches_and_patient_pairs(downloads):
     index = full.test.ids.index("mdb002")                   # x 522, y 280 (from the bottom), r 69
     mask = full.test.masks[index]
     assert mask[(1023 - 280) * 64 // 1024, 522 * 64 // 1024] == 1 and mask[5, 5] == 0
-    assert int(full.test.masks[full.test.ids.index("mdb059")].sum()) == 0   # no coordinates in the table
+    assert int(full.test.masks[full.test.ids.index("mdb059")].sum()) == 0   # no coordinates in the table:
+    assert not full.test.mask_known[full.test.ids.index("mdb059")]          # its mask is unknown, not empty
+    assert full.test.mask_known[index] and full.test.mask_known[full.test.ids.index("mdb001")]
     assert sorted(full.test.ids[i] for i in np.flatnonzero(full.test.labels)) == ["mdb001", "mdb002", "mdb005", "mdb059"]
     patches = DATASETS.get("mias")(root=downloads / "mias", image_size=SIZE).load("patches")
     assert_well_formed(patches)

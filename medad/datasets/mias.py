@@ -118,15 +118,18 @@ class MIAS(FileDataset):
             rows = table[ref]
             abnormal = any(kind != "NORM" for kind, _, _ in rows)
             circles = tuple((SIDE - 1 - y, x, r) for kind, _, c in rows if kind != "NORM" and c is not None for x, y, r in [c])
+            # an abnormality listed without centre and radius leaves the image's mask unknown (not empty)
+            outlined = all(c is not None for kind, _, c in rows if kind != "NORM")
             base = Record(path=path.relative_to(root).as_posix(), label=int(abnormal),
                           category="abnormal" if abnormal else "NORM",
-                          group=f"patient{(int(_REF.match(ref).group(1)) + 1) // 2}", sample_id=ref, circles=circles)
+                          group=f"patient{(int(_REF.match(ref).group(1)) + 1) // 2}", sample_id=ref, circles=circles,
+                          mask_known=outlined)
             records.append(base)
             if not abnormal:
                 records.append(replace(base, sample_id=f"{ref}-patch"))
             for k, (row, col, _) in enumerate(circles):
                 crop = (int(round(row)) - half, int(round(col)) - half, self.patch_size, self.patch_size)
-                records.append(replace(base, sample_id=f"{ref}-patch{k}", crop=crop))
+                records.append(replace(base, sample_id=f"{ref}-patch{k}", crop=crop, mask_known=True))
         return records
 
     def select(self, subset: str, records: list[Record]) -> list[Record]:
