@@ -227,24 +227,42 @@ def test_multikd_localisation_maps():
 
 
 # --- separation of obvious anomalies at 64 px -------------------------------------------------------
-# Small schedules (about 15-25 s of one CPU core each). Measured ROC AUC with these settings on this set:
-# f-anogan 0.79, ganomaly 0.77, multi-kd 0.81 (random source: no ImageNet weights offline). The issue's
-# 0.85 was not reached within a CPU minute (twice the schedule: 0.78, 0.73); the bar here is 0.7.
+# Issue 3: each detector trained on synthetic `obvious` (the preset lesions, not tiny_synthetic's larger
+# ones) at 64 px within about a CPU minute. 300 training normals, 200 test images (100 anomalous), test
+# split_seed 0; the settings were chosen on split_seed 1 and 2 (n_train 300, n_test 200, one thread,
+# process CPU time of fit + scoring):
+#   ganomaly  (faithful latent score)        split 1: 0.891  split 2: 0.885  split 0: 0.843   ~36-41 s
+#   multi-kd  (faithful 3-CP score, random
+#              half-width VGG16 source)      split 1: 0.896  split 2: 0.860  split 0: 0.821   ~46-50 s
+#   f-anogan  (faithful izi_f score, [0, 1]
+#              inputs, 40 + 10 epochs)       split 1: 0.856                  split 0: 0.795   ~76-87 s
+# The issue's 0.85 is reached on the tuning splits but not on split 0, whose anomalies are harder for all
+# three; the bars below are split 0's measurements less a margin for platform/seed noise. f-AnoGAN needs
+# 40 WGAN-GP epochs (about 80 s of one core: its gradient penalty costs a double backward pass).
 SEPARATION = {
-    "f-anogan": dict(gan_epochs=20, encoder_epochs=20, batch_size=16, generator_width=16, critic_width=8,
-                     latent=16, lr=2e-3, n_critic=1),
-    "ganomaly": dict(epochs=30, batch_size=16, width=16, latent=32, lr=1e-3),
-    "multi-kd": dict(epochs=30, batch_size=16, source="random", map_sigma=2.0),
+    "f-anogan": (dict(gan_epochs=40, encoder_epochs=10, batch_size=32, lr=1e-3, generator_width=16,
+                      critic_width=16, n_critic=1, input_range="unit"), 0.75),
+    "ganomaly": (dict(epochs=30, batch_size=32, lr=2e-4, width=16), 0.80),
+    "multi-kd": (dict(epochs=30, batch_size=32, lr=3e-3, source="random", source_width_divisor=2,
+                      map_sigma=2.0), 0.78),
 }
+
+
+@pytest.fixture(scope="module")
+def obvious_64():
+    from medad.datasets.synthetic import SyntheticHeadCT
+
+    return SyntheticHeadCT(image_size=64, n_train=300, n_val=0, n_test=200, n_anomaly_pool=0,
+                           split_seed=0).load("obvious")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SEPARATION))
-def test_separates_obvious_synthetic_anomalies_at_64_px(name):
+def test_separates_obvious_synthetic_anomalies_at_64_px(name, obvious_64):
     from medad.benchmark.registry import DETECTORS
 
-    subset = tiny_synthetic(image_size=64, n_train=96, n_test=60)
-    detector = DETECTORS.get(name)(image_size=64, channels=1, seed=0, **SEPARATION[name])
-    fit_detector(detector, subset, TrainLog())
-    auc = roc_auc_score(subset.test.labels, score_in_batches(detector, subset.test, 64))
-    assert auc >= 0.7, f"{name}: ROC AUC {auc:.3f}"
+    params, bar = SEPARATION[name]
+    detector = DETECTORS.get(name)(image_size=64, channels=1, seed=0, **params)
+    fit_detector(detector, obvious_64, TrainLog())
+    auc = roc_auc_score(obvious_64.test.labels, score_in_batches(detector, obvious_64.test, 64))
+    assert auc >= bar, f"{name}: ROC AUC {auc:.3f} < {bar}"

@@ -80,7 +80,10 @@ class FAnoGANDetector(Detector):
         self.test_flip_generator = torch.Generator().manual_seed(self.seed + 1)
 
     def extra_tags(self) -> dict[str, str]:
-        return {"protocol": self.protocol}
+        tags = {"protocol": self.protocol}
+        if self.input_range != "symmetric":  # rows not fed the reference's [-1, 1] inputs say so
+            tags["input_range"] = self.input_range
+        return tags
 
     def _prepare(self, batch: torch.Tensor, augment: bool) -> torch.Tensor:
         batch = self.to_device(batch)
