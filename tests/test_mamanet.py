@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
@@ -108,6 +109,57 @@ def test_loss_is_mse_plus_wasserstein():
     assert float(losses["mse"]) == pytest.approx(0.01, rel=1e-4)
 
 
+def _small_write_network(mem_size: int) -> MamaNetwork:
+    torch.manual_seed(5)
+    return MamaNetwork(16, 1, widths=(4, 6, 8), dec_sa3_out=8, mem_size=mem_size, hash_bits=16, mem_update="write")
+
+
+def test_write_memory_stores_each_code_first_in_first_out_and_reads_it_back_in_training():
+    net = _small_write_network(mem_size=5).train()
+    assert not net.memory.items.requires_grad  # written, not learned
+    first = net(torch.rand(3, 1, 16, 16))
+    torch.testing.assert_close(net.memory.items[:3], first["z"].detach().flatten(1))
+    assert first["slots"].tolist() == [0, 1, 2]  # each code reads itself (Hamming 0, cosine 1)
+    torch.testing.assert_close(first["z_hat"], first["z"])
+    first["recon"].sum().backward()  # straight through: the encoder learns through the memory path
+    assert net.conv1.patch_qkv.weight.grad is not None and net.conv1.patch_qkv.weight.grad.abs().sum() > 0
+    second = net(torch.rand(3, 1, 16, 16))
+    assert second["slots"].tolist() == [3, 4, 0]  # wraps around: the oldest slot is overwritten
+
+
+def test_write_memory_is_frozen_at_test_and_an_unseen_code_reads_a_stored_one():
+    net = _small_write_network(mem_size=4).train()
+    net(torch.rand(4, 1, 16, 16))
+    net.eval()
+    stored = net.memory.items.clone()
+    with torch.no_grad():
+        outputs = net(torch.rand(2, 1, 16, 16))
+    torch.testing.assert_close(net.memory.items, stored)
+    torch.testing.assert_close(outputs["z_hat"].flatten(1), stored[outputs["slots"]])
+
+
+def test_after_fit_the_write_memory_holds_the_final_encoders_codes_of_the_training_images():
+    from medad.datasets.base import ImageSet
+    from medad.detectors.mamanet import MamaNetDetector
+
+    images = (torch.rand(5, 1, 16, 16) * 255).to(torch.uint8)
+    train = ImageSet(images, np.zeros(5, dtype=int), [str(i) for i in range(5)])
+    detector = MamaNetDetector(image_size=16, channels=1, epochs=1, batch_size=2, lr=1e-3, width_mult=0.02,
+                               mem_size=7, hash_bits=8, mem_update="write")
+    detector.fit(train)
+    with torch.no_grad():
+        codes = detector.model.encode(train.float_images()).flatten(1)  # eval mode, as at test
+    torch.testing.assert_close(detector.model.memory.items, codes[torch.arange(7) % 5])
+
+
+def test_wide_output_block_widens_only_the_patch_attention_of_the_last_block():
+    wide = MamaNetwork(16, 1, widths=(4, 6, 8), dec_sa3_out=8, mem_size=2, hash_bits=8)
+    literal = MamaNetwork(16, 1, widths=(4, 6, 8), dec_sa3_out=8, mem_size=2, hash_bits=8, wide_output_block=False)
+    assert wide.output.patch_qkv.out_channels == 3 * 4 and literal.output.patch_qkv.out_channels == 3 * 1
+    assert wide.deconv2.patch_qkv.out_channels == literal.deconv2.patch_qkv.out_channels == 3 * 4
+    assert wide(torch.rand(2, 1, 16, 16))["recon"].shape == (2, 1, 16, 16)
+
+
 @pytest.mark.parametrize("mode,out_side", [("same", 10), ("down", 5), ("up", 20)])
 def test_attention_block_resamples_as_its_mode_says(mode, out_side):
     block = MultiScaleAttention(3, 6, mode)
@@ -151,15 +203,20 @@ def test_detector_reaches_the_done_when_aucs_on_obvious_synthetic_in_about_a_min
     image_auc = roc_auc_score(subset.test.labels, detector.score(images).numpy())
     pixel_auc = roc_auc_score(subset.test.masks.numpy().ravel(), detector.score_map(images).numpy().ravel())
     print(f"fit {cpu_s:.0f} s CPU, image AUC {image_auc:.3f}, pixel AUC {pixel_auc:.3f}")
-    # Issue 6 asks for >= 0.85 on both. Not reached at this CPU budget: over five runs pixel AUC was
-    # 0.81-0.88 and image AUC 0.50-0.77 (it falls as the semantic-basis path learns to reconstruct the
-    # lesions too). The test guards the pixel level reached; the image level is open (see the issue note).
-    assert pixel_auc >= 0.78, f"pixel AUC {pixel_auc:.3f} (image AUC {image_auc:.3f})"
+    # Issue 6 asks for >= 0.85 on both. Pixel: reached (0.897-0.933 over four split/seed draws with these
+    # settings; 0.921 on this one). Image: NOT reached at this budget: 0.637-0.849 over the same draws (0.654
+    # on this one). With mem_update="write" the test-time read is the code of a stored training normal, so
+    # the image score is bounded by how well the nearest normal matches: scoring with the pixel-space nearest
+    # training image itself (an oracle for the hash addressing) gives image AUC 0.70 / 0.82 / 0.85 on
+    # split_seed 0 / 1 / 2 (the detector: 0.65 / 0.73 / 0.85). The bar guards what is reached, with a margin.
+    assert pixel_auc >= 0.85, f"pixel AUC {pixel_auc:.3f} (image AUC {image_auc:.3f})"
+    assert image_auc >= 0.60, f"image AUC {image_auc:.3f} (pixel AUC {pixel_auc:.3f})"
     assert cpu_s < 120, f"fit took {cpu_s:.0f} s of CPU"
 
 
-# CPU-sized settings (the paper's widths, N = 2000 and 70 000 iterations need a GPU): 1/8 widths, 100 slots,
-# keys/values pooled to 8 x 8, lr 3e-3 (0.01, the paper's, was noisier at this budget); maps smoothed and
-# images scored by their worst 2 % of pixels, as the ae baseline does.
-FIT_PARAMS: dict = {"epochs": 10, "batch_size": 8, "lr": 3e-3, "width_mult": 0.125, "mem_size": 100,
-                    "kv_pool_side": 8, "map_sigma": 3.0, "top_fraction": 0.02}
+# CPU-sized settings (the paper's widths, N = 2000 and 70 000 iterations need a GPU): 1/8 widths, one slot per
+# training image written as in Sec. III-C ("z is first stored at memory slots"), keys/values pooled to 8 x 8,
+# lr 1e-3 (the paper's 0.01 and 3e-3 left the output flat for some seeds); maps smoothed (sigma 4) and images
+# scored by their worst 2 % of pixels, as the ae baseline does. Chosen on split_seed 1 and 2, confirmed here.
+FIT_PARAMS: dict = {"epochs": 16, "batch_size": 8, "lr": 1e-3, "width_mult": 0.125, "mem_size": 200,
+                    "mem_update": "write", "kv_pool_side": 8, "map_sigma": 4.0, "top_fraction": 0.02}

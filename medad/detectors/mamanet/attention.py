@@ -11,7 +11,8 @@ it). Two sub-layers in sequence:
     ``CK, CV = Conv1x1(Out_P)``; ``Output = CV . Softmax(CK^T CQ)``: every output position is a
     softmax-weighted mix of all input positions.
 
-Recommendations followed (spec-mamanet.md, each a constructor argument) [R]: ``C' = C''``;
+Recommendations followed (spec-mamanet.md, each a constructor argument) [R]: ``C' = C''`` unless
+``mid_channels`` gives ``C'`` (the paper does not give it);
 ``patch_size = 3``; ``patch_gate = "sigmoid"`` (``"identity"`` is the literal Eq. 2); softmax over the
 key axis with ``attn_scale = "sqrt"`` (1/sqrt(C''); ``"none"`` is the literal Eq. 4);
 ``residual_query = True`` adds ``CQ`` to the attention output (non-local-block style; ``False`` is the
@@ -35,7 +36,7 @@ class MultiScaleAttention(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, mode: str = "same", *, patch_size: int = 3,
                  patch_gate: str = "sigmoid", attn_scale: str = "sqrt", residual_query: bool = True,
-                 output: str = "bn_relu", kv_pool_side: int = 0) -> None:
+                 output: str = "bn_relu", kv_pool_side: int = 0, mid_channels: int | None = None) -> None:
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -49,7 +50,7 @@ class MultiScaleAttention(nn.Module):
             raise ValueError(f"patch_size must be odd and >= 1, got {patch_size}")
         if kv_pool_side < 0:
             raise ValueError(f"kv_pool_side must be >= 0 (0 = no pooling), got {kv_pool_side}")
-        mid = out_channels  # C' = C'' [R]
+        mid = mid_channels or out_channels  # C' = C'' [R] unless given
         self.kv_pool_side = kv_pool_side
         self.mode, self.patch_size, self.patch_gate = mode, patch_size, patch_gate
         self.residual_query, self.output = residual_query, output

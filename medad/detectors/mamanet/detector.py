@@ -13,10 +13,19 @@ chest X-ray), F' = 128 hash bits, widths 64/256/512. Spec recommendations [R] fo
 hyper-parameters: the attention-block options (``patch_size``, ``patch_gate``, ``attn_scale``,
 ``residual_query``, ``kv_pool_side``; see :mod:`medad.detectors.mamanet.attention`), the memory options
 (``hash_train="frozen"``, ``addressing``, ``soft_topk``, ``soft_tau``; see
-:class:`medad.detectors.blocks.HashMemory`), the Wasserstein estimator ``em_mode="batch_emd"`` on an
+:class:`medad.detectors.blocks.HashMemory`; ``mem_update`` and ``wide_output_block``, see
+:mod:`medad.detectors.mamanet.networks`), the Wasserstein estimator ``em_mode="batch_emd"`` on an
 RMS-scaled cost (see :mod:`medad.detectors.mamanet.losses`), and ``dec_sa3_out = 1024``.
 ``width_mult`` scales every width (1.0 = the paper; smaller for CPU runs); ``epochs > 0`` replaces the
 iteration budget by whole epochs.
+
+``mem_update="write"`` (Sec. III-C: the code z "is first stored at memory slots", then addressed): the
+slots are a first-in-first-out bank of training codes, and after training every slot is refilled with a
+code of the final encoder (eval mode) so the frozen test-time memory matches it. At test time a normal
+image then reads the code of a similar training normal and an anomaly the code of the nearest normal.
+With the default ``"gradient"`` (slots learned by back-propagation) the decoder learned to ignore the
+memory read on the synthetic phantoms (swapping the read for a random slot changed ``x_hat`` by an MSE of
+2e-5) and reconstructed through the semantic basis alone.
 
 Diagnostics logged per epoch: ``slots_used`` (distinct memory slots addressed: slot collapse) and
 ``recon_spatial_std`` (mean spatial standard deviation of ``x_hat``: collapse to flat images).
@@ -51,8 +60,8 @@ class MamaNetDetector(Detector):
                  attn_scale: str = "sqrt", residual_query: bool = True, kv_pool_side: int = 0,
                  use_semantic_basis: bool = True,
                  mem_size: int = 2000, hash_bits: int = 128, addressing: str = "hard", soft_topk: int = 5,
-                 soft_tau: float = 1.0, hash_train: str = "frozen", em_mode: str = "batch_emd",
-                 lambda_em: float = 1.0, sliced_projections: int = 128, map_sigma: float = 0.0,
+                 soft_tau: float = 1.0, hash_train: str = "frozen", mem_update: str = "gradient",
+                 wide_output_block: bool = True, em_mode: str = "batch_emd", lambda_em: float = 1.0, sliced_projections: int = 128, map_sigma: float = 0.0,
                  top_fraction: float = 1.0) -> None:
         super().__init__(image_size=image_size, channels=channels, device=device, seed=seed)
         if em_mode not in EM_MODES:
@@ -71,8 +80,8 @@ class MamaNetDetector(Detector):
         self.model = MamaNetwork(
             image_size, channels, widths=widths, dec_sa3_out=max(1, round(PAPER_DEC_SA3_OUT * width_mult)),
             mem_size=mem_size, hash_bits=hash_bits, addressing=addressing, soft_topk=soft_topk, soft_tau=soft_tau,
-            hash_train=hash_train, use_semantic_basis=use_semantic_basis, patch_size=patch_size,
-            patch_gate=patch_gate, attn_scale=attn_scale, residual_query=residual_query,
+            hash_train=hash_train, mem_update=mem_update, wide_output_block=wide_output_block,
+            use_semantic_basis=use_semantic_basis, patch_size=patch_size, patch_gate=patch_gate, attn_scale=attn_scale, residual_query=residual_query,
             kv_pool_side=kv_pool_side).to(self.device)
 
     def _epochs(self, n_train: int) -> int:
@@ -108,6 +117,22 @@ class MamaNetDetector(Detector):
             if spread:
                 log.log(epoch, step, slots_used=len(slots), recon_spatial_std=sum(spread) / len(spread))
         self.model.eval()
+        if self.model.mem_update == "write":
+            self._store_training_codes(train)
+
+    @torch.no_grad()
+    def _store_training_codes(self, train: ImageSet) -> None:
+        """``mem_update="write"``: after training, every slot holds a code of the final encoder (eval mode).
+
+        Slot i stores training image ``i mod n`` (a random ``N`` of them when ``n > N``), so no slot keeps a
+        code written by an earlier encoder.
+        """
+        n, slots = len(train), self.model.memory.mem_size
+        order = torch.randperm(n, generator=self.generator)[:slots] if n > slots else torch.arange(n)
+        codes = torch.cat([self.model.encode(self.to_device(train.float_images(order[start:start + self.batch_size])))
+                           for start in range(0, len(order), self.batch_size)]).flatten(1)
+        self.model.memory.items.copy_(codes[torch.arange(slots) % len(codes)])
+        self.model.write_pointer.zero_()
 
     @torch.no_grad()
     def _error_map(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,6 +10,23 @@ Shapes at 128 px (``widths = (64, 256, 512)``, ``dec_sa3_out = 1024``; spec-mama
 [!] the paper's decoder text says two SA + three UA in one place and two UA + two SA in another; the
 listed shapes need three up-samplings, so the decoder is 2 SA + 3 UA [R]. ``use_semantic_basis=False``
 is the paper's ablation (the decoder sees ``z_hat`` only).
+
+Memory update (``mem_update``, spec-mamanet.md Sec. 10.7; the paper gives no update rule):
+
+- ``"gradient"`` [R, spec default]: the slots are an ``nn.Parameter`` learned by back-propagation through
+  the read; with the frozen hash the read passes no gradient to the encoder.
+- ``"write"``: Sec. III-C's prose, "given the feature embedding vector z ... it is first stored at memory
+  slots ... the corresponding embedding feature is taken from memory slots to feed the decoder". In
+  training every code is written to the next slot (first in, first out) before the read, so it reads
+  itself (cosine tie-break) and the read passes its gradient to the encoder straight through [R]; the
+  detector refills all slots with the final encoder's codes after training and the memory is frozen at
+  test (Sec. III-A), where an image reads the code of the most similar stored training normal.
+
+``wide_output_block`` [R]: the paper does not give ``C'`` (the patch-attention width) and the spec takes
+``C' = C''``; for the last UA block ``C''`` is the image's channel count (1 for CT), which squeezes the
+whole output through one channel and left the output flat for some seeds. ``True`` uses ``C'`` = the
+block's input width there (64 in the paper) and keeps ``C' = C''`` everywhere else; ``False`` is the
+spec's literal choice.
 """
 
 from __future__ import annotations
@@ -22,6 +39,8 @@ from torch import nn
 
 from medad.detectors.blocks.memory import HashMemory
 from medad.detectors.mamanet.attention import MultiScaleAttention
+
+MEM_UPDATES = ("gradient", "write")
 
 
 def encoder_sizes(image_size: int, downs: int = 3) -> list[int]:
@@ -38,8 +57,12 @@ class MamaNetwork(nn.Module):
     def __init__(self, image_size: int, channels: int, *, widths: tuple[int, int, int] = (64, 256, 512),
                  dec_sa3_out: int = 1024, mem_size: int = 2000, hash_bits: int = 128, addressing: str = "hard",
                  soft_topk: int = 5, soft_tau: float = 1.0, hash_train: str = "frozen",
-                 use_semantic_basis: bool = True, **block: Any) -> None:
+                 use_semantic_basis: bool = True, mem_update: str = "gradient", wide_output_block: bool = True,
+                 **block: Any) -> None:
         super().__init__()
+        if mem_update not in MEM_UPDATES:
+            raise ValueError(f"mem_update must be one of {MEM_UPDATES}, got {mem_update!r}")
+        self.mem_update = mem_update
         w1, w2, w3 = widths
         self.sizes = encoder_sizes(image_size)
         self.use_semantic_basis = use_semantic_basis
@@ -49,11 +72,15 @@ class MamaNetwork(nn.Module):
         self.semantic_basis = MultiScaleAttention(w3, w3, "same", **block) if use_semantic_basis else None
         self.latent_shape = (w3, self.sizes[3], self.sizes[3])
         self.memory = HashMemory(mem_size, w3 * self.sizes[3] ** 2, hash_bits, addressing, soft_topk, soft_tau, hash_train)
+        if mem_update == "write":  # slots are written, not learned
+            self.memory.items.requires_grad_(False)
+        self.register_buffer("write_pointer", torch.zeros((), dtype=torch.long))
         self.deconv3 = MultiScaleAttention(2 * w3 if use_semantic_basis else w3, dec_sa3_out, "same", **block)
         self.pre_deconv2 = MultiScaleAttention(dec_sa3_out, w3, "up", **block)
         self.deconv2_sa = MultiScaleAttention(w3, w3, "same", **block)
         self.deconv2 = MultiScaleAttention(w3, w1, "up", **block)
-        self.output = MultiScaleAttention(w1, channels, "up", **{**block, "output": "sigmoid"})
+        self.output = MultiScaleAttention(w1, channels, "up", **{**block, "output": "sigmoid",
+                                                                 "mid_channels": w1 if wide_output_block else None})
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """``Conv_3``: the encoder's ``(B, 512, S/8, S/8)`` feature map (z before flattening, Eq. 10)."""
@@ -67,9 +94,21 @@ class MamaNetwork(nn.Module):
         h = self.deconv2(h, output_size=(self.sizes[1], self.sizes[1]))
         return self.output(h, output_size=(self.sizes[0], self.sizes[0]))
 
+    @torch.no_grad()
+    def write_memory(self, z: torch.Tensor) -> None:
+        """``mem_update="write"``: store the codes ``z (B, ...)`` in the next slots, first in first out."""
+        flat = z.detach().flatten(1)[-self.memory.mem_size:]
+        index = (self.write_pointer + torch.arange(len(flat), device=flat.device)) % self.memory.mem_size
+        self.memory.items[index] = flat
+        self.write_pointer.copy_((self.write_pointer + len(flat)) % self.memory.mem_size)
+
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """``recon`` (x_hat), ``z`` (Conv_3), ``z_hat`` (memory read) and ``slots`` (addressed indices)."""
         z = self.encode(images)
+        if self.mem_update == "write" and self.training:
+            self.write_memory(z)  # Sec. III-C: "it is first stored at memory slots", then addressed
         z_hat, slots = self.memory(z)
+        if self.mem_update == "write":  # straight-through: the read's gradient reaches the encoder [R]
+            z_hat = z + (z_hat - z).detach()
         basis = self.semantic_basis(z) if self.semantic_basis is not None else None
         return {"recon": self.decode(z_hat, basis), "z": z, "z_hat": z_hat, "slots": slots}
