@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
-from medad.benchmark.job_runner import check_needs
+from medad.benchmark.job_runner import check_needs, fit_detector, score_in_batches
 from medad.datasets.base import DatasetError, ImageSet, Subset
-from medad.detectors.sure_roi import SureROIDetector, estimate_noise_sigma, mc_divergence, roi_target, sure_loss
+from medad.datasets.synthetic import SyntheticHeadCT
+from medad.detectors.base import TrainLog
+from medad.detectors.sure_roi import (
+    SureROIDetector,
+    estimate_noise_sigma,
+    mc_divergence,
+    roi_target,
+    sure_loss,
+)
 from tests.conftest import tiny_synthetic
 
 
@@ -90,3 +101,31 @@ def test_fit_without_roi_masks_is_a_clear_error_and_tags_name_the_loss():
     assert SureROIDetector(image_size=32, channels=1, width=8, latent=8, loss="l2").extra_tags() == {"loss": "l2"}
     with pytest.raises(ValueError, match="loss must be one of"):
         SureROIDetector(image_size=32, channels=1, loss="l1")
+
+
+@pytest.fixture
+def one_thread():
+    """Train on one thread, as the numbers below were measured (and as CPU time is budgeted)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_sure_roi_separates_obvious_lesions_at_64_px(one_thread):
+    """Issue 7: about a minute of single-thread CPU on synthetic `obvious` (default lesions, 300 normals, 64 px).
+
+    Settings chosen on split_seed 1 and 2 (last-epoch ROC AUC 0.868 and 0.881 after 24 epochs), confirmed on
+    this split (split_seed 0): 0.820 in 41-51 s of CPU. The AUC moves by about ±0.04 from epoch to epoch (the
+    adversarial term), so the bar is below the issue's 0.85 target: that target is not reliably reached at this
+    budget (see the issue note).
+    """
+    subset = SyntheticHeadCT(image_size=64, n_train=300, n_val=50, n_test=200).load("obvious")
+    detector = SureROIDetector(image_size=64, channels=1, seed=0, epochs=24, batch_size=16, width=16, latent=64,
+                               lr=2e-4)
+    start = time.process_time()
+    fit_detector(detector, subset, TrainLog())
+    auc = roc_auc_score(subset.test.labels, score_in_batches(detector, subset.test, 64))
+    print(f"sure-roi ROC AUC {auc:.3f}, {time.process_time() - start:.1f} s CPU")
+    assert auc >= 0.75, f"sure-roi ROC AUC {auc:.3f}"

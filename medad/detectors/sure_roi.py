@@ -30,6 +30,12 @@ Choices where the dissertation is silent: σ (``sigma=None``) is estimated from 
 with the wavelet median-absolute-deviation estimator (Donoho 1995) on the finest Haar diagonal band
 (A4); τ = 1e-2 (deepinv/REI default); one probe per image per step; two separate train-mode forward
 passes for the SURE term (A12); Adam betas (0.5, 0.999) for both nets (A7).
+
+At CPU size (64 px, width 16, latent 64, batch 16, the dissertation's lr 2e-4; about 2.1 s of one CPU
+thread per epoch of 300 images) the latent score on synthetic ``obvious`` climbs to ROC AUC 0.8-0.89
+after 12-24 epochs and then moves by about ±0.04 from epoch to epoch (the adversarial term): last-epoch
+AUC after 24 epochs 0.820 / 0.868 / 0.881 on split seeds 0 / 1 / 2 (issue 7). Batch 32, latent 32 or 100,
+and lr 5e-4 were no better in that budget.
 """
 
 from __future__ import annotations
