@@ -52,7 +52,8 @@ class MamaNetDetector(Detector):
 
     paper = ("Chen et al., MAMA Net: Multi-Scale Attention Memory Autoencoder Network for Anomaly Detection, "
              "IEEE TMI 40(3), 2021")
-    smoke_params = {"epochs": 8, "batch_size": 8, "lr": 0.01, "width_mult": 0.25, "mem_size": 50, "hash_bits": 32}
+    smoke_params = {"epochs": 8, "batch_size": 8, "lr": 1e-3, "width_mult": 0.25, "mem_size": 64, "hash_bits": 32,
+                    "mem_update": "write", "map_sigma": 2.0, "top_fraction": 0.02}
 
     def __init__(self, *, image_size: int, channels: int, device: str = "cpu", seed: int = 0,
                  iterations: int = 70000, epochs: int = 0, batch_size: int = 8, lr: float = 0.01,
