@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import roc_auc_score
 
 from medad.datasets.synthetic import SyntheticHeadCT
 from medad.detectors.blocks.memory import HashMemory, hamming_distance, hash_codes
@@ -15,6 +13,7 @@ from medad.detectors.mamanet.attention import MultiScaleAttention
 from medad.detectors.mamanet.losses import batch_emd, mama_loss, wasserstein_term
 from medad.detectors.mamanet.networks import MamaNetwork, encoder_sizes
 from medad.detectors.nets import count_parameters
+from tests.support.separation import fit_on_one_thread, image_and_pixel_auc
 
 
 def test_hash_codes_are_the_thresholded_sigmoid_of_the_fc_layer():
@@ -191,17 +190,8 @@ def test_detector_reaches_the_done_when_aucs_on_obvious_synthetic_in_about_a_min
 
     subset = SyntheticHeadCT(image_size=64, n_train=200, n_val=0, n_test=100, n_anomaly_pool=0).load("obvious")
     detector = MamaNetDetector(image_size=64, channels=1, **FIT_PARAMS)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny convolutions: one thread wastes no CPU on synchronisation
-    try:
-        started = time.process_time()
-        detector.fit(subset.train.without_labels())
-        cpu_s = time.process_time() - started
-    finally:
-        torch.set_num_threads(threads)
-    images = subset.test.float_images()
-    image_auc = roc_auc_score(subset.test.labels, detector.score(images).numpy())
-    pixel_auc = roc_auc_score(subset.test.masks.numpy().ravel(), detector.score_map(images).numpy().ravel())
+    cpu_s = fit_on_one_thread(detector, subset)
+    image_auc, pixel_auc = image_and_pixel_auc(detector, subset)
     print(f"fit {cpu_s:.0f} s CPU, image AUC {image_auc:.3f}, pixel AUC {pixel_auc:.3f}")
     # Issue 6 asks for >= 0.85 on both. Pixel: reached (0.897-0.933 over four split/seed draws with these
     # settings; 0.921 on this one). Image: NOT reached at this budget: 0.637-0.849 over the same draws (0.654
