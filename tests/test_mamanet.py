@@ -13,7 +13,7 @@ from medad.detectors.mamanet.attention import MultiScaleAttention
 from medad.detectors.mamanet.losses import batch_emd, mama_loss, wasserstein_term
 from medad.detectors.mamanet.networks import MamaNetwork, encoder_sizes
 from medad.detectors.nets import count_parameters
-from tests.support.separation import fit_on_one_thread, image_and_pixel_auc
+from tests.support.separation import assert_separates
 
 
 def test_hash_codes_are_the_thresholded_sigmoid_of_the_fc_layer():
@@ -190,18 +190,13 @@ def test_detector_reaches_the_done_when_aucs_on_obvious_synthetic_in_about_a_min
 
     subset = SyntheticHeadCT(image_size=64, n_train=200, n_val=0, n_test=100, n_anomaly_pool=0).load("obvious")
     detector = MamaNetDetector(image_size=64, channels=1, **FIT_PARAMS)
-    cpu_s = fit_on_one_thread(detector, subset)
-    image_auc, pixel_auc = image_and_pixel_auc(detector, subset)
-    print(f"fit {cpu_s:.0f} s CPU, image AUC {image_auc:.3f}, pixel AUC {pixel_auc:.3f}")
     # Issue 6 asks for >= 0.85 on both. Pixel: reached (0.897-0.933 over four split/seed draws with these
     # settings; 0.921 on this one). Image: NOT reached at this budget: 0.637-0.849 over the same draws (0.654
     # on this one). With mem_update="write" the test-time read is the code of a stored training normal, so
     # the image score is bounded by how well the nearest normal matches: scoring with the pixel-space nearest
     # training image itself (an oracle for the hash addressing) gives image AUC 0.70 / 0.82 / 0.85 on
     # split_seed 0 / 1 / 2 (the detector: 0.65 / 0.73 / 0.85). The bar guards what is reached, with a margin.
-    assert pixel_auc >= 0.85, f"pixel AUC {pixel_auc:.3f} (image AUC {image_auc:.3f})"
-    assert image_auc >= 0.60, f"image AUC {image_auc:.3f} (pixel AUC {pixel_auc:.3f})"
-    assert cpu_s < 120, f"fit took {cpu_s:.0f} s of CPU"
+    assert_separates(detector, subset, image_bar=0.60, pixel_bar=0.85)
 
 
 # CPU-sized settings (the paper's widths, N = 2000 and 70 000 iterations need a GPU): 1/8 widths, one slot per

@@ -13,7 +13,7 @@ from medad.detectors.nets import count_parameters
 from medad.detectors.proxyano import superpixels
 from medad.detectors.proxyano.networks import ImageReconstructionModule, ProxyExtractionModule
 from medad.detectors.proxyano.pseudo_anomaly import paste_random_patches
-from tests.support.separation import fit_on_one_thread, image_and_pixel_auc
+from tests.support.separation import assert_separates
 
 
 @pytest.fixture(scope="module")
@@ -131,14 +131,9 @@ def test_detector_reaches_the_done_when_aucs_on_obvious_synthetic_in_about_a_min
 
     subset = SyntheticHeadCT(image_size=64, n_train=250, n_val=0, n_test=100, n_anomaly_pool=0).load("obvious")
     detector = ProxyAnoDetector(image_size=64, channels=1, **FIT_PARAMS)
-    cpu_s = fit_on_one_thread(detector, subset)
-    image_auc, pixel_auc = image_and_pixel_auc(detector, subset)
-    print(f"fit {cpu_s:.0f} s CPU, image AUC {image_auc:.3f}, pixel AUC {pixel_auc:.3f}")
     # Issue 6: >= 0.85 on both. Measured with these settings: image 0.859, pixel 0.930 (52 s CPU); the image
     # bound keeps a margin for floating-point differences between machines (earlier runs: 0.75-0.85).
-    assert pixel_auc >= 0.85, f"pixel AUC {pixel_auc:.3f} (image AUC {image_auc:.3f})"
-    assert image_auc >= 0.80, f"image AUC {image_auc:.3f} (pixel AUC {pixel_auc:.3f})"
-    assert cpu_s < 120, f"fit took {cpu_s:.0f} s of CPU"
+    assert_separates(detector, subset, image_bar=0.80, pixel_bar=0.85)
 
 
 # CPU-sized settings: quarter widths, 3 downsamplings, 8 + 8 epochs at batch 8; maps smoothed and images

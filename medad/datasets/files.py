@@ -10,6 +10,8 @@ seed, and builds the :class:`~medad.datasets.base.Subset`. :meth:`FileDataset.ch
 
 from __future__ import annotations
 
+import abc
+
 import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -112,13 +114,13 @@ class FileDataset(Dataset):
 
     # ---- what an adapter provides -------------------------------------------------------------
 
+    @abc.abstractmethod
     def is_root(self, folder: Path) -> bool:
         """True when ``folder`` holds the download's signature files."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def scan(self, root: Path) -> list[Record]:
         """Every usable image under ``root`` as a Record (raise DatasetError naming bad files)."""
-        raise NotImplementedError
 
     def select(self, subset: str, records: list[Record]) -> list[Record]:
         """The records of ``subset`` (default: all)."""

@@ -33,3 +33,14 @@ def image_and_pixel_auc(detector: Detector, subset: Subset) -> tuple[float, floa
     image_auc = roc_auc_score(subset.test.labels, detector.score(images).numpy())
     pixel_auc = roc_auc_score(subset.test.masks.numpy().ravel(), detector.score_map(images).numpy().ravel())
     return float(image_auc), float(pixel_auc)
+
+
+def assert_separates(detector: Detector, subset: Subset, *, image_bar: float, pixel_bar: float,
+                     cpu_limit_s: float = 120.0) -> None:
+    """Fit on one thread, then assert image and pixel ROC AUC reach their bars within ``cpu_limit_s`` of CPU."""
+    cpu_s = fit_on_one_thread(detector, subset)
+    image_auc, pixel_auc = image_and_pixel_auc(detector, subset)
+    print(f"fit {cpu_s:.0f} s CPU, image AUC {image_auc:.3f}, pixel AUC {pixel_auc:.3f}")
+    assert pixel_auc >= pixel_bar, f"pixel AUC {pixel_auc:.3f} (image AUC {image_auc:.3f})"
+    assert image_auc >= image_bar, f"image AUC {image_auc:.3f} (pixel AUC {pixel_auc:.3f})"
+    assert cpu_s < cpu_limit_s, f"fit took {cpu_s:.0f} s of CPU"
