@@ -15,7 +15,13 @@ less), so the first step of each phase (optimiser state, caches such as Multi-KD
 not counted; ``fit img/s`` divides all trained images by the whole ``fit`` time, set-up included.
 Scoring img/s: ``score`` on ``--score-images`` images in batches of ``batch_size`` after a warm-up batch.
 ``--param key=value`` sets a hyper-parameter of every detector that has it (``name.key=value``: one
-detector); values are YAML (``--param multi-kd.source_cache_mb=0``).
+detector); values are YAML (``--param multi-kd.source_cache_mb=0``). ``--memory-format`` and
+``--precision`` are the run settings of :mod:`medad.benchmark.acceleration` (``auto``: channels_last on CUDA).
+
+Work per image: torch's FLOP counter (convolutions and matrix products, forward and backward) runs
+during the fit, so ``GFLOP/img`` is the arithmetic of one training step per image and ``% peak`` its
+rate (GFLOP/img x img/s) against this device's fp32 matrix-product rate measured at start-up: a step
+far below the peak wastes time somewhere; one near it can only go faster with less arithmetic.
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ import numpy as np
 import torch
 import yaml
 
+from torch.utils.flop_counter import FlopCounterMode
+
+from medad.benchmark.acceleration import MEMORY_FORMATS, PRECISIONS, autocast, resolve_memory_format
 from medad.benchmark.config import hyperparameters
 from medad.benchmark.registry import DETECTORS
 from medad.benchmark.resources import resolve_device
@@ -37,30 +46,51 @@ from medad.detectors.base import TrainLog
 
 
 class TimedTrainLog(TrainLog):
-    """A TrainLog that also records when each step was logged (after its losses reached the host)."""
+    """A TrainLog that also records when each step was logged (after its losses reached the host) and,
+    given a running :class:`FlopCounterMode`, the floating-point operations counted so far."""
 
-    def __init__(self) -> None:
+    def __init__(self, flops: FlopCounterMode | None = None) -> None:
         super().__init__()
-        self.stamps: list[tuple[float, float, str]] = []
+        self.flops = flops
+        self.stamps: list[tuple[float, float, str, int]] = []
 
     def log(self, epoch: int, step: int, **losses) -> None:
         super().log(epoch, step, **losses)  # float() of each loss: waits for the device
-        self.stamps.append((time.perf_counter(), time.process_time(), next(iter(losses))))
+        counted = self.flops.get_total_flops() if self.flops is not None else 0
+        self.stamps.append((time.perf_counter(), time.process_time(), next(iter(losses)), counted))
 
 
-def phase_rates(stamps: list[tuple[float, float, str]], batch_size: int) -> dict[str, tuple[float, float, int]]:
-    """{phase: (img/s of wall time, img/s of process CPU time, counted steps)} from consecutive stamps of a phase.
+def phase_rates(stamps: list[tuple[float, float, str, int]], batch_size: int,
+                ) -> dict[str, tuple[float, float, int, float]]:
+    """{phase: (img/s of wall time, img/s of process CPU time, counted steps, GFLOP per image)} from
+    consecutive stamps of a phase.
 
     CPU time (all threads of this process) is what a step costs on a shared machine, where wall time
     also counts other processes; on an idle machine with T threads, wall img/s ≈ T × CPU img/s at best.
     """
-    gaps: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for (wall0, cpu0, phase_before), (wall1, cpu1, phase) in zip(stamps, stamps[1:]):
+    gaps: dict[str, list[tuple[float, float, int]]] = defaultdict(list)
+    for (wall0, cpu0, phase_before, flops0), (wall1, cpu1, phase, flops1) in zip(stamps, stamps[1:]):
         if phase == phase_before:
-            gaps[phase].append((wall1 - wall0, cpu1 - cpu0))
-    return {phase: (batch_size / float(np.mean([w for w, _ in values])),
-                    batch_size / max(float(np.mean([c for _, c in values])), 1e-9), len(values))
+            gaps[phase].append((wall1 - wall0, cpu1 - cpu0, flops1 - flops0))
+    return {phase: (batch_size / float(np.mean([w for w, _, _ in values])),
+                    batch_size / max(float(np.mean([c for _, c, _ in values])), 1e-9), len(values),
+                    float(np.mean([f for _, _, f in values])) / batch_size / 1e9)
             for phase, values in gaps.items()}
+
+
+def matmul_gflops(device: torch.device, size: int = 2048, repeats: int = 5) -> float:
+    """This device's fp32 matrix-product rate (GFLOP/s), best of ``repeats`` ``size``-square products."""
+    a, b = (torch.randn(size, size, device=device) for _ in range(2))
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first is a warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best / 1e9
 
 
 def random_images(count: int, channels: int, size: int, seed: int = 0) -> ImageSet:
@@ -98,35 +128,40 @@ def build(name: str, image_size: int, channels: int, device: str, batch_size: in
 
 
 def measure(name: str, args: argparse.Namespace, overrides: dict) -> list[dict[str, object]]:
-    """Rows (detector, phase, img/s, steps) for one detector."""
-    device = str(resolve_device(args.device))
-    detector, params = build(name, args.image_size, args.channels, device, args.batch_size, overrides)
+    """Rows (detector, phase, img/s, steps, GFLOP/img) for one detector."""
+    device = resolve_device(args.device)
+    detector, params = build(name, args.image_size, args.channels, str(device), args.batch_size, overrides)
+    detector.use_memory_format(resolve_memory_format(args.memory_format, device))
     train = random_images((args.steps + 1) * args.batch_size, args.channels, args.image_size)
-    log = TimedTrainLog()
-    cpu_started, started = time.process_time(), time.perf_counter()
-    if detector.supervision == "semi-supervised":  # coronet-semi: a labelled pool of one batch
-        pool = random_images(args.batch_size, args.channels, args.image_size, seed=2)
-        pool.labels[:] = 1
-        detector.fit(train, None, log, anomaly_pool=pool)
-    else:
-        detector.fit(train, None, log)
-    fit_seconds, fit_cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    rows = [{"detector": name, "phase": f"train:{phase}", "img_per_s": rate, "img_per_cpu_s": cpu_rate, "steps": steps}
-            for phase, (rate, cpu_rate, steps) in phase_rates(log.stamps, args.batch_size).items()]
+    with FlopCounterMode(display=False) as flops, autocast(device, args.precision):
+        log = TimedTrainLog(flops)
+        cpu_started, started = time.process_time(), time.perf_counter()
+        if detector.supervision == "semi-supervised":  # coronet-semi: a labelled pool of one batch
+            pool = random_images(args.batch_size, args.channels, args.image_size, seed=2)
+            pool.labels[:] = 1
+            detector.fit(train, None, log, anomaly_pool=pool)
+        else:
+            detector.fit(train, None, log)
+        fit_seconds, fit_cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    rows = [{"detector": name, "phase": f"train:{phase}", "img_per_s": rate, "img_per_cpu_s": cpu_rate, "steps": steps,
+             "gflop_per_img": gflop}
+            for phase, (rate, cpu_rate, steps, gflop) in phase_rates(log.stamps, args.batch_size).items()]
     trained = len(log.stamps) * args.batch_size
     rows.append({"detector": name, "phase": "fit (all, incl. set-up)", "img_per_s": trained / fit_seconds,
-                 "img_per_cpu_s": trained / fit_cpu, "steps": len(log.stamps)})
+                 "img_per_cpu_s": trained / fit_cpu, "steps": len(log.stamps), "gflop_per_img": float("nan")})
     test = random_images(args.score_images + args.batch_size, args.channels, args.image_size, seed=1)
     batches = list(test.batches(args.batch_size))
-    detector.score(batches[0])  # warm-up
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    cpu_started, started = time.process_time(), time.perf_counter()
-    for batch in batches[1:]:
-        detector.score(batch).cpu()
-    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    with autocast(device, args.precision):
+        detector.score(batches[0])  # warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        cpu_started, started = time.process_time(), time.perf_counter()
+        for batch in batches[1:]:
+            detector.score(batch).cpu()
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     rows.append({"detector": name, "phase": "score", "img_per_s": args.score_images / seconds,
-                 "img_per_cpu_s": args.score_images / cpu_seconds, "steps": len(batches) - 1})
+                 "img_per_cpu_s": args.score_images / cpu_seconds, "steps": len(batches) - 1,
+                 "gflop_per_img": float("nan")})
     for row in rows:
         row["params"] = ",".join(f"{k}={v}" for k, v in params.items())
     return rows
@@ -144,17 +179,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--param", action="append", default=[], metavar="[NAME.]KEY=VALUE")
+    parser.add_argument("--memory-format", default="auto", choices=MEMORY_FORMATS)
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides = parse_params(args.param)
+    device = resolve_device(args.device)
+    peak = matmul_gflops(device)
     print(f"device={args.device} threads={torch.get_num_threads()} image_size={args.image_size} "
-          f"batch_size={args.batch_size} torch={torch.__version__}")
-    print(f"{'detector':<12} {'phase':<34} {'img/s':>9} {'img/cpu-s':>10} {'steps':>6}  params")
+          f"batch_size={args.batch_size} memory_format={resolve_memory_format(args.memory_format, device)} "
+          f"precision={args.precision} torch={torch.__version__} fp32 matmul peak={peak:.0f} GFLOP/s")
+    print(f"{'detector':<12} {'phase':<34} {'img/s':>9} {'img/cpu-s':>10} {'steps':>6} {'GFLOP/img':>10} "
+          f"{'% peak':>7}  params")
     for name in args.detectors.split(","):
         for row in measure(name.strip(), args, overrides):
+            share = 100 * row["gflop_per_img"] * row["img_per_s"] / peak
             print(f"{row['detector']:<12} {row['phase']:<34} {row['img_per_s']:>9.2f} {row['img_per_cpu_s']:>10.2f} "
-                  f"{row['steps']:>6}  {row['params']}",
+                  f"{row['steps']:>6} {row['gflop_per_img']:>10.2f} {share:>7.0f}  {row['params']}",
                   flush=True)
     return 0
 

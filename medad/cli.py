@@ -8,6 +8,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from medad.benchmark.acceleration import MEMORY_FORMATS, PRECISIONS
 from medad.benchmark.config import ConfigError, load_config, narrow
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -38,6 +39,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--datasets", type=_csv, default=None, help="only these datasets (comma-separated)")
     parser.add_argument("--seeds", type=_seeds, default=None, help="these seeds instead of the config's")
     parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--memory-format", default=None, choices=MEMORY_FORMATS,
+                        help="tensor layout of networks and images (default: the config's; auto = channels_last on CUDA)")
+    parser.add_argument("--precision", default=None, choices=PRECISIONS,
+                        help="fp32, or bf16 autocast for training and scoring (rows tagged precision=bf16)")
     parser.add_argument("--executor", default="local", choices=["local", "ray", "slurm"],
                         help="how jobs are run: local processes, Ray tasks (medad[ray]), SLURM array jobs (medad[slurm])")
     parser.add_argument("--workers", type=int, default=None,
@@ -69,11 +74,12 @@ def command_run(args: argparse.Namespace) -> int:
             raise ConfigError("--resume takes the run's own config; drop --config/--detectors/--datasets/--seeds/--run-id")
         run_folder = RunFolder(args.resume)
         config = config_from_manifest(run_folder.read_manifest())
-        if args.device:
-            config = narrow(config, device=args.device)
+        if args.device or args.memory_format or args.precision:
+            config = narrow(config, device=args.device, memory_format=args.memory_format, precision=args.precision)
     else:
         config = load_config(args.config or DEFAULT_CONFIG)
-        config = narrow(config, detectors=args.detectors, datasets=args.datasets, seeds=args.seeds, device=args.device)
+        config = narrow(config, detectors=args.detectors, datasets=args.datasets, seeds=args.seeds, device=args.device,
+                        memory_format=args.memory_format, precision=args.precision)
         run_id = args.run_id or f"{config.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
         run_folder = RunFolder(args.results / run_id)
     if args.ray_address is not None and args.executor != "ray":

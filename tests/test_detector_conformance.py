@@ -10,6 +10,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from medad.benchmark.acceleration import autocast
 from medad.benchmark.job_runner import fit_detector, score_in_batches
 from medad.benchmark.registry import DETECTORS
 from medad.detectors.base import TrainLog
@@ -111,3 +112,31 @@ def test_fit_is_never_handed_test_labels(subsets, name, monkeypatch):
         assert not test_ids & set(part.ids)
     if DETECTORS.get(name).supervision != "semi-supervised":
         assert not seen["extra"], "an unsupervised detector was given labelled anomalies"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_channels_last_gives_the_same_scores_and_maps(fitted, name):
+    """``memory_format: channels_last`` (the CUDA default) changes the layout, not the numbers."""
+    detector, subset, _ = fitted(name)
+    images = subset.test.float_images()[:8]
+    scores, maps = detector.score(images), detector.score_map(images)
+    try:
+        detector.use_memory_format(torch.channels_last)
+        torch.testing.assert_close(detector.score(images), scores, rtol=1e-4, atol=1e-5)
+        if maps is not None:
+            torch.testing.assert_close(detector.score_map(images), maps, rtol=1e-4, atol=1e-5)
+    finally:
+        detector.use_memory_format(torch.contiguous_format)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_trains_and_scores_in_channels_last_under_bf16_autocast(subsets, name):
+    """``precision: bf16`` and ``memory_format: channels_last`` run every detector's fit and scoring."""
+    detector = build(name)
+    subset = subsets(detector.image_size)
+    detector.use_memory_format(torch.channels_last)
+    device = torch.device("cpu")
+    with autocast(device, "bf16"):
+        fit_detector(detector, subset, TrainLog())
+        scores = score_in_batches(detector, subset.test, 16)
+    assert scores.shape == (len(subset.test),) and np.isfinite(scores).all()

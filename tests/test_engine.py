@@ -173,3 +173,18 @@ def test_cli_reports_config_errors_with_exit_status_2(tmp_path):
     bad.write_text("name: x\nimage_size: 32\ndatasets: [{name: synthetic}]\ndetectors: [{name: ae, params: {epoch: 1}}]\n")
     result = medad("run", "--config", str(bad), "--results", str(tmp_path))
     assert result.returncode == 2 and "detectors[0].params.epoch: unknown parameter" in result.stderr
+
+
+def test_precision_and_memory_format_reach_the_job_and_bf16_rows_are_tagged(tmp_path):
+    config = write_config(tmp_path / "c.yaml", detectors=[{"name": "ae", "params": {"epochs": 1, "width": 4}}])
+    assert main(["run", "--config", str(config), "--results", str(tmp_path), "--run-id", "fp32", "--quiet"]) == 0
+    assert main(["run", "--config", str(config), "--results", str(tmp_path), "--run-id", "bf16", "--quiet",
+                 "--precision", "bf16", "--memory-format", "channels_last"]) == 0
+    plain = pd.read_csv(tmp_path / "fp32" / "metrics.csv")
+    mixed = pd.read_csv(tmp_path / "bf16" / "metrics.csv")
+    assert "precision" not in plain.columns  # fp32 is the default and carries no tag
+    assert set(mixed["precision"]) == {"bf16"}
+    manifest = json.loads((tmp_path / "bf16" / "manifest.json").read_text())
+    assert (manifest["config"]["precision"], manifest["config"]["memory_format"]) == ("bf16", "channels_last")
+    job = expand_jobs(load_config(config))[0]
+    assert (job.precision, job.memory_format) == ("fp32", "auto")

@@ -7,6 +7,8 @@ Schema (DESIGN.md)::
     channels: 1
     seeds: [0]
     device: auto
+    memory_format: auto                # auto (channels_last on CUDA), channels_last or contiguous
+    precision: fp32                    # fp32, or bf16 (autocast; rows tagged precision=bf16)
     score_batch_size: 64
     save_checkpoints: false
     resources: {cpus: 1, gpus: 1, memory_gb: 16, time_min: 240}   # optional: what each job asks a cluster for
@@ -36,6 +38,7 @@ from typing import Any
 
 import yaml
 
+from medad.benchmark.acceleration import MEMORY_FORMATS, PRECISIONS
 from medad.benchmark.registry import DATASETS, DETECTORS, RegistryError
 
 
@@ -80,6 +83,8 @@ class RunConfig:
     datasets: list[DatasetEntry]
     detectors: list[DetectorEntry]
     resources: dict[str, Any] = field(default_factory=dict)
+    memory_format: str = "auto"
+    precision: str = "fp32"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,9 +93,10 @@ class RunConfig:
 _TOP_KEYS = {
     "name": str, "image_size": int, "channels": int, "seeds": list, "device": str,
     "score_batch_size": int, "save_checkpoints": bool, "datasets": list, "detectors": list, "resources": dict,
+    "memory_format": str, "precision": str,
 }
 _DEFAULTS = {"channels": 1, "seeds": [0], "device": "auto", "score_batch_size": 64, "save_checkpoints": False,
-             "resources": {}}
+             "resources": {}, "memory_format": "auto", "precision": "fp32"}
 # What a job may ask a cluster (Ray, SLURM) for; the smallest value each may take.
 RESOURCE_KEYS = {"cpus": 1, "gpus": 0, "memory_gb": 0, "time_min": 1}
 _REQUIRED = ("name", "image_size", "datasets", "detectors")
@@ -103,6 +109,12 @@ def check_device(key: str, value: str) -> None:
     """Raise ConfigError unless ``value`` is auto, cpu, cuda or cuda:N."""
     if value not in _DEVICES and not (value.startswith("cuda:") and value[5:].isdigit()):
         raise ConfigError(f"{key}: expected one of {', '.join(_DEVICES)} (or cuda:N), got {value!r}")
+
+
+def check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    """Raise ConfigError unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {value!r}")
 
 
 def check_resources(where: str, resources: Any) -> dict[str, Any]:
@@ -254,6 +266,8 @@ def parse_config(raw: Any, source: str = "<config>") -> RunConfig:
         _check_type(key, values[key], expected)
     _check_image_format("", values)
     check_device("device", values["device"])
+    check_choice("memory_format", values["memory_format"], MEMORY_FORMATS)
+    check_choice("precision", values["precision"], PRECISIONS)
     for i, seed in enumerate(values["seeds"]):
         _check_type(f"seeds[{i}]", seed, int)
     if not values["seeds"]:
@@ -300,6 +314,7 @@ def parse_config(raw: Any, source: str = "<config>") -> RunConfig:
         seeds=list(values["seeds"]), device=values["device"], score_batch_size=values["score_batch_size"],
         save_checkpoints=values["save_checkpoints"], datasets=datasets, detectors=detectors,
         resources=check_resources("resources", values["resources"]),
+        memory_format=values["memory_format"], precision=values["precision"],
     )
 
 
@@ -316,7 +331,8 @@ def load_config(path: str | Path) -> RunConfig:
 
 
 def narrow(config: RunConfig, *, detectors: list[str] | None = None, datasets: list[str] | None = None,
-           seeds: list[int] | None = None, device: str | None = None) -> RunConfig:
+           seeds: list[int] | None = None, device: str | None = None, memory_format: str | None = None,
+           precision: str | None = None) -> RunConfig:
     """The config restricted to the named detectors (names or labels), datasets and seeds (CLI flags)."""
     if detectors:
         known = {d.label for d in config.detectors} | {d.name for d in config.detectors}
@@ -335,4 +351,10 @@ def narrow(config: RunConfig, *, detectors: list[str] | None = None, datasets: l
     if device:
         check_device("--device", device)
         config.device = device
+    if memory_format:
+        check_choice("--memory-format", memory_format, MEMORY_FORMATS)
+        config.memory_format = memory_format
+    if precision:
+        check_choice("--precision", precision, PRECISIONS)
+        config.precision = precision
     return config

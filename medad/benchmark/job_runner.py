@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from medad.benchmark.acceleration import autocast, precision_tags, resolve_memory_format
 from medad.benchmark.examples import write_examples
 from medad.benchmark.jobs import Job
 from medad.benchmark.metrics import MetricRow, image_metrics, pixel_metrics, screening_metrics, threshold_val_q95
@@ -122,21 +123,9 @@ def detector_tags(detector: Detector) -> dict[str, str]:
     return {"supervision": detector.supervision, "weights": detector.weights, **detector.extra_tags()}
 
 
-def execute(job: Job, run_id: str, progress: bool = False) -> tuple[dict[str, Any], dict[str, pd.DataFrame], dict[str, Path]]:
-    """Run ``job``; return its timings, tables and files. Raises on any failure."""
-    timings: dict[str, Any] = {}
-    device = resolve_device(job.device)
-    seed_everything(job.seed)
-    subset = load_subset(job)
-    cls = DETECTORS.get(job.detector_name)
-    check_needs(cls, subset, job.dataset)
-    detector = cls(image_size=job.image_size, channels=job.channels, device=str(device), seed=job.seed,
-                   **job.detector_params)
-    log = TrainLog(progress=progress, description=f"{job.detector} epochs")
-    started = time.perf_counter()
-    fit_detector(detector, subset, log)
-    timings["train_s"] = time.perf_counter() - started
-
+def _score_subset(detector: Detector, subset: Subset, job: Job) -> tuple[list[MetricRow], dict[str, tuple[float, float]],
+                                                                       np.ndarray | None, np.ndarray, float]:
+    """Score the test (and validation, pool) images; image and pixel metric rows, bootstrap intervals, scores, seconds."""
     started = time.perf_counter()
     test_scores = score_in_batches(detector, subset.test, job.score_batch_size)
     val_scores = score_in_batches(detector, subset.val, job.score_batch_size) if subset.val is not None else None
@@ -156,9 +145,31 @@ def execute(job: Job, run_id: str, progress: bool = False) -> tuple[dict[str, An
             # the normal validation images' maps fix the honest pixel threshold of Dice
             val_maps = maps_in_batches(detector, subset.val, job.score_batch_size) if subset.val is not None else None
             rows += pixel_metrics(masked.masks.numpy(), maps, n_test=len(subset.test), val_maps=val_maps)
-    timings["score_s"] = time.perf_counter() - started
+    return rows, intervals, val_scores, test_scores, time.perf_counter() - started
 
-    tags = detector_tags(detector)
+
+def execute(job: Job, run_id: str, progress: bool = False) -> tuple[dict[str, Any], dict[str, pd.DataFrame], dict[str, Path]]:
+    """Run ``job``; return its timings, tables and files. Raises on any failure."""
+    timings: dict[str, Any] = {}
+    device = resolve_device(job.device)
+    seed_everything(job.seed)
+    subset = load_subset(job)
+    cls = DETECTORS.get(job.detector_name)
+    check_needs(cls, subset, job.dataset)
+    detector = cls(image_size=job.image_size, channels=job.channels, device=str(device), seed=job.seed,
+                   **job.detector_params)
+    detector.use_memory_format(resolve_memory_format(job.memory_format, device))
+    log = TrainLog(progress=progress, description=f"{job.detector} epochs")
+    started = time.perf_counter()
+    with autocast(device, job.precision):
+        fit_detector(detector, subset, log)
+    timings["train_s"] = time.perf_counter() - started
+
+    with autocast(device, job.precision):
+        rows, intervals, val_scores, test_scores, score_s = _score_subset(detector, subset, job)
+    timings["score_s"] = score_s
+
+    tags = {**detector_tags(detector), **precision_tags(job.precision)}
     scores = [_score_frame(job, run_id, "test", subset.test, test_scores)]
     if val_scores is not None:
         scores.append(_score_frame(job, run_id, "val", subset.val, val_scores))

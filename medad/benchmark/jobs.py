@@ -27,6 +27,8 @@ class Job:
     detector_params: dict[str, Any] = field(default_factory=dict)
     dataset_root: str | None = None
     resources: dict[str, Any] = field(default_factory=dict)  # what to ask a cluster for (config ``resources``)
+    memory_format: str = "auto"  # config ``memory_format`` (medad.benchmark.acceleration)
+    precision: str = "fp32"      # config ``precision``
 
     @property
     def job_id(self) -> str:
@@ -59,6 +61,7 @@ def expand_jobs(config: RunConfig, data_root: str | None = None) -> list[Job]:
                         score_batch_size=config.score_batch_size, save_checkpoints=config.save_checkpoints,
                         dataset_params=dict(dataset.params), detector_params=dict(detector.params), dataset_root=root,
                         resources={**config.resources, **detector.resources},
+                        memory_format=config.memory_format, precision=config.precision,
                     ))
     ids = [job.job_id for job in jobs]
     if len(set(ids)) != len(ids):

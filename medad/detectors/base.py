@@ -74,6 +74,7 @@ class Detector(abc.ABC):
         self.device = torch.device(device)
         self.seed = int(seed)
         self.generator = torch.Generator().manual_seed(self.seed)
+        self.memory_format = torch.contiguous_format
 
     # --- the contract -------------------------------------------------------------------------
     @abc.abstractmethod
@@ -146,7 +147,20 @@ class Detector(abc.ABC):
         self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
 
     # --- helpers for subclasses ----------------------------------------------------------------
+    def use_memory_format(self, memory_format: torch.memory_format) -> None:
+        """Store the networks' weights and the 4-D inputs that pass :meth:`to_device` in ``memory_format``.
+
+        ``torch.channels_last`` lets cuDNN use its NHWC convolution kernels (see
+        :mod:`medad.benchmark.acceleration`); a network created later (re-initialised) keeps the default.
+        """
+        self.memory_format = memory_format
+        for module in self.networks().values():
+            module.to(memory_format=memory_format)
+
     def to_device(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` on the detector's device (4-D ones in its :attr:`memory_format`)."""
+        if images.dim() == 4:
+            return images.to(self.device, memory_format=self.memory_format, non_blocking=True)
         return images.to(self.device, non_blocking=True)
 
     def eval_mode(self) -> None:

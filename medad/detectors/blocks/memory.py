@@ -159,14 +159,18 @@ class NearestNeighbourMemory(nn.Module):
         self.initialised.fill_(True)
 
     def nearest(self, vectors: torch.Tensor) -> torch.Tensor:
-        """Index of the L2-nearest item of each row of ``vectors (n, d)``."""
-        distance = (vectors.pow(2).sum(1, keepdim=True) - 2 * vectors @ self.items.T
-                    + self.items.pow(2).sum(1)[None])
+        """Index of the L2-nearest item of each row of ``vectors (n, d)`` (in float32 even under autocast)."""
+        with torch.autocast(device_type=vectors.device.type, enabled=False):
+            distance = (vectors.pow(2).sum(1, keepdim=True) - 2 * vectors @ self.items.T
+                        + self.items.pow(2).sum(1)[None])
         return distance.argmin(dim=1)
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(quantised code with straight-through gradient, item index per position (B, h, w))``."""
-        vectors = self.flatten(z)
+        """``(quantised code with straight-through gradient, item index per position (B, h, w))``.
+
+        Addressing and the EMA bookkeeping run in the items' dtype (float32), also under bf16 autocast.
+        """
+        vectors = self.flatten(z).to(self.items.dtype)
         index = self.nearest(vectors.detach())
         if self.training:
             self._ema_update(vectors.detach(), index)

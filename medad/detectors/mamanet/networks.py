@@ -99,7 +99,7 @@ class MamaNetwork(nn.Module):
         """``mem_update="write"``: store the codes ``z (B, ...)`` in the next slots, first in first out."""
         flat = z.detach().flatten(1)[-self.memory.mem_size:]
         index = (self.write_pointer + torch.arange(len(flat), device=flat.device)) % self.memory.mem_size
-        self.memory.items[index] = flat
+        self.memory.items[index] = flat.to(self.memory.items.dtype)  # autocast may hand bf16 codes
         self.write_pointer.copy_((self.write_pointer + len(flat)) % self.memory.mem_size)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
