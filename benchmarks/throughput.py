@@ -18,8 +18,8 @@ Scoring img/s: ``score`` on ``--score-images`` images in batches of ``batch_size
 detector); values are YAML (``--param multi-kd.source_cache_mb=0``). ``--memory-format`` and
 ``--precision`` are the run settings of :mod:`medad.benchmark.acceleration` (``auto``: channels_last on CUDA).
 
-Work per image: torch's FLOP counter (convolutions and matrix products, forward and backward) runs
-during the fit, so ``GFLOP/img`` is the arithmetic of one training step per image and ``% peak`` its
+Work per image: torch's FLOP formulas (convolutions and matrix products, forward and backward, also
+the double backward of a gradient penalty) count every operation of the fit (:class:`FlopCount`), so ``GFLOP/img`` is the arithmetic of one training step per image and ``% peak`` its
 rate (GFLOP/img x img/s) against this device's fp32 matrix-product rate measured at start-up: a step
 far below the peak wastes time somewhere; one near it can only go faster with less arithmetic.
 """
@@ -35,7 +35,8 @@ import numpy as np
 import torch
 import yaml
 
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 from medad.benchmark.acceleration import MEMORY_FORMATS, PRECISIONS, autocast, resolve_memory_format
 from medad.benchmark.config import hyperparameters
@@ -45,11 +46,34 @@ from medad.datasets.base import ImageSet
 from medad.detectors.base import TrainLog
 
 
+class FlopCount(TorchDispatchMode):
+    """Counts the floating-point operations of every aten op torch has a FLOP formula for, while active.
+
+    torch's own ``FlopCounterMode`` also tracks modules with hooks that break ``autograd.grad`` with
+    ``create_graph`` (f-AnoGAN's gradient penalty); this counts at the dispatcher only.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.total += formula(*args, **kwargs, out_val=out)
+        return out
+
+    def get_total_flops(self) -> int:
+        return self.total
+
+
 class TimedTrainLog(TrainLog):
     """A TrainLog that also records when each step was logged (after its losses reached the host) and,
-    given a running :class:`FlopCounterMode`, the floating-point operations counted so far."""
+    given a running :class:`FlopCount`, the floating-point operations counted so far."""
 
-    def __init__(self, flops: FlopCounterMode | None = None) -> None:
+    def __init__(self, flops: FlopCount | None = None) -> None:
         super().__init__()
         self.flops = flops
         self.stamps: list[tuple[float, float, str, int]] = []
@@ -133,7 +157,7 @@ def measure(name: str, args: argparse.Namespace, overrides: dict) -> list[dict[s
     detector, params = build(name, args.image_size, args.channels, str(device), args.batch_size, overrides)
     detector.use_memory_format(resolve_memory_format(args.memory_format, device))
     train = random_images((args.steps + 1) * args.batch_size, args.channels, args.image_size)
-    with FlopCounterMode(display=False) as flops, autocast(device, args.precision):
+    with FlopCount() as flops, autocast(device, args.precision):
         log = TimedTrainLog(flops)
         cpu_started, started = time.process_time(), time.perf_counter()
         if detector.supervision == "semi-supervised":  # coronet-semi: a labelled pool of one batch
