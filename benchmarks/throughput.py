@@ -1,6 +1,7 @@
 """Training and scoring throughput (images/s) of registered detectors on the current device.
 
     python benchmarks/throughput.py --detectors f-anogan,ganomaly,multi-kd --image-size 128 --batch-size 32 --steps 10
+    python benchmarks/throughput.py --detectors proxyano,coronet --memory-format channels_last   # NHWC on the CPU too
     python benchmarks/throughput.py --detectors mama-net,proxyano --image-size 128 --batch-size 8 --steps 5 \
         --param mama-net.mem_size=2000
     python benchmarks/throughput.py --detectors sure-roi,coronet,coronet-semi --image-size 64 --batch-size 16 \

@@ -74,8 +74,11 @@ def command_run(args: argparse.Namespace) -> int:
             raise ConfigError("--resume takes the run's own config; drop --config/--detectors/--datasets/--seeds/--run-id")
         run_folder = RunFolder(args.resume)
         config = config_from_manifest(run_folder.read_manifest())
-        if args.device or args.memory_format or args.precision:
-            config = narrow(config, device=args.device, memory_format=args.memory_format, precision=args.precision)
+        if args.precision and args.precision != config.precision:  # the layout and device only move rounding
+            raise ConfigError(f"--precision {args.precision}: this run was started with precision "
+                              f"{config.precision}; a resumed run keeps it so that its rows stay comparable")
+        if args.device or args.memory_format:
+            config = narrow(config, device=args.device, memory_format=args.memory_format)
     else:
         config = load_config(args.config or DEFAULT_CONFIG)
         config = narrow(config, detectors=args.detectors, datasets=args.datasets, seeds=args.seeds, device=args.device,

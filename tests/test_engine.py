@@ -188,3 +188,5 @@ def test_precision_and_memory_format_reach_the_job_and_bf16_rows_are_tagged(tmp_
     assert (manifest["config"]["precision"], manifest["config"]["memory_format"]) == ("bf16", "channels_last")
     job = expand_jobs(load_config(config))[0]
     assert (job.precision, job.memory_format) == ("fp32", "auto")
+    resumed = medad("run", "--resume", str(tmp_path / "fp32"), "--precision", "bf16", "--quiet")
+    assert resumed.returncode != 0 and "this run was started with precision fp32" in resumed.stderr
