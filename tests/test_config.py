@@ -27,17 +27,19 @@ def test_shipped_default_config_is_valid():
 
 
 @pytest.mark.parametrize("raw,expected", [
-    (base(imagesize=3), "imagesize: unknown key; allowed:"),
+    (base(imagesize=3), "imagesize: unknown key; did you mean 'image_size'? Allowed: channels,"),
+    (base(colour=3), "colour: unknown key; allowed: channels,"),
     (base(image_size="64"), "image_size: expected int, got str"),
     (base(seeds=[0, "one"]), "seeds[1]: expected int"),
     (base(device="tpu"), "device: expected one of auto, cpu, cuda"),
     (base(memory_format="nhwc"), "memory_format: expected one of auto, channels_last, contiguous, got 'nhwc'"),
     (base(precision="fp16"), "precision: expected one of fp32, bf16, got 'fp16'"),
-    (base(channels=2), "channels: expected 1 or 3"),
+    (base(channels=2), "channels: expected one of 1, 3, got 2"),
     (base(detectors=[{"name": "nope"}]), "detectors[0].name: unknown detector 'nope'; known detectors: "),
     (base(datasets=[{"name": "nope"}]), "datasets[0].name: unknown dataset 'nope'"),
     (base(datasets=[{"name": "synthetic", "subsets": ["huge"]}]), "has no subset 'huge'; its subsets: obvious, subtle"),
-    (base(detectors=[{"name": "ae", "params": {"epoch": 3}}]), "detectors[0].params.epoch: unknown parameter of 'ae'; allowed: "),
+    (base(detectors=[{"name": "ae", "params": {"epoch": 3}}]),
+     "detectors[0].params.epoch: unknown parameter of 'ae'; did you mean 'epochs'? Allowed: "),
     (base(detectors=[{"name": "ae", "params": {"lr": "fast"}}]), "detectors[0].params.lr: expected float, got str"),
     (base(detectors=[{"name": "ae", "params": {"epochs": 2.5}}]), "detectors[0].params.epochs: expected int, got float"),
     (base(datasets=[{"name": "synthetic", "params": {"lesion_radius": [0.1, "x"]}}]), "lesion_radius[1]: expected float"),
@@ -46,8 +48,8 @@ def test_shipped_default_config_is_valid():
     ({"name": "t"}, "image_size: missing (required)"),
     (base(detectors=[{"name": "ae", "datasets": ["synthetic/huge"]}]),
      "detectors[0].datasets: 'synthetic/huge' is not a dataset or dataset/subset of this config; it has: synthetic, "),
-    (base(detectors=[{"name": "ae", "image_size": 4}]), "detectors[0].image_size: expected an integer >= 8, got 4"),
-    (base(detectors=[{"name": "ae", "channels": 2}]), "detectors[0].channels: expected 1 or 3, got 2"),
+    (base(detectors=[{"name": "ae", "image_size": 4}]), "detectors[0].image_size: expected int in [8, 4096], got 4"),
+    (base(detectors=[{"name": "ae", "channels": 2}]), "detectors[0].channels: expected one of 1, 3, got 2"),
 ])
 def test_bad_configs_name_the_key(raw, expected):
     with pytest.raises(ConfigError) as error:

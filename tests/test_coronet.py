@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.error import URLError
+
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
@@ -15,6 +17,7 @@ from medad.detectors.coronet import FPAE, CoroNetAE, CoroNetSemi
 from medad.detectors.coronet.cin import build_cin
 from medad.detectors.coronet.fpae import residual_tensor
 from medad.detectors.nets import count_parameters
+from medad.detectors.pretrained import PretrainedWeightsError
 from tests.conftest import tiny_synthetic
 
 SEMI_FAST = dict(epochs=0, batch_size=16, anomaly_ae_steps=0, cin_epochs=0, cin_weights="none")  # fit draws the pool only
@@ -42,9 +45,14 @@ def test_residual_tensor_follows_eq_5_to_7():
     torch.testing.assert_close(residual[:, 2:3], (2 * x - rec_h - rec_a).abs())  # the signed sum, not ch0 + ch1
 
 
-def test_cin_weights_come_only_from_a_local_file(tmp_path, monkeypatch):
+def test_cin_weights_come_from_a_local_file_or_the_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # an empty cache
-    with pytest.raises(FileNotFoundError, match="cin_weights_path"):
+
+    def offline(url, *args, **kwargs):
+        raise URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(PretrainedWeightsError, match="cin_weights_path"):
         build_cin(2, "imagenet")
     local = resnet18(weights=None)
     path = tmp_path / "resnet18-local.pth"
@@ -53,7 +61,7 @@ def test_cin_weights_come_only_from_a_local_file(tmp_path, monkeypatch):
     torch.testing.assert_close(cin.conv1.weight, local.conv1.weight)
     assert cin.fc.out_features == 2
     torch.save({"not": torch.zeros(1)}, tmp_path / "bad.pth")
-    with pytest.raises(ValueError, match="not a torchvision ResNet-18"):
+    with pytest.raises(PretrainedWeightsError, match="not a torchvision ResNet-18"):
         build_cin(2, "imagenet", str(tmp_path / "bad.pth"))
     detector = CoroNetSemi(image_size=32, channels=1, cin_weights="imagenet", cin_weights_path=str(path))
     assert detector.weights == "imagenet"

@@ -25,8 +25,9 @@ from medad.detectors.ganomaly.networks import GanomalyDiscriminator, GanomalyGen
 from medad.detectors.multikd import MultiKDDetector
 from medad.detectors.multikd.losses import distillation_terms
 from medad.detectors.multikd.networks import build_cloner, build_source
-from medad.detectors.multikd.source import IMAGENET_FILE, SourceWeightsError
+from medad.detectors.multikd.source import IMAGENET_FILE
 from medad.detectors.nets import count_parameters
+from medad.detectors.pretrained import PretrainedWeightsError
 from medad.detectors.protocol import batch_statistics
 from tests.conftest import tiny_synthetic
 from tests.support.separation import fit_on_one_thread
@@ -198,7 +199,7 @@ def test_multikd_local_source_weights_are_loaded_and_marked(tmp_path):
 
 
 def test_multikd_missing_local_file_names_it(tmp_path):
-    with pytest.raises(SourceWeightsError, match="nowhere.pth.*does not exist"):
+    with pytest.raises(PretrainedWeightsError, match="nowhere.pth.*does not exist"):
         small_multikd(source=str(tmp_path / "nowhere.pth"))
 
 
@@ -209,7 +210,7 @@ def test_multikd_imagenet_offline_says_which_file_to_put_where(tmp_path, monkeyp
         raise URLError("no network")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    with pytest.raises(SourceWeightsError) as error:
+    with pytest.raises(PretrainedWeightsError) as error:
         MultiKDDetector(image_size=32, channels=1, source="imagenet")
     message = str(error.value)
     assert str(tmp_path / "hub" / "checkpoints" / IMAGENET_FILE) in message

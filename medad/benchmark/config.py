@@ -29,17 +29,21 @@ Detector and dataset ``params`` are checked against the keyword arguments of the
 
 from __future__ import annotations
 
+import copy
+import difflib
 import inspect
+import math
 import types
 import typing
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import Annotated, Any, Literal
 
 from medad.benchmark.acceleration import MEMORY_FORMATS, PRECISIONS
+from medad.benchmark.config_file import ConfigFileError, read_yaml_file, short_repr
 from medad.benchmark.registry import DATASETS, DETECTORS, RegistryError
+from medad.benchmark.run_folder import run_id_problem
+from medad.params import PositiveInt, Range
 
 
 class ConfigError(ValueError):
@@ -90,13 +94,17 @@ class RunConfig:
         return asdict(self)
 
 
+ImageSize = Annotated[int, Range(8, 4096)]
+Seed = Annotated[int, Range(0, 2**32 - 1)]
 _TOP_KEYS = {
-    "name": str, "image_size": int, "channels": int, "seeds": list, "device": str,
-    "score_batch_size": int, "save_checkpoints": bool, "datasets": list, "detectors": list, "resources": dict,
-    "memory_format": str, "precision": str,
+    "name": str, "image_size": ImageSize, "channels": Literal[1, 3], "seeds": list[Seed], "device": str,
+    "score_batch_size": PositiveInt, "save_checkpoints": bool, "datasets": list, "detectors": list, "resources": dict,
+    "memory_format": Literal[MEMORY_FORMATS], "precision": Literal[PRECISIONS],
 }
 _DEFAULTS = {"channels": 1, "seeds": [0], "device": "auto", "score_batch_size": 64, "save_checkpoints": False,
              "resources": {}, "memory_format": "auto", "precision": "fp32"}
+_DATASET_KEYS = ("name", "subsets", "params", "root")
+_DETECTOR_KEYS = ("name", "label", "params", "resources", "image_size", "channels", "datasets")
 # What a job may ask a cluster (Ray, SLURM) for; the smallest value each may take.
 RESOURCE_KEYS = {"cpus": 1, "gpus": 0, "memory_gb": 0, "time_min": 1}
 _REQUIRED = ("name", "image_size", "datasets", "detectors")
@@ -105,16 +113,38 @@ _DEVICES = ("auto", "cpu", "cuda")
 _HARNESS_ARGS = {"self", "image_size", "channels", "device", "seed", "root", "split_seed"}
 
 
+def suggestion(word: Any, known: typing.Iterable[str], listing: str | None = None) -> str:
+    """``; did you mean 'x'?`` for the closest known name (or ``""``), then ``listing`` (what is allowed) if given."""
+    close = difflib.get_close_matches(str(word), list(known), n=1, cutoff=0.6)
+    guess = f"; did you mean {close[0]!r}?" if close else ""
+    if listing is None:
+        return guess
+    return f"{guess} Allowed: {listing}" if guess else f"; allowed: {listing}"
+
+
+def key_text(key: Any) -> str:
+    """A config key as shown in an error, cut to a readable length."""
+    text = str(key)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_run_id(key: str, value: str) -> None:
+    """Raise ConfigError unless ``value`` is one safe path component (a run id, or the config name it starts with)."""
+    problem = run_id_problem(value)
+    if problem:
+        raise ConfigError(f"{key}: {problem}")
+
+
 def check_device(key: str, value: str) -> None:
     """Raise ConfigError unless ``value`` is auto, cpu, cuda or cuda:N."""
     if value not in _DEVICES and not (value.startswith("cuda:") and value[5:].isdigit()):
-        raise ConfigError(f"{key}: expected one of {', '.join(_DEVICES)} (or cuda:N), got {value!r}")
+        raise ConfigError(f"{key}: expected one of {', '.join(_DEVICES)} (or cuda:N), got {short_repr(value)}")
 
 
 def check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     """Raise ConfigError unless ``value`` is one of ``choices``."""
     if value not in choices:
-        raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {value!r}")
+        raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {short_repr(value)}")
 
 
 def check_resources(where: str, resources: Any) -> dict[str, Any]:
@@ -125,21 +155,47 @@ def check_resources(where: str, resources: Any) -> dict[str, Any]:
         raise ConfigError(f"{where}: expected a mapping like {{cpus: 1, gpus: 1}}, got {type(resources).__name__}")
     for key, value in resources.items():
         if key not in RESOURCE_KEYS:
-            raise ConfigError(f"{where}.{key}: unknown resource; allowed: {', '.join(RESOURCE_KEYS)}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < RESOURCE_KEYS[key]:
-            raise ConfigError(f"{where}.{key}: expected a number >= {RESOURCE_KEYS[key]}, got {value!r}")
+            raise ConfigError(f"{where}.{key_text(key)}: unknown resource"
+                              f"{suggestion(key, RESOURCE_KEYS, ', '.join(RESOURCE_KEYS))}")
+        _check_type(f"{where}.{key}", value, Annotated[float, Range(RESOURCE_KEYS[key])])
     return dict(resources)
 
 
 def _type_name(expected: Any) -> str:
+    if typing.get_origin(expected) is typing.Annotated:
+        base, *extras = typing.get_args(expected)
+        ranges = [e.describe() for e in extras if isinstance(e, Range)]
+        return _type_name(base) + (f" {' and '.join(ranges)}" if ranges else "")
+    if typing.get_origin(expected) is typing.Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(expected)))
     return getattr(expected, "__name__", str(expected))
 
 
+def _got(value: Any) -> str:
+    return f"{type(value).__name__} {short_repr(value)}"
+
+
 def _check_type(key: str, value: Any, expected: Any) -> None:
-    """Raise ConfigError unless ``value`` fits the annotation ``expected`` (simple types only)."""
+    """Raise ConfigError unless ``value`` fits the annotation ``expected``.
+
+    Simple types, ``X | None``, ``list[X]``, ``Literal[...]`` (the choices) and ``Annotated[X, Range(...)]``
+    (the allowed interval, :mod:`medad.params`); floats must be finite.
+    """
     if expected is inspect.Parameter.empty or expected is Any:
         return
     origin = typing.get_origin(expected)
+    if origin is typing.Annotated:
+        base, *extras = typing.get_args(expected)
+        _check_type(key, value, base)
+        for extra in extras:
+            if isinstance(extra, Range) and value is not None and not extra.contains(value):
+                raise ConfigError(f"{key}: expected {_type_name(base)} {extra.describe()}, got {short_repr(value)}")
+        return
+    if origin is typing.Literal:
+        choices = typing.get_args(expected)
+        if not any(value == choice and type(value) is type(choice) for choice in choices):
+            raise ConfigError(f"{key}: expected one of {', '.join(map(str, choices))}, got {short_repr(value)}")
+        return
     if origin in (typing.Union, types.UnionType):
         options = [o for o in typing.get_args(expected) if o is not type(None)]
         if value is None and len(options) < len(typing.get_args(expected)):
@@ -151,33 +207,35 @@ def _check_type(key: str, value: Any, expected: Any) -> None:
                 return _check_type(key, value, option)
             except ConfigError:
                 continue
-        raise ConfigError(f"{key}: expected {' or '.join(_type_name(o) for o in options)}, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{key}: expected {' or '.join(_type_name(o) for o in options)}, got {_got(value)}")
     if expected is type(None):
         if value is not None:
-            raise ConfigError(f"{key}: expected null, got {value!r}")
+            raise ConfigError(f"{key}: expected null, got {short_repr(value)}")
         return
     base = origin or expected
     if base in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {_got(value)}")
         args = [a for a in typing.get_args(expected) if a is not Ellipsis]
         for i, item in enumerate(value if args else ()):
             _check_type(f"{key}[{i}]", item, args[0])
         return
     if base is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{key}: expected a mapping, got {_got(value)}")
         return
     if base is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {short_repr(value)}")
     elif base is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif isinstance(base, type):
         ok = isinstance(value, base)
     else:
-        ok = True  # annotations we do not check (Literal, callables...)
+        ok = True  # annotations we do not check (callables...)
     if not ok:
-        raise ConfigError(f"{key}: expected {_type_name(base)}, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{key}: expected {_type_name(base)}, got {_got(value)}")
 
 
 def hyperparameters(cls: type) -> dict[str, inspect.Parameter]:
@@ -190,7 +248,7 @@ def hyperparameters(cls: type) -> dict[str, inspect.Parameter]:
         init = klass.__dict__.get("__init__")
         if init is None or klass is object:
             continue
-        hints = typing.get_type_hints(init)
+        hints = typing.get_type_hints(init, include_extras=True)
         forwards = False
         for name, parameter in inspect.signature(init).parameters.items():
             forwards = forwards or parameter.kind == parameter.VAR_KEYWORD
@@ -211,41 +269,51 @@ def check_params(where: str, cls: type, params: Any) -> dict[str, Any]:
     allowed = hyperparameters(cls)
     for key, value in params.items():
         if key not in allowed:
-            raise ConfigError(f"{where}.params.{key}: unknown parameter of {cls.name or cls.__name__!r}; "
-                              f"allowed: {', '.join(sorted(allowed)) or '(none)'}")
+            raise ConfigError(f"{where}.params.{key_text(key)}: unknown parameter of {cls.name or cls.__name__!r}"
+                              f"{suggestion(key, allowed, ', '.join(sorted(allowed)) or '(none)')}")
         _check_type(f"{where}.params.{key}", value, allowed[key].annotation)
+    check_settings = getattr(cls, "check_settings", None)
+    if check_settings is not None:
+        try:
+            check_settings(params)
+        except ValueError as error:
+            raise ConfigError(f"{where}.params: {error}") from None
     return dict(params)
 
 
-def _check_keys(where: str, entry: Any, allowed: set[str], required: tuple[str, ...]) -> dict[str, Any]:
+def _check_keys(where: str, entry: Any, allowed: typing.Iterable[str], required: tuple[str, ...]) -> dict[str, Any]:
+    prefix = f"{where}." if where else ""
     if not isinstance(entry, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(entry).__name__} {entry!r}")
+        raise ConfigError(f"{where or 'the config'}: expected a mapping, got {_got(entry)}")
     for key in entry:
         if key not in allowed:
-            raise ConfigError(f"{where}.{key}: unknown key; allowed: {', '.join(sorted(allowed))}")
+            raise ConfigError(f"{prefix}{key_text(key)}: unknown key{suggestion(key, allowed, ', '.join(sorted(allowed)))}")
     for key in required:
         if key not in entry:
-            raise ConfigError(f"{where}.{key}: missing (required)")
+            raise ConfigError(f"{prefix}{key}: missing (required)")
     return entry
 
 
-def _lookup(registry, where: str, name: Any):
+def _lookup(registry, where: str, name: Any, base: type):
+    """The class a config entry names: registered, or a dotted ``module:Class`` path to a ``base`` subclass."""
     if not isinstance(name, str):
-        raise ConfigError(f"{where}.name: expected a string, got {name!r}")
+        raise ConfigError(f"{where}.name: expected a string, got {_got(name)}")
     try:
-        return registry.get(name)
+        cls = registry.get(name)
     except RegistryError as error:
-        raise ConfigError(f"{where}.name: {error}") from None
+        raise ConfigError(f"{where}.name: {error}{suggestion(name, registry.names())}") from None
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ConfigError(f"{where}.name: {short_repr(name)} is not a {base.__module__}.{base.__qualname__} subclass "
+                          f"(it is {short_repr(cls)})")
+    return cls
 
 
 def _check_image_format(prefix: str, entry: dict[str, Any]) -> None:
     """``image_size`` (an int >= 8) and ``channels`` (1 or 3), where the mapping sets them."""
     if entry.get("image_size") is not None:
-        _check_type(f"{prefix}image_size", entry["image_size"], int)
-        if entry["image_size"] < 8:
-            raise ConfigError(f"{prefix}image_size: expected an integer >= 8, got {entry['image_size']}")
-    if entry.get("channels") is not None and entry["channels"] not in (1, 3):
-        raise ConfigError(f"{prefix}channels: expected 1 or 3, got {entry['channels']!r}")
+        _check_type(f"{prefix}image_size", entry["image_size"], ImageSize)
+    if entry.get("channels") is not None:
+        _check_type(f"{prefix}channels", entry["channels"], Literal[1, 3])
 
 
 def _check_dataset_restriction(where: str, only: Any, datasets: list[DatasetEntry]) -> None:
@@ -254,22 +322,28 @@ def _check_dataset_restriction(where: str, only: Any, datasets: list[DatasetEntr
     cells = {d.name for d in datasets} | {f"{d.name}/{s}" for d in datasets for s in d.subsets}
     for item in only:
         if item not in cells:
-            raise ConfigError(f"{where}: {item!r} is not a dataset or dataset/subset of this config; "
+            raise ConfigError(f"{where}: {short_repr(item)} is not a dataset or dataset/subset of this config; "
                               f"it has: {', '.join(sorted(cells))}")
 
 
-def parse_config(raw: Any, source: str = "<config>") -> RunConfig:
-    """Validate a loaded YAML mapping and fill defaults."""
-    top = _check_keys(source, raw, set(_TOP_KEYS), _REQUIRED)
+def parse_config(raw: Any, source: str = "") -> RunConfig:
+    """Validate a loaded YAML mapping and fill defaults; errors read ``SOURCE: KEY: what is wrong``."""
+    try:
+        return _parse(raw)
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}" if source else str(error)) from None
+
+
+def _parse(raw: Any) -> RunConfig:
+    from medad.datasets.base import Dataset
+    from medad.detectors.base import Detector
+
+    top = _check_keys("", raw, _TOP_KEYS, _REQUIRED)
     values = {**_DEFAULTS, **top}
     for key, expected in _TOP_KEYS.items():
         _check_type(key, values[key], expected)
-    _check_image_format("", values)
+    check_run_id("name", values["name"])
     check_device("device", values["device"])
-    check_choice("memory_format", values["memory_format"], MEMORY_FORMATS)
-    check_choice("precision", values["precision"], PRECISIONS)
-    for i, seed in enumerate(values["seeds"]):
-        _check_type(f"seeds[{i}]", seed, int)
     if not values["seeds"]:
         raise ConfigError("seeds: expected at least one seed")
     if not values["datasets"] or not values["detectors"]:
@@ -278,23 +352,24 @@ def parse_config(raw: Any, source: str = "<config>") -> RunConfig:
     datasets = []
     for i, entry in enumerate(values["datasets"]):
         where = f"datasets[{i}]"
-        entry = _check_keys(where, entry, {"name", "subsets", "params", "root"}, ("name",))
-        cls = _lookup(DATASETS, where, entry["name"])
+        entry = _check_keys(where, entry, _DATASET_KEYS, ("name",))
+        cls = _lookup(DATASETS, where, entry["name"], Dataset)
         subsets = entry.get("subsets") or list(cls.subsets)
         _check_type(f"{where}.subsets", subsets, list[str])
         for subset in subsets:
             if subset not in cls.subsets:
-                raise ConfigError(f"{where}.subsets: {entry['name']!r} has no subset {subset!r}; its subsets: {', '.join(cls.subsets)}")
+                raise ConfigError(f"{where}.subsets: {entry['name']!r} has no subset {short_repr(subset)}"
+                                  f"{suggestion(subset, cls.subsets)}; its subsets: {', '.join(cls.subsets)}")
         if entry.get("root") is not None:
             _check_type(f"{where}.root", entry["root"], str)
-        datasets.append(DatasetEntry(entry["name"], list(subsets), check_params(where, cls, entry.get("params")), entry.get("root")))
+        datasets.append(DatasetEntry(entry["name"], list(subsets), check_params(where, cls, entry.get("params")),
+                                     entry.get("root")))
 
     detectors = []
     for i, entry in enumerate(values["detectors"]):
         where = f"detectors[{i}]"
-        entry = _check_keys(where, entry, {"name", "label", "params", "resources", "image_size", "channels", "datasets"},
-                            ("name",))
-        cls = _lookup(DETECTORS, where, entry["name"])
+        entry = _check_keys(where, entry, _DETECTOR_KEYS, ("name",))
+        cls = _lookup(DETECTORS, where, entry["name"], Detector)
         label = entry.get("label", entry["name"])
         _check_type(f"{where}.label", label, str)
         _check_image_format(f"{where}.", entry)
@@ -307,7 +382,7 @@ def parse_config(raw: Any, source: str = "<config>") -> RunConfig:
     labels = [d.label for d in detectors]
     duplicated = sorted({label for label in labels if labels.count(label) > 1})
     if duplicated:
-        raise ConfigError(f"detectors: label {duplicated[0]!r} appears twice; give each entry its own 'label'")
+        raise ConfigError(f"detectors: label {short_repr(duplicated[0])} appears twice; give each entry its own 'label'")
 
     return RunConfig(
         name=values["name"], image_size=values["image_size"], channels=values["channels"],
@@ -319,42 +394,52 @@ def parse_config(raw: Any, source: str = "<config>") -> RunConfig:
 
 
 def load_config(path: str | Path) -> RunConfig:
-    """Read and validate a YAML config file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
+    """Read (bounded, see :mod:`medad.benchmark.config_file`) and validate a YAML config file."""
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        raw = read_yaml_file(path)
+    except ConfigFileError as error:
+        raise ConfigError(str(error)) from None
     return parse_config(raw, source=str(path))
 
 
 def narrow(config: RunConfig, *, detectors: list[str] | None = None, datasets: list[str] | None = None,
            seeds: list[int] | None = None, device: str | None = None, memory_format: str | None = None,
            precision: str | None = None) -> RunConfig:
-    """The config restricted to the named detectors (names or labels), datasets and seeds (CLI flags)."""
+    """A copy of ``config`` restricted to the named detectors, datasets and seeds (the CLI flags).
+
+    ``--detectors`` names labels (the names in the CSVs). A registry name selects every entry of that
+    detector only when no entry's label equals it: ``ganomaly`` selects the entry labelled ``ganomaly``
+    and not ``ganomaly-reference``; ``multi-kd`` selects ``multi-kd-a`` and ``multi-kd-b`` when no entry
+    is labelled ``multi-kd``. ``config`` itself is never changed.
+    """
+    changes: dict[str, Any] = {}
     if detectors:
-        known = {d.label for d in config.detectors} | {d.name for d in config.detectors}
-        unknown = [d for d in detectors if d not in known]
+        labels = {d.label for d in config.detectors}
+        names = {d.name for d in config.detectors}
+        unknown = [d for d in detectors if d not in labels and d not in names]
         if unknown:
-            raise ConfigError(f"--detectors: {unknown[0]!r} is not in the config; it has: {', '.join(sorted(known))}")
-        config.detectors = [d for d in config.detectors if d.label in detectors or d.name in detectors]
+            raise ConfigError(f"--detectors: {short_repr(unknown[0])} is not in the config{suggestion(unknown[0], labels)}; "
+                              f"its detector labels: {', '.join(sorted(labels))}")
+        by_name = {d for d in detectors if d not in labels}
+        changes["detectors"] = [d for d in config.detectors if d.label in detectors or d.name in by_name]
     if datasets:
         known = {d.name for d in config.datasets}
         unknown = [d for d in datasets if d not in known]
         if unknown:
-            raise ConfigError(f"--datasets: {unknown[0]!r} is not in the config; it has: {', '.join(sorted(known))}")
-        config.datasets = [d for d in config.datasets if d.name in datasets]
+            raise ConfigError(f"--datasets: {short_repr(unknown[0])} is not in the config{suggestion(unknown[0], known)}; "
+                              f"it has: {', '.join(sorted(known))}")
+        changes["datasets"] = [d for d in config.datasets if d.name in datasets]
     if seeds:
-        config.seeds = list(seeds)
+        for i, seed in enumerate(seeds):
+            _check_type(f"--seeds[{i}]", seed, Seed)
+        changes["seeds"] = list(seeds)
     if device:
         check_device("--device", device)
-        config.device = device
+        changes["device"] = device
     if memory_format:
         check_choice("--memory-format", memory_format, MEMORY_FORMATS)
-        config.memory_format = memory_format
+        changes["memory_format"] = memory_format
     if precision:
         check_choice("--precision", precision, PRECISIONS)
-        config.precision = precision
-    return config
+        changes["precision"] = precision
+    return copy.deepcopy(replace(config, **changes))

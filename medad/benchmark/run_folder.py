@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from datetime import datetime, timezone
@@ -23,6 +24,8 @@ from typing import Any
 
 import pandas as pd
 
+# A run id names one folder inside --results: one path component of safe characters.
+RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 KEY_COLUMNS = ["run_id", "dataset", "subset", "detector", "seed"]
 COLUMNS = {
     "jobs": ["run_id", "job_id", "dataset", "subset", "detector", "detector_name", "seed", "status", "error",
@@ -41,6 +44,15 @@ def ordered(frame: pd.DataFrame, name: str) -> pd.DataFrame:
     """``frame`` with the table's standard columns first (missing ones empty), extra columns after."""
     standard = COLUMNS[name]
     return frame.reindex(columns=standard + [c for c in frame.columns if c not in standard])
+
+
+def run_id_problem(run_id: object) -> str | None:
+    """Why ``run_id`` cannot name a run folder (a path, ``.``, odd characters), or None when it can."""
+    if not isinstance(run_id, str) or not RUN_ID_PATTERN.match(run_id):
+        shown = run_id if isinstance(run_id, str) and len(run_id) <= 60 else f"{str(run_id)[:57]}..."
+        return (f"{shown!r} is not a run id: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or "
+                "digit (one folder name inside --results, never a path)")
+    return None
 
 
 def now() -> str:

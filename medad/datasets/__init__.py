@@ -1,9 +1,6 @@
-"""Datasets: importing this package registers every built-in dataset adapter."""
+"""Datasets: importing this package registers every built-in dataset adapter (``synthetic`` and the real ones)."""
 
-from medad.datasets import synthetic  # noqa: F401  (registers "synthetic")
-from medad.datasets import (  # noqa: F401  (the real datasets' adapters register themselves)
-    cnmc, covid_ct, covidx, head_ct, mias, montgomery_shenzhen, oct, rider, yes_no,
-)
+from medad.datasets import cnmc, covid_ct, covidx, head_ct, mias, montgomery_shenzhen, oct, rider, synthetic, yes_no  # noqa: F401
 from medad.datasets.base import Dataset, DatasetError, ImageSet, Subset
 
 __all__ = ["Dataset", "DatasetError", "ImageSet", "Subset"]

@@ -11,20 +11,19 @@ seed, and builds the :class:`~medad.datasets.base.Subset`. :meth:`FileDataset.ch
 from __future__ import annotations
 
 import abc
-
 import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Annotated, ClassVar, Literal
 
 import numpy as np
 import torch
 
-from medad.datasets import cache
-from medad.datasets import io
+from medad.datasets import cache, io
 from medad.datasets.base import Dataset, DatasetError, ImageSet, Subset
 from medad.datasets.splits import SplitPlan, assign_parts, group_labels, near_duplicate_pairs
+from medad.params import HoldOutFraction, NonNegativeInt, Range
 
 
 @dataclass(frozen=True)
@@ -90,8 +89,9 @@ class FileDataset(Dataset):
     default_strict_groups: ClassVar[bool] = True
 
     def __init__(self, *, root: Path | None, image_size: int, channels: int = 1, split_seed: int = 0,
-                 resize_mode: str = "stretch", val_fraction: float = 0.1, test_normal_fraction: float | None = None,
-                 n_anomaly_pool: int | None = None, dedupe: bool = True, duplicate_distance: int = 12,
+                 resize_mode: Literal[io.RESIZE_MODES] = "stretch", val_fraction: HoldOutFraction = 0.1,
+                 test_normal_fraction: HoldOutFraction | None = None, n_anomaly_pool: NonNegativeInt | None = None,
+                 dedupe: bool = True, duplicate_distance: Annotated[int, Range(0, 256)] = 12,
                  strict_groups: bool | None = None) -> None:
         super().__init__(root=root, image_size=image_size, channels=channels, split_seed=split_seed)
         if resize_mode not in io.RESIZE_MODES:

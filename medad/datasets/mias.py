@@ -26,6 +26,7 @@ import re
 import zlib
 from dataclasses import replace
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 from skimage.filters import threshold_otsu
@@ -34,6 +35,7 @@ from medad.benchmark.registry import register_dataset
 from medad.datasets import io
 from medad.datasets.base import DatasetError
 from medad.datasets.files import FileDataset, Record
+from medad.params import Range
 
 _REF = re.compile(r"^mdb(\d{3})$", re.IGNORECASE)
 SIDE = 1024  # mini-MIAS images are 1024 x 1024
@@ -92,7 +94,7 @@ class MIAS(FileDataset):
     default_test_normal_fraction = 40 / 207
     default_strict_groups = False
 
-    def __init__(self, *, patch_size: int = 120, **kwargs) -> None:
+    def __init__(self, *, patch_size: Annotated[int, Range(8)] = 120, **kwargs) -> None:
         super().__init__(**kwargs)
         self.patch_size = int(patch_size)
 

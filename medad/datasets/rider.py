@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -48,7 +49,7 @@ class RiderNeuroMRI(FileDataset):
     expected_counts = {"MAMA Net (Abd-Ellah et al.)": {"normal": 109, "tumour": 240}}
     default_strict_groups = False
 
-    def __init__(self, *, window: str = "dicom", **kwargs) -> None:
+    def __init__(self, *, window: Literal[WINDOWS] = "dicom", **kwargs) -> None:
         super().__init__(**kwargs)
         if window not in WINDOWS:
             raise ValueError(f"window must be one of {', '.join(WINDOWS)}, got {window!r}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from scipy.ndimage import gaussian_filter
 
 from medad.benchmark.registry import register_dataset
 from medad.datasets.base import Dataset, ImageSet, Subset
+from medad.params import NonNegativeInt, PositiveFloat, PositiveInt, Range
 
 # (intensity, semi-axis a, semi-axis b, centre x, centre y, angle in degrees): modified Shepp-Logan.
 SHEPP_LOGAN_ELLIPSES = np.array([
@@ -167,9 +169,10 @@ class SyntheticHeadCT(Dataset):
     needs_download = False
 
     def __init__(self, *, root: Path | None = None, image_size: int, channels: int = 1, split_seed: int = 0,
-                 n_train: int = 300, n_val: int = 50, n_test: int = 200, anomaly_fraction: float = 0.5,
-                 n_anomaly_pool: int = 20, lesion_radius: list[float] | None = None,
-                 lesion_contrast: list[float] | None = None, lesion_count: list[int] | None = None) -> None:
+                 n_train: PositiveInt = 300, n_val: NonNegativeInt = 50, n_test: Annotated[int, Range(2)] = 200,
+                 anomaly_fraction: Annotated[float, Range(0, 1, low_open=True, high_open=True)] = 0.5,
+                 n_anomaly_pool: NonNegativeInt = 20, lesion_radius: list[PositiveFloat] | None = None,
+                 lesion_contrast: list[PositiveFloat] | None = None, lesion_count: list[PositiveInt] | None = None) -> None:
         super().__init__(root=root, image_size=image_size, channels=channels, split_seed=split_seed)
         if not 0.0 < anomaly_fraction < 1.0:
             raise ValueError(f"anomaly_fraction must be in (0, 1), got {anomaly_fraction}")

@@ -19,6 +19,7 @@ from medad.datasets.base import ImageSet
 from medad.detectors.base import Detector, TrainLog
 from medad.detectors.nets import DCGANDecoder, DCGANEncoder, dcgan_init
 from medad.detectors.scoring import gaussian_blur, top_fraction_mean
+from medad.params import NonNegativeFloat, PositiveFloat, PositiveInt, UnitFraction
 
 
 class AutoEncoder(nn.Module):
@@ -41,9 +42,9 @@ class AEDetector(Detector):
     smoke_params = {"epochs": 25, "batch_size": 16, "width": 16, "latent": 32}
 
     def __init__(self, *, image_size: int, channels: int, device: str = "cpu", seed: int = 0,
-                 epochs: int = 30, batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 0.0,
-                 latent: int = 128, width: int = 32, top_fraction: float = 0.02,
-                 map_sigma: float = 2.0) -> None:
+                 epochs: PositiveInt = 30, batch_size: PositiveInt = 32, lr: PositiveFloat = 1e-3,
+                 weight_decay: NonNegativeFloat = 0.0, latent: PositiveInt = 128, width: PositiveInt = 32,
+                 top_fraction: UnitFraction = 0.02, map_sigma: NonNegativeFloat = 2.0) -> None:
         super().__init__(image_size=image_size, channels=channels, device=device, seed=seed)
         if not 0.0 < top_fraction <= 1.0:
             raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}")

@@ -76,6 +76,14 @@ class Detector(abc.ABC):
         self.generator = torch.Generator().manual_seed(self.seed)
         self.memory_format = torch.contiguous_format
 
+    @classmethod
+    def check_settings(cls, params: dict[str, Any]) -> None:
+        """Raise ValueError for hyper-parameters that are each in range but not valid together.
+
+        The config validator calls it with an entry's ``params`` (each already checked against its type
+        hint and range, see :mod:`medad.params`), so such a mistake stops the run before any job starts.
+        """
+
     # --- the contract -------------------------------------------------------------------------
     @abc.abstractmethod
     def fit(self, train: ImageSet, val: ImageSet | None = None, log: TrainLog | None = None) -> None:

@@ -40,6 +40,8 @@ and lr 5e-4 were no better in that budget.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -48,6 +50,7 @@ from medad.benchmark.registry import register_detector
 from medad.datasets.base import DatasetError, ImageSet
 from medad.detectors.base import Detector, TrainLog
 from medad.detectors.nets import DCGANDecoder, DCGANDiscriminator, DCGANEncoder, dcgan_init
+from medad.params import Beta, NonNegativeFloat, PositiveFloat, PositiveInt
 
 LOSSES = ("sure", "l2")
 
@@ -120,10 +123,11 @@ class SureROIDetector(Detector):
     smoke_params = {"epochs": 30, "batch_size": 16, "width": 16, "latent": 32, "lr": 5e-4}
 
     def __init__(self, *, image_size: int, channels: int, device: str = "cpu", seed: int = 0,
-                 epochs: int = 70, batch_size: int = 32, lr: float = 2e-4, beta1: float = 0.5,
-                 latent: int = 100, width: int = 64, w_adv: float = 1.0, w_sure: float = 50.0,
-                 w_enc: float = 1.0, loss: str = "sure", sigma: float | None = None, tau: float = 1e-2,
-                 sure_literal: bool = False, reinit_below: float = 1e-5) -> None:
+                 epochs: PositiveInt = 70, batch_size: PositiveInt = 32, lr: PositiveFloat = 2e-4,
+                 beta1: Beta = 0.5, latent: PositiveInt = 100, width: PositiveInt = 64, w_adv: NonNegativeFloat = 1.0,
+                 w_sure: NonNegativeFloat = 50.0, w_enc: NonNegativeFloat = 1.0, loss: Literal[LOSSES] = "sure",
+                 sigma: NonNegativeFloat | None = None, tau: PositiveFloat = 1e-2, sure_literal: bool = False,
+                 reinit_below: NonNegativeFloat = 1e-5) -> None:
         super().__init__(image_size=image_size, channels=channels, device=device, seed=seed)
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")

@@ -1,26 +1,32 @@
 """CoroNet's COVID-19 identification network (CIN): ImageNet ResNet-18 with a new head (§III-B).
 
-The machine that runs a benchmark may be offline, so the ImageNet weights are never downloaded:
-they come from a local file (``weights_path``) or from torch's hub cache (where
-``torchvision.models.resnet18(weights=...)`` leaves ``resnet18-f37072fd.pth``). Anything else is a
-clear error; ``weights="none"`` trains from a random init and the detector marks its rows so.
+The ImageNet weights come from a local file (``weights_path``) or from torch's hub cache (where
+``torchvision.models.resnet18(weights=...)`` leaves ``resnet18-f37072fd.pth``; downloaded there when
+the machine is online), hash-checked and loaded weights-only (:mod:`medad.detectors.pretrained`).
+Anything else is a clear error; ``weights="none"`` trains from a random init and the detector marks its
+rows so.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
+
+from medad.detectors.pretrained import PretrainedWeightsError, hub_checkpoint, local_state_dict, torchvision_state_dict
 
 WEIGHT_CHOICES = ("imagenet", "none")
 
 
+WHAT = "coronet-semi CIN (ResNet-18)"
+HINT = ("Or give the file's path as cin_weights_path (a torchvision resnet18 state dict), or set cin_weights: none "
+        "to train from scratch (rows are then marked weights=none).")
+
+
 def cached_imagenet_path() -> Path:
     """Where torch's hub cache keeps torchvision's ImageNet ResNet-18 weights."""
-    filename = Path(ResNet18_Weights.IMAGENET1K_V1.url).name
-    return Path(torch.hub.get_dir()) / "checkpoints" / filename
+    return hub_checkpoint(ResNet18_Weights.IMAGENET1K_V1.url)
 
 
 def build_cin(classes: int, weights: str = "imagenet", weights_path: str | None = None) -> nn.Module:
@@ -29,16 +35,14 @@ def build_cin(classes: int, weights: str = "imagenet", weights_path: str | None 
         raise ValueError(f"cin_weights must be one of {WEIGHT_CHOICES}, got {weights!r}")
     model = resnet18(weights=None)
     if weights == "imagenet":
-        path = Path(weights_path) if weights_path else cached_imagenet_path()
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"ImageNet ResNet-18 weights not found at {path}: give cin_weights_path (a torchvision "
-                f"resnet18 state dict such as {cached_imagenet_path().name}), put the file in torch's hub cache, "
-                f"or set cin_weights: none to train from scratch (rows are then marked weights=none)")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if weights_path:
+            state = local_state_dict(weights_path, what=WHAT, releases=(ResNet18_Weights.IMAGENET1K_V1.url,), hint=HINT)
+        else:
+            state = torchvision_state_dict(ResNet18_Weights.IMAGENET1K_V1, what=WHAT, hint=HINT)
         try:
             model.load_state_dict(state)
         except RuntimeError as error:
-            raise ValueError(f"{path} is not a torchvision ResNet-18 state dict: {error}") from None
+            raise PretrainedWeightsError(f"{weights_path or cached_imagenet_path()} is not a torchvision ResNet-18 "
+                                         f"state dict: {str(error).splitlines()[0]}") from None
     model.fc = nn.Linear(model.fc.in_features, classes)
     return model

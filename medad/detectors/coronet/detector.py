@@ -39,6 +39,7 @@ weight decay 1e-3, ImageNet weights (local file or torch's cache only, :mod:`.ci
 from __future__ import annotations
 
 import copy
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -47,9 +48,10 @@ from medad.benchmark.registry import register_detector
 from medad.datasets.base import DatasetError, ImageSet
 from medad.detectors.base import Detector, TrainLog
 from medad.detectors.coronet.attribution import meaningful_perturbation
-from medad.detectors.coronet.cin import build_cin
+from medad.detectors.coronet.cin import WEIGHT_CHOICES, build_cin
 from medad.detectors.coronet.fpae import FPAE, fpae_loss, residual_tensor
 from medad.detectors.scoring import gaussian_blur, top_fraction_mean
+from medad.params import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, UnitFraction
 
 PAPER = ("Khobahi, Agarwal & Soltanalian, CoroNet: A Deep Network Architecture for Semi-Supervised Task-Based "
          "Identification of COVID-19 from Chest X-ray Images (2020)")
@@ -82,9 +84,10 @@ class CoroNetAE(Detector):
     smoke_params = {"epochs": 20, "batch_size": 16, "lr": 1e-3, "score_kind": "latent"}
 
     def __init__(self, *, image_size: int, channels: int, device: str = "cpu", seed: int = 0,
-                 epochs: int = 50, batch_size: int = 32, lr: float = 1e-4, weight_decay: float = 1e-3,
-                 lambda_latent: float = 1.0, top_fraction: float = 1.0, map_sigma: float = 0.0,
-                 score_kind: str = "residual") -> None:
+                 epochs: PositiveInt = 50, batch_size: PositiveInt = 32, lr: PositiveFloat = 1e-4,
+                 weight_decay: NonNegativeFloat = 1e-3, lambda_latent: NonNegativeFloat = 1.0,
+                 top_fraction: UnitFraction = 1.0, map_sigma: NonNegativeFloat = 0.0,
+                 score_kind: Literal[SCORE_KINDS] = "residual") -> None:
         super().__init__(image_size=image_size, channels=channels, device=device, seed=seed)
         if score_kind not in SCORE_KINDS:
             raise ValueError(f"score_kind must be one of {SCORE_KINDS}, got {score_kind!r}")
@@ -161,12 +164,14 @@ class CoroNetSemi(CoroNetAE):
                     "cin_lr": 1e-3, "cin_weights": "none", "flips": False, "mp_iterations": 5}
 
     def __init__(self, *, image_size: int, channels: int, device: str = "cpu", seed: int = 0,
-                 epochs: int = 50, batch_size: int = 32, lr: float = 1e-4, weight_decay: float = 1e-3,
-                 lambda_latent: float = 1.0, top_fraction: float = 1.0, map_sigma: float = 0.0,
-                 pool_size: int | None = None, anomaly_ae_steps: int = 200, cin_epochs: int = 10,
-                 cin_batch_size: int = 16, cin_lr: float = 1e-5, cin_weight_decay: float = 1e-3,
-                 cin_weights: str = "imagenet", cin_weights_path: str | None = None, flips: bool = True,
-                 score_map_method: str = "residual", mp_iterations: int = 300) -> None:
+                 epochs: PositiveInt = 50, batch_size: PositiveInt = 32, lr: PositiveFloat = 1e-4,
+                 weight_decay: NonNegativeFloat = 1e-3, lambda_latent: NonNegativeFloat = 1.0,
+                 top_fraction: UnitFraction = 1.0, map_sigma: NonNegativeFloat = 0.0,
+                 pool_size: PositiveInt | None = None, anomaly_ae_steps: NonNegativeInt = 200,
+                 cin_epochs: PositiveInt = 10, cin_batch_size: PositiveInt = 16, cin_lr: PositiveFloat = 1e-5,
+                 cin_weight_decay: NonNegativeFloat = 1e-3, cin_weights: Literal[WEIGHT_CHOICES] = "imagenet",
+                 cin_weights_path: str | None = None, flips: bool = True,
+                 score_map_method: Literal[MAP_METHODS] = "residual", mp_iterations: PositiveInt = 300) -> None:
         super().__init__(image_size=image_size, channels=channels, device=device, seed=seed, epochs=epochs,
                          batch_size=batch_size, lr=lr, weight_decay=weight_decay, lambda_latent=lambda_latent,
                          top_fraction=top_fraction, map_sigma=map_sigma)

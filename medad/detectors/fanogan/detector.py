@@ -36,6 +36,8 @@ Histories: stage-2 epochs continue the epoch count of stage 1.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 from medad.benchmark.registry import register_detector
@@ -43,9 +45,16 @@ from medad.datasets.base import ImageSet
 from medad.detectors.base import Detector, TrainLog
 from medad.detectors.fanogan.losses import gradient_penalty, izif_terms
 from medad.detectors.fanogan.networks import Critic, Encoder, Generator
-from medad.detectors.protocol import check_protocol
-from medad.detectors.study_inputs import (INPUT_RANGES, check_choice, from_network, network_channels_for,
-                                          random_horizontal_flip, to_network)
+from medad.detectors.protocol import PROTOCOLS, check_protocol
+from medad.detectors.study_inputs import (
+    INPUT_RANGES,
+    check_choice,
+    from_network,
+    network_channels_for,
+    random_horizontal_flip,
+    to_network,
+)
+from medad.params import Beta, NonNegativeFloat, PositiveFloat, PositiveInt
 
 
 @register_detector("f-anogan")
@@ -58,11 +67,12 @@ class FAnoGANDetector(Detector):
                     "critic_width": 8, "latent": 16, "lr": 2e-3, "n_critic": 1}
 
     def __init__(self, *, image_size: int, channels: int, device: str = "cpu", seed: int = 0,
-                 gan_epochs: int = 300, encoder_epochs: int = 200, batch_size: int = 32, lr: float = 2e-4,
-                 beta1: float = 0.5, beta2: float = 0.999, latent: int = 100, n_critic: int = 5,
-                 lambda_gp: float = 10.0, kappa: float = 1.0, generator_width: int = 128, critic_width: int = 16,
-                 network_channels: int = 3, input_range: str = "symmetric", train_flip: bool = True,
-                 protocol: str = "clean") -> None:
+                 gan_epochs: PositiveInt = 300, encoder_epochs: PositiveInt = 200, batch_size: PositiveInt = 32,
+                 lr: PositiveFloat = 2e-4, beta1: Beta = 0.5, beta2: Beta = 0.999, latent: PositiveInt = 100,
+                 n_critic: PositiveInt = 5, lambda_gp: NonNegativeFloat = 10.0, kappa: NonNegativeFloat = 1.0,
+                 generator_width: PositiveInt = 128, critic_width: PositiveInt = 16, network_channels: Literal[1, 3] = 3,
+                 input_range: Literal[INPUT_RANGES] = "symmetric", train_flip: bool = True,
+                 protocol: Literal[PROTOCOLS] = "clean") -> None:
         super().__init__(image_size=image_size, channels=channels, device=device, seed=seed)
         self.protocol = check_protocol(protocol)
         self.input_range = check_choice("input_range", input_range, INPUT_RANGES)

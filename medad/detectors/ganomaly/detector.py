@@ -35,6 +35,7 @@ statistics twice); each backward pass is restricted to the parameters its optimi
 from __future__ import annotations
 
 import copy
+from typing import Literal
 
 import numpy as np
 import torch
@@ -45,8 +46,9 @@ from medad.datasets.base import ImageSet
 from medad.detectors.base import Detector, TrainLog
 from medad.detectors.ganomaly.losses import discriminator_loss, generator_losses, latent_score
 from medad.detectors.ganomaly.networks import GanomalyDiscriminator, GanomalyGenerator
-from medad.detectors.protocol import batch_statistics, check_protocol
+from medad.detectors.protocol import PROTOCOLS, batch_statistics, check_protocol
 from medad.detectors.study_inputs import INPUT_RANGES, check_choice, from_network, network_channels_for, to_network
+from medad.params import Beta, NonNegativeFloat, PositiveFloat, PositiveInt
 
 D_COLLAPSE = 1e-5  # the reference re-initialises D below this loss
 
@@ -59,9 +61,10 @@ class GanomalyDetector(Detector):
     smoke_params = {"epochs": 30, "batch_size": 16, "width": 16, "latent": 32, "lr": 1e-3}
 
     def __init__(self, *, image_size: int, channels: int, device: str = "cpu", seed: int = 0,
-                 epochs: int = 15, batch_size: int = 32, lr: float = 2e-4, beta1: float = 0.5, beta2: float = 0.999,
-                 latent: int = 100, width: int = 64, w_adv: float = 1.0, w_con: float = 50.0, w_enc: float = 1.0,
-                 network_channels: int = 3, input_range: str = "symmetric", protocol: str = "clean",
+                 epochs: PositiveInt = 15, batch_size: PositiveInt = 32, lr: PositiveFloat = 2e-4, beta1: Beta = 0.5,
+                 beta2: Beta = 0.999, latent: PositiveInt = 100, width: PositiveInt = 64, w_adv: NonNegativeFloat = 1.0,
+                 w_con: NonNegativeFloat = 50.0, w_enc: NonNegativeFloat = 1.0, network_channels: Literal[1, 3] = 3,
+                 input_range: Literal[INPUT_RANGES] = "symmetric", protocol: Literal[PROTOCOLS] = "clean",
                  test_minmax: bool = False) -> None:
         super().__init__(image_size=image_size, channels=channels, device=device, seed=seed)
         self.protocol = check_protocol(protocol)

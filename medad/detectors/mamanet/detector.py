@@ -33,14 +33,17 @@ Diagnostics logged per epoch: ``slots_used`` (distinct memory slots addressed: s
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 from medad.benchmark.registry import register_detector
 from medad.datasets.base import ImageSet
 from medad.detectors.base import Detector, TrainLog
 from medad.detectors.mamanet.losses import EM_MODES, mama_loss
-from medad.detectors.mamanet.networks import MamaNetwork
+from medad.detectors.mamanet.networks import MEM_UPDATES, MamaNetwork
 from medad.detectors.scoring import gaussian_blur, top_fraction_mean
+from medad.params import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, UnitFraction
 
 PAPER_WIDTHS = (64, 256, 512)
 PAPER_DEC_SA3_OUT = 1024
@@ -55,20 +58,28 @@ class MamaNetDetector(Detector):
     smoke_params = {"epochs": 8, "batch_size": 8, "lr": 1e-3, "width_mult": 0.25, "mem_size": 64, "hash_bits": 32,
                     "mem_update": "write", "map_sigma": 2.0, "top_fraction": 0.02}
 
+    @classmethod
+    def check_settings(cls, params: dict) -> None:
+        """Raise ValueError for settings that are each valid but not together (read by the config validator)."""
+        iterations, epochs = params.get("iterations", 70000), params.get("epochs", 0)
+        if iterations < 1 and epochs < 1:
+            raise ValueError(f"give iterations >= 1 or epochs >= 1, got iterations={iterations}, epochs={epochs}")
+
     def __init__(self, *, image_size: int, channels: int, device: str = "cpu", seed: int = 0,
-                 iterations: int = 70000, epochs: int = 0, batch_size: int = 8, lr: float = 0.01,
-                 width_mult: float = 1.0, patch_size: int = 3, patch_gate: str = "sigmoid",
-                 attn_scale: str = "sqrt", residual_query: bool = True, kv_pool_side: int = 0,
-                 use_semantic_basis: bool = True,
-                 mem_size: int = 2000, hash_bits: int = 128, addressing: str = "hard", soft_topk: int = 5,
-                 soft_tau: float = 1.0, hash_train: str = "frozen", mem_update: str = "gradient",
-                 wide_output_block: bool = True, em_mode: str = "batch_emd", lambda_em: float = 1.0, sliced_projections: int = 128, map_sigma: float = 0.0,
-                 top_fraction: float = 1.0) -> None:
+                 iterations: NonNegativeInt = 70000, epochs: NonNegativeInt = 0, batch_size: PositiveInt = 8,
+                 lr: PositiveFloat = 0.01, width_mult: PositiveFloat = 1.0, patch_size: PositiveInt = 3,
+                 patch_gate: Literal["sigmoid", "identity"] = "sigmoid", attn_scale: Literal["sqrt", "none"] = "sqrt",
+                 residual_query: bool = True, kv_pool_side: NonNegativeInt = 0, use_semantic_basis: bool = True,
+                 mem_size: PositiveInt = 2000, hash_bits: PositiveInt = 128, addressing: Literal["hard", "soft"] = "hard",
+                 soft_topk: PositiveInt = 5, soft_tau: PositiveFloat = 1.0, hash_train: Literal["frozen", "ste"] = "frozen",
+                 mem_update: Literal[MEM_UPDATES] = "gradient", wide_output_block: bool = True,
+                 em_mode: Literal[EM_MODES] = "batch_emd", lambda_em: NonNegativeFloat = 1.0,
+                 sliced_projections: PositiveInt = 128, map_sigma: NonNegativeFloat = 0.0,
+                 top_fraction: UnitFraction = 1.0) -> None:
         super().__init__(image_size=image_size, channels=channels, device=device, seed=seed)
         if em_mode not in EM_MODES:
             raise ValueError(f"em_mode must be one of {EM_MODES}, got {em_mode!r}")
-        if iterations < 1 and epochs < 1:
-            raise ValueError(f"give iterations >= 1 or epochs >= 1, got iterations={iterations}, epochs={epochs}")
+        self.check_settings({"iterations": iterations, "epochs": epochs})
         if not 0.0 < top_fraction <= 1.0:
             raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}")
         if width_mult <= 0:

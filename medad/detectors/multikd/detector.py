@@ -28,6 +28,8 @@ its CP activations for the training set are computed once and kept (when they fi
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 from medad.benchmark.registry import register_detector
@@ -36,9 +38,10 @@ from medad.detectors.base import Detector, TrainLog
 from medad.detectors.multikd.losses import distillation_terms
 from medad.detectors.multikd.networks import SCORE_POINTS, build_cloner, build_source
 from medad.detectors.multikd.source import load_source_weights, weights_tag
-from medad.detectors.protocol import check_protocol
+from medad.detectors.protocol import PROTOCOLS, check_protocol
 from medad.detectors.scoring import gaussian_blur
 from medad.detectors.study_inputs import check_choice, to_network
+from medad.params import NonNegativeFloat, PositiveFloat, PositiveInt
 
 LOCALIZATIONS = ("gbp", "gradients", "none")
 
@@ -52,10 +55,11 @@ class MultiKDDetector(Detector):
                     "cloner_width": 8, "map_sigma": 1.0}
 
     def __init__(self, *, image_size: int, channels: int, device: str = "cpu", seed: int = 0,
-                 epochs: int = 201, batch_size: int = 32, lr: float = 1e-3, lamda: float = 0.01,
-                 source: str = "imagenet", source_width_divisor: int = 1, cloner_width: int = 16,
-                 equal_network_size: bool = False, localization: str = "gbp", map_sigma: float = 4.0,
-                 source_cache_mb: float = 1024.0, protocol: str = "clean") -> None:
+                 epochs: PositiveInt = 201, batch_size: PositiveInt = 32, lr: PositiveFloat = 1e-3,
+                 lamda: NonNegativeFloat = 0.01, source: str = "imagenet", source_width_divisor: PositiveInt = 1,
+                 cloner_width: PositiveInt = 16, equal_network_size: bool = False,
+                 localization: Literal[LOCALIZATIONS] = "gbp", map_sigma: NonNegativeFloat = 4.0,
+                 source_cache_mb: NonNegativeFloat = 1024.0, protocol: Literal[PROTOCOLS] = "clean") -> None:
         super().__init__(image_size=image_size, channels=channels, device=device, seed=seed)
         self.protocol = check_protocol(protocol)
         self.localization = check_choice("localization", localization, LOCALIZATIONS)

@@ -28,6 +28,8 @@ batch size 16; mean-reduced MSE.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 from medad.benchmark.registry import register_detector
@@ -39,6 +41,7 @@ from medad.detectors.proxyano.networks import ImageReconstructionModule, ProxyEx
 from medad.detectors.proxyano.pseudo_anomaly import paste_random_patches
 from medad.detectors.proxyano.superpixels import scaled_segments, superpixel_images
 from medad.detectors.scoring import gaussian_blur, top_fraction_mean
+from medad.params import Beta, Decay, NonNegativeFloat, PositiveFloat, PositiveInt, UnitFraction
 
 
 @register_detector("proxyano")
@@ -51,13 +54,16 @@ class ProxyAnoDetector(Detector):
                     "disc_width": 8, "score_space": "map", "map_sigma": 2.0, "top_fraction": 0.02}
 
     def __init__(self, *, image_size: int, channels: int, device: str = "cpu", seed: int = 0,
-                 stage1_epochs: int = 100, stage2_epochs: int = 100, batch_size: int = 16, lr: float = 1e-3,
-                 lr_d: float = 1e-4, beta1_stage2: float = 0.5, base_width: int = 32, depth: int = 4,
-                 code_dim: int = 64, mem_items: int = 128, mem_decay: float = 0.99, n_segments: int = 800,
-                 segments_reference_size: int = 256, slic_compactness: float = 0.1, slic_sigma: float = 0.0,
-                 lambda_g: float = 0.01, lambda_global: float = 0.25, lambda_local: float = 0.5,
-                 patch_min_fraction: float = 0.0625, patch_max_fraction: float = 0.3125, disc_width: int = 64,
-                 score_space: str = "latent", map_sigma: float = 0.0, top_fraction: float = 1.0) -> None:
+                 stage1_epochs: PositiveInt = 100, stage2_epochs: PositiveInt = 100, batch_size: PositiveInt = 16,
+                 lr: PositiveFloat = 1e-3, lr_d: PositiveFloat = 1e-4, beta1_stage2: Beta = 0.5,
+                 base_width: PositiveInt = 32, depth: PositiveInt = 4, code_dim: PositiveInt = 64,
+                 mem_items: PositiveInt = 128, mem_decay: Decay = 0.99, n_segments: PositiveInt = 800,
+                 segments_reference_size: PositiveInt = 256, slic_compactness: PositiveFloat = 0.1,
+                 slic_sigma: NonNegativeFloat = 0.0, lambda_g: NonNegativeFloat = 0.01,
+                 lambda_global: NonNegativeFloat = 0.25, lambda_local: NonNegativeFloat = 0.5,
+                 patch_min_fraction: UnitFraction = 0.0625, patch_max_fraction: UnitFraction = 0.3125,
+                 disc_width: PositiveInt = 64, score_space: Literal["latent", "image", "map"] = "latent",
+                 map_sigma: NonNegativeFloat = 0.0, top_fraction: UnitFraction = 1.0) -> None:
         super().__init__(image_size=image_size, channels=channels, device=device, seed=seed)
         if score_space not in ("latent", "image", "map"):
             raise ValueError(f"score_space must be 'latent', 'image' or 'map', got {score_space!r}")
