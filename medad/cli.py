@@ -8,8 +8,9 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from medad.atomic_files import WriteError
 from medad.benchmark.acceleration import MEMORY_FORMATS, PRECISIONS
-from medad.benchmark.config import ConfigError, load_config, narrow
+from medad.benchmark.config import ConfigError, check_run_id, load_config, narrow
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
@@ -84,6 +85,9 @@ def command_run(args: argparse.Namespace) -> int:
         config = narrow(config, detectors=args.detectors, datasets=args.datasets, seeds=args.seeds, device=args.device,
                         memory_format=args.memory_format, precision=args.precision)
         run_id = args.run_id or f"{config.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        check_run_id("--run-id", run_id)
+        if args.results.exists() and not args.results.is_dir():
+            raise ConfigError(f"--results {args.results}: a file, not a folder; give the folder that holds the run folders")
         run_folder = RunFolder(args.results / run_id)
     if args.ray_address is not None and args.executor != "ray":
         raise ConfigError("--ray-address needs --executor ray")
@@ -93,9 +97,14 @@ def command_run(args: argparse.Namespace) -> int:
 
     options = {"ray_address": args.ray_address, "max_retries": args.max_retries,
                "slurm_params": parse_slurm_params(args.slurm_param)}
-    summary = run_matrix(config, run_folder, data_root=data_root, executor=args.executor, workers=args.workers,
-                         resume=args.resume is not None, progress=not args.quiet, fail_fast=args.fail_fast,
-                         argv=sys.argv, executor_options=options)
+    try:
+        summary = run_matrix(config, run_folder, data_root=data_root, executor=args.executor, workers=args.workers,
+                             resume=args.resume is not None, progress=not args.quiet, fail_fast=args.fail_fast,
+                             argv=sys.argv, executor_options=options)
+    except WriteError as error:
+        print(f"medad: error: {error}. Every finished job is kept: fix this (free disk space, permissions), then "
+              f"resume with: medad run --resume {run_folder.path}", file=sys.stderr)
+        return 2
     print(auc_table(run_folder.path))
     counts = ", ".join(f"{n} {status}" for status, n in summary.counts.items())
     print(f"\n{len(summary.jobs)} jobs: {counts}")
@@ -120,8 +129,12 @@ def _report_or_error(run_path: Path, reports: Path) -> Path | None:
 
 def command_report(args: argparse.Namespace) -> int:
     from medad.reporting.html import build_report
+    from medad.reporting.run_data import load_run
 
-    print(f"report: {build_report(args.run_dir, args.reports)}")
+    data = load_run(args.run_dir)
+    if data.notice:
+        print(f"medad report: {data.notice}", file=sys.stderr)
+    print(f"report: {build_report(args.run_dir, args.reports, data=data)}")
     return 0
 
 
@@ -182,11 +195,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from medad.benchmark.engine import RunInterrupted
+    from medad.benchmark.run_lock import RunLockedError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except (ConfigError, FileNotFoundError, FileExistsError, KeyError, ValueError, ConnectionError) as error:
+    except RunInterrupted as interrupted:
+        print(f"medad: {interrupted}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("medad: interrupted", file=sys.stderr)
+        return 130
+    except (ConfigError, RunLockedError, WriteError, FileNotFoundError, FileExistsError, NotADirectoryError, KeyError,
+            ValueError, ConnectionError) as error:
         print(f"medad: error: {error}", file=sys.stderr)
         return 2
 

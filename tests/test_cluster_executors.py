@@ -243,9 +243,9 @@ def test_config_resources_are_validated_and_survive_the_manifest():
     config = parse_config(raw)
     assert expand_jobs(config)[0].resources == {"cpus": 4, "time_min": 30, "gpus": 2}
     assert config_from_manifest({"config": config.to_dict()}) == config  # what --resume reads back
-    with pytest.raises(ConfigError, match=r"resources\.gpu: unknown resource; allowed: cpus, gpus"):
+    with pytest.raises(ConfigError, match=r"resources\.gpu: unknown resource; did you mean 'gpus'\? Allowed: cpus, gpus"):
         parse_config({**raw, "resources": {"gpu": 1}})
-    with pytest.raises(ConfigError, match=r"detectors\[0\]\.resources\.cpus: expected a number >= 1"):
+    with pytest.raises(ConfigError, match=r"detectors\[0\]\.resources\.cpus: expected float >= 1"):
         parse_config({**raw, "detectors": [{"name": "ae", "resources": {"cpus": 0}}]})
 
 

@@ -59,7 +59,7 @@ def _job(folder: RunFolder, dataset: str, subset: str, detector: str, seed: int,
                             images=rng.integers(0, 255, (8, 1, 16, 16), dtype=np.uint8),
                             reconstructions=rng.integers(0, 255, (8, 1, 16, 16), dtype=np.uint8),
                             maps=rng.random((8, 16, 16)).astype(np.float16))
-        files[EXAMPLES_FILE] = path
+        files[EXAMPLES_FILE] = path.read_bytes()
     record = {"run_id": folder.run_id, "job_id": job_id, **keys, "detector_name": detector, "status": "done", "error": "",
               "wall_s": 1.5, "train_s": 1.0, "score_s": 0.2, "device": "cpu", "started": now(), "finished": now()}
     folder.write_job(job_id, record, {"metrics": metrics, "scores": score_rows, "history": history}, files)
@@ -208,7 +208,7 @@ def test_cli_report_command(cli_output, tmp_path, capsys):
 def test_job_examples_artefact_keeps_first_images_with_maps_at_image_size(tmp_path):
     import torch
 
-    from medad.benchmark.examples import read_examples, write_examples
+    from medad.benchmark.examples import read_examples, examples_npz
     from medad.datasets.base import ImageSet
 
     class HalfSizeMaps:  # a detector whose maps are half the image size and which has no reconstruction
@@ -225,10 +225,11 @@ def test_job_examples_artefact_keeps_first_images_with_maps_at_image_size(tmp_pa
     labels = np.array([1, 0, 0, 1, 0, 0, 0, 0, 0, 1, 1, 1])
     test = ImageSet(torch.randint(0, 255, (12, 1, 8, 8), dtype=torch.uint8), labels, [f"id{i}" for i in range(12)])
     scores = np.arange(12.0)
-    path = write_examples(HalfSizeMaps(), test, scores, threshold=5.0, per_class=4)
+    path = tmp_path / "examples.npz"
+    path.write_bytes(examples_npz(HalfSizeMaps(), test, scores, threshold=5.0, per_class=4))
     arrays = read_examples(path)
     assert arrays["ids"].tolist() == ["id1", "id2", "id4", "id5", "id0", "id3", "id9", "id10"]
     assert arrays["labels"].tolist() == [0, 0, 0, 0, 1, 1, 1, 1] and arrays["scores"].tolist() == [1, 2, 4, 5, 0, 3, 9, 10]
     assert arrays["maps"].shape == (8, 8, 8) and "reconstructions" not in arrays
     assert float(arrays["threshold"]) == 5.0
-    assert write_examples(Nothing(), test, scores, threshold=5.0) is None
+    assert examples_npz(Nothing(), test, scores, threshold=5.0) is None

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import platform
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -12,11 +16,13 @@ from typing import Any
 import pandas as pd
 
 import medad
+from medad.atomic_files import WriteError, write_text_atomic
 from medad.benchmark.config import RunConfig, parse_config
 from medad.benchmark.executors import make_executor
 from medad.benchmark.jobs import Job, expand_jobs
 from medad.benchmark.resources import git_commit, hardware
-from medad.benchmark.run_folder import RunFolder, now, ordered, write_text_atomic
+from medad.benchmark.run_folder import RunFolder, now, ordered
+from medad.benchmark.run_lock import run_lock
 
 
 @dataclass
@@ -69,6 +75,31 @@ def _with_skipped(run_folder: RunFolder, jobs: list[Job]) -> pd.DataFrame:
     return frame
 
 
+class RunInterrupted(Exception):
+    """The run was stopped by Ctrl-C (or SIGTERM): finished jobs are kept, the run folder says ``interrupted``."""
+
+    def __init__(self, run_path: Path, done: int, total: int) -> None:
+        super().__init__(f"interrupted: {done} of {total} jobs done; resume with: medad run --resume {run_path}")
+        self.run_path, self.done, self.total = run_path, done, total
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While running, SIGTERM (a scheduler's stop, ``kill``) ends the run like Ctrl-C: cleanly and resumable."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):  # noqa: ARG001 - the signal handler's signature
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_matrix(config: RunConfig, run_folder: RunFolder, *, data_root: str | None = None, executor: str = "local",
                workers: int | None = None, resume: bool = False, progress: bool = True, fail_fast: bool = False,
                argv: list[str] | None = None, executor_options: dict[str, Any] | None = None) -> RunSummary:
@@ -76,9 +107,20 @@ def run_matrix(config: RunConfig, run_folder: RunFolder, *, data_root: str | Non
 
     ``executor_options`` go to :func:`make_executor` (``ray_address``, ``max_retries``, ``slurm_params``...).
     A resumed run may use another executor than the one it started with: done jobs are found in the folder.
+    The run holds the folder's lock throughout (:mod:`medad.benchmark.run_lock`): a second process on the
+    same folder is refused. Ctrl-C or SIGTERM stops it cleanly (:class:`RunInterrupted`); a file that
+    cannot be written stops it with a :class:`~medad.atomic_files.WriteError` naming the path; either way
+    every finished job is kept and ``--resume`` goes on from there.
     """
-    executor_options = executor_options or {}
-    argv = argv if argv is not None else sys.argv
+    with run_lock(run_folder.path), _sigterm_as_interrupt():
+        return _run_locked(config, run_folder, data_root=data_root, executor=executor, workers=workers, resume=resume,
+                           progress=progress, fail_fast=fail_fast, argv=argv if argv is not None else sys.argv,
+                           executor_options=executor_options or {})
+
+
+def _run_locked(config: RunConfig, run_folder: RunFolder, *, data_root: str | None, executor: str, workers: int | None,
+                resume: bool, progress: bool, fail_fast: bool, argv: list[str],
+                executor_options: dict[str, Any]) -> RunSummary:
     if resume:
         manifest = run_folder.read_manifest()
         data_root = manifest.get("data_root") if data_root is None else data_root
@@ -91,7 +133,6 @@ def run_matrix(config: RunConfig, run_folder: RunFolder, *, data_root: str | Non
         manifest = new_manifest(config, data_root, executor, argv)
         manifest["run_id"] = run_folder.run_id
     manifest["status"] = "running"
-    run_folder.path.mkdir(parents=True, exist_ok=True)
     run_folder.write_manifest(manifest)
 
     jobs = expand_jobs(config, data_root)
@@ -108,12 +149,19 @@ def run_matrix(config: RunConfig, run_folder: RunFolder, *, data_root: str | Non
             stop["failed"] = True
             print(f"job {record['job_id']} failed: {record['error']}", file=sys.stderr)
 
-    if fail_fast:  # one job at a time, so that nothing starts after the first failure
-        make_executor(executor, "cpu", 1, **executor_options).run(pending, run_folder, on_record, progress=progress,
-                                                                  stop=lambda: stop["failed"])
-    else:
-        make_executor(executor, config.device, workers, **executor_options).run(pending, run_folder, on_record,
-                                                                                progress=progress)
+    try:
+        if fail_fast:  # one job at a time, so that nothing starts after the first failure
+            make_executor(executor, "cpu", 1, **executor_options).run(pending, run_folder, on_record, progress=progress,
+                                                                      stop=lambda: stop["failed"])
+        else:
+            make_executor(executor, config.device, workers, **executor_options).run(pending, run_folder, on_record,
+                                                                                    progress=progress)
+    except KeyboardInterrupt:
+        _leave_resumable(run_folder, manifest, "interrupted")
+        raise RunInterrupted(run_folder.path, len(run_folder.done_job_ids()), len(jobs)) from None
+    except WriteError:
+        _leave_resumable(run_folder, manifest, "incomplete")
+        raise
 
     run_folder.merge()
     jobs_frame = _with_skipped(run_folder, jobs)
@@ -121,3 +169,14 @@ def run_matrix(config: RunConfig, run_folder: RunFolder, *, data_root: str | Non
     manifest.update(end=now(), status="complete" if counts["done"] == len(jobs) else "incomplete", counts=counts)
     run_folder.write_manifest(manifest)
     return RunSummary(run_folder, jobs, counts)
+
+
+def _leave_resumable(run_folder: RunFolder, manifest: dict[str, Any], status: str) -> None:
+    """After a stop: no half-written job folder, the merged CSVs of what finished, the manifest's status.
+    Best effort: a full disk may refuse the writes, and the job folders (the truth) stay either way."""
+    run_folder.remove_partial()
+    with contextlib.suppress(OSError):
+        run_folder.merge()
+    manifest.update(end=now(), status=status)
+    with contextlib.suppress(OSError):
+        run_folder.write_manifest(manifest)

@@ -9,7 +9,7 @@ predictions right or wrong).
 
 from __future__ import annotations
 
-import tempfile
+import io
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +28,9 @@ def example_index(labels: np.ndarray, per_class: int) -> np.ndarray:
     return np.concatenate([np.flatnonzero(labels == 0)[:per_class], np.flatnonzero(labels == 1)[:per_class]])
 
 
-def write_examples(detector: Detector, test: ImageSet, scores: np.ndarray, threshold: float,
-                   per_class: int = 4) -> Path | None:
-    """Write ``examples.npz`` to a temporary folder and return its path; None when the detector shows nothing."""
+def examples_npz(detector: Detector, test: ImageSet, scores: np.ndarray, threshold: float,
+                 per_class: int = 4) -> bytes | None:
+    """The bytes of ``examples.npz``; None when the detector shows nothing (no reconstruction, no map)."""
     index = example_index(test.labels, per_class)
     if len(index) == 0:
         return None
@@ -56,9 +56,9 @@ def write_examples(detector: Detector, test: ImageSet, scores: np.ndarray, thres
             maps = torch.nn.functional.interpolate(maps[:, None], size=images.shape[-2:], mode="bilinear",
                                                    align_corners=False)[:, 0]
         arrays["maps"] = maps.numpy().astype(np.float16)
-    path = Path(tempfile.mkdtemp(prefix="medad-examples-")) / EXAMPLES_FILE
-    np.savez_compressed(path, **arrays)
-    return path
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
 
 
 def read_examples(path: Path) -> dict[str, np.ndarray]:

@@ -9,10 +9,16 @@ failed and is replaced.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
 import os
 import queue
-from typing import Any, Callable, Sequence
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -37,8 +43,44 @@ class InProcessExecutor:
             on_record(run_job(job, run_folder, worker="main", progress=progress))
 
 
-def _worker_main(run_path: str, tasks: "mp.Queue", results: "mp.Queue", worker: str, threads: int) -> None:
-    """A pool worker: take jobs until the ``None`` sentinel; report 'start' and the record of each."""
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(check_every_s: float = 1.0) -> None:
+    """End this process when its parent dies, however the parent dies (``kill -9``, the OOM killer).
+
+    On Linux the kernel sends SIGKILL at the parent's death (``prctl(PR_SET_PDEATHSIG)``); everywhere a
+    daemon thread also checks every ``check_every_s`` seconds that the parent is still the one that
+    started us (an orphan is re-parented). A job the worker was running simply stays pending: its
+    half-written staging folder is removed on ``--resume``.
+    """
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # no libc prctl (musl variants): the thread below still works
+            pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(check_every_s)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _worker_main(run_path: str, tasks: mp.Queue, results: mp.Queue, worker: str, threads: int) -> None:
+    """A pool worker: take jobs until the ``None`` sentinel; report 'start' and the record of each.
+
+    Ctrl-C reaches the whole process group: workers ignore it and are stopped by the parent, which
+    alone reports the interruption.
+    """
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if threads > 0:
         torch.set_num_threads(threads)
     run_folder = RunFolder(run_path)
@@ -99,6 +141,7 @@ class ProcessPoolExecutor:
         running: dict[str, str] = {}  # worker name -> job id
         remaining = len(jobs)
         bar = tqdm(total=len(jobs), desc="jobs", disable=not progress)
+        stopping = False
         try:
             while remaining:
                 try:
@@ -106,7 +149,7 @@ class ProcessPoolExecutor:
                 except queue.Empty:
                     remaining -= self._reap_dead(processes, running, by_id, run_folder, on_record, bar, tasks, results)
                     if not any(p.is_alive() for _, p in processes.values()) and remaining:
-                        raise RuntimeError(f"all workers exited with {remaining} jobs left")
+                        raise RuntimeError(f"all workers exited with {remaining} jobs left") from None
                     continue
                 if kind == "start":
                     running[worker] = payload
@@ -115,12 +158,18 @@ class ProcessPoolExecutor:
                     on_record(payload)
                     bar.update()
                     remaining -= 1
+        except BaseException:  # Ctrl-C, a write error: stop the workers now, their jobs stay pending
+            stopping = True
+            raise
         finally:
             bar.close()
             for _, process in processes.values():
+                if stopping:
+                    process.kill()
                 process.join(timeout=5)
                 if process.is_alive():
-                    process.terminate()
+                    process.kill()
+                    process.join(timeout=5)
 
     def _reap_dead(self, processes, running, by_id, run_folder: RunFolder, on_record: OnRecord, bar,
                    tasks=None, results=None) -> int:

@@ -7,10 +7,9 @@ without labels and the validation normals; it never sees the test set.
 
 from __future__ import annotations
 
-import contextlib
+import io
 import os
 import socket
-import tempfile
 import time
 import traceback
 from collections import OrderedDict
@@ -24,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from medad.benchmark.acceleration import autocast, precision_tags, resolve_memory_format
-from medad.benchmark.examples import write_examples
+from medad.benchmark.examples import EXAMPLES_FILE, examples_npz
 from medad.benchmark.jobs import Job
 from medad.benchmark.metrics import MetricRow, image_metrics, pixel_metrics, screening_metrics, threshold_val_q95
 from medad.benchmark.registry import DATASETS, DETECTORS
@@ -57,12 +56,13 @@ def load_subset(job: Job) -> Subset:
     return subset
 
 
-def score_in_batches(detector: Detector, images: ImageSet, batch_size: int) -> np.ndarray:
-    """Image scores ``(N,)`` as float64, scored ``batch_size`` images at a time."""
+def score_in_batches(detector: Detector, images: ImageSet, batch_size: int, label: str = "") -> np.ndarray:
+    """Image scores ``(N,)`` as float64, scored ``batch_size`` images at a time; ``label`` names the detector in errors."""
     parts = [detector.score(batch).detach().cpu().double().reshape(-1) for batch in images.batches(batch_size)]
     scores = torch.cat(parts).numpy() if parts else np.zeros(0)
     if scores.shape != (len(images),):
-        raise ValueError(f"detector {detector.name!r} returned {scores.shape[0]} scores for {len(images)} images")
+        raise ValueError(f"detector {label or detector.name or type(detector).__name__!r} returned {scores.shape[0]} "
+                         f"scores for {len(images)} images")
     return scores
 
 
@@ -127,11 +127,11 @@ def _score_subset(detector: Detector, subset: Subset, job: Job) -> tuple[list[Me
                                                                        np.ndarray | None, np.ndarray, float]:
     """Score the test (and validation, pool) images; image and pixel metric rows, bootstrap intervals, scores, seconds."""
     started = time.perf_counter()
-    test_scores = score_in_batches(detector, subset.test, job.score_batch_size)
-    val_scores = score_in_batches(detector, subset.val, job.score_batch_size) if subset.val is not None else None
+    test_scores = score_in_batches(detector, subset.test, job.score_batch_size, job.detector)
+    val_scores = score_in_batches(detector, subset.val, job.score_batch_size, job.detector) if subset.val is not None else None
     rows = image_metrics(subset.test.labels, test_scores, val_scores)
     # the high-sensitivity screening filter (screen_s98) is calibrated on the labelled anomaly pool
-    pool_scores = (score_in_batches(detector, subset.anomaly_pool, job.score_batch_size)
+    pool_scores = (score_in_batches(detector, subset.anomaly_pool, job.score_batch_size, job.detector)
                    if subset.anomaly_pool is not None else None)
     rows += screening_metrics(subset.test.labels, test_scores, pool_scores,
                               in_sample=detector.supervision == "semi-supervised")
@@ -148,7 +148,7 @@ def _score_subset(detector: Detector, subset: Subset, job: Job) -> tuple[list[Me
     return rows, intervals, val_scores, test_scores, time.perf_counter() - started
 
 
-def execute(job: Job, run_id: str, progress: bool = False) -> tuple[dict[str, Any], dict[str, pd.DataFrame], dict[str, Path]]:
+def execute(job: Job, run_id: str, progress: bool = False) -> tuple[dict[str, Any], dict[str, pd.DataFrame], dict[str, bytes]]:
     """Run ``job``; return its timings, tables and files. Raises on any failure."""
     timings: dict[str, Any] = {}
     device = resolve_device(job.device)
@@ -181,18 +181,18 @@ def execute(job: Job, run_id: str, progress: bool = False) -> tuple[dict[str, An
         "splits": pd.DataFrame([{"run_id": run_id, "dataset": job.dataset, "subset": job.subset, "sample_id": i,
                                  "part": part, "label": label} for i, part, label in subset.split_rows()]),
     }
-    files = {}
+    files: dict[str, bytes] = {}
     threshold = threshold_val_q95(val_scores) if val_scores is not None and len(val_scores) else float("nan")
     try:  # a few test images with reconstructions/maps for the report's figures; never fails a finished job
-        examples = write_examples(detector, subset.test, test_scores, threshold)
+        examples = examples_npz(detector, subset.test, test_scores, threshold)
     except Exception as error:
         examples, timings["examples_error"] = None, f"{type(error).__name__}: {error}"
     if examples is not None:
-        files[examples.name] = examples
-    if job.save_checkpoints:
-        checkpoint = Path(tempfile.mkdtemp(prefix="medad-ckpt-")) / "model.pt"
-        detector.save(checkpoint)
-        files["model.pt"] = checkpoint
+        files[EXAMPLES_FILE] = examples
+    if job.save_checkpoints:  # in memory: nothing is written outside the run folder
+        checkpoint = io.BytesIO()
+        torch.save(detector.state_dict(), checkpoint)
+        files["model.pt"] = checkpoint.getvalue()
     timings["device"] = str(device)
     timings["tags"] = tags
     return timings, tables, files
@@ -200,28 +200,12 @@ def execute(job: Job, run_id: str, progress: bool = False) -> tuple[dict[str, An
 
 @dataclass
 class JobOutput:
-    """What a job produces: its record (status, timings, errors), its tables, and its files (checkpoints).
-
-    ``files`` maps a file name to a temporary path on the machine that ran the job, or to the file's
-    bytes once :meth:`portable` made the output fit to travel to another machine.
-    """
+    """What a job produces: its record (status, timings, errors), its tables, and its files (name -> bytes:
+    examples, checkpoints), all in memory so that the output can travel from a remote worker as it is."""
 
     record: dict[str, Any]
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
-    files: dict[str, Path | bytes] = field(default_factory=dict)
-
-    def portable(self) -> "JobOutput":
-        """The same output with its files read into memory (and the temporary copies removed)."""
-        files = {}
-        for name, source in self.files.items():
-            if isinstance(source, Path):
-                files[name] = source.read_bytes()
-                source.unlink(missing_ok=True)
-                with contextlib.suppress(OSError):  # the job's own temporary folder, once empty
-                    source.parent.rmdir()
-            else:
-                files[name] = source
-        return JobOutput(self.record, self.tables, files)
+    files: dict[str, bytes] = field(default_factory=dict)
 
 
 def job_record(job: Job, run_id: str, worker: str) -> dict[str, Any]:
@@ -244,7 +228,7 @@ def compute_job(job: Job, run_id: str, worker: str = "main", progress: bool = Fa
     """Run ``job`` and return its output (status done or failed); writes nothing to the run folder."""
     record = job_record(job, run_id, f"{socket.gethostname()}:{worker}:{os.getpid()}")
     tables: dict[str, pd.DataFrame] = {}
-    files: dict[str, Path] = {}
+    files: dict[str, bytes] = {}
     started = time.perf_counter()
     try:
         device = resolve_device(job.device)
@@ -255,7 +239,7 @@ def compute_job(job: Job, run_id: str, worker: str = "main", progress: bool = Fa
             timings, tables, files = execute(job, run_id, progress)
             record.update(timings)
             record["status"] = "done"
-        except Exception as error:  # recorded, and the matrix goes on
+        except (Exception, SystemExit) as error:  # recorded, and the matrix goes on (a plugin's sys.exit() too)
             record["error"] = f"{type(error).__name__}: {error}"
             record["traceback"] = traceback.format_exc()
             record["device"] = str(device)

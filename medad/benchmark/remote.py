@@ -46,9 +46,9 @@ def job_resources(job: Job, gpus_available: bool) -> JobResources:
 
 
 def remote_job(job: Job, run_id: str, worker: str, threads: int) -> JobOutput:
-    """Run ``job`` on a remote worker with ``threads`` torch threads; return its output with files as bytes."""
+    """Run ``job`` on a remote worker with ``threads`` torch threads; return its output (files as bytes)."""
     torch.set_num_threads(threads)
-    return compute_job(job, run_id, worker=worker).portable()
+    return compute_job(job, run_id, worker=worker)
 
 
 def whole_gpus(gpus: float) -> int:

@@ -8,7 +8,8 @@
 
 A job folder appears only complete (written under a temporary name, then renamed), so a killed run
 leaves either a finished job or nothing; the run-level CSVs are rebuilt from the job folders, never
-appended to, so a resumed run cannot duplicate rows.
+appended to, so a resumed run cannot duplicate rows. Every file is written with the process umask's
+permissions (:mod:`medad.atomic_files`); a failed write names the path and leaves no staging folder.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ import json
 import os
 import re
 import shutil
-import tempfile
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from medad.atomic_files import WriteError, remove_tree, staging_dir, write_bytes_atomic, write_text_atomic
 
 # A run id names one folder inside --results: one path component of safe characters.
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -38,6 +41,7 @@ COLUMNS = {
 }
 JOB_FILES = {"metrics": "metrics.csv", "scores": "scores.csv", "history": "history.csv", "splits": "split.csv"}
 STATUSES = ("done", "failed", "skipped")
+TABLES = ("jobs", "metrics", "scores", "history", "splits")
 
 
 def ordered(frame: pd.DataFrame, name: str) -> pd.DataFrame:
@@ -60,13 +64,8 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        handle.write(text)
-        temporary = Path(handle.name)
-    os.replace(temporary, path)
+def _json_text(value: Any) -> str:
+    return json.dumps(value, indent=2, default=str) + "\n"
 
 
 class RunFolder:
@@ -85,40 +84,56 @@ class RunFolder:
     def read_manifest(self) -> dict[str, Any]:
         if not self.manifest_path.is_file():
             raise FileNotFoundError(f"{self.manifest_path} does not exist: {self.path} is not a medad run folder")
-        return json.loads(self.manifest_path.read_text())
+        try:
+            return json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{self.manifest_path} is damaged ({error}); it is not a medad manifest any more") from None
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
-        write_text_atomic(self.manifest_path, json.dumps(manifest, indent=2, default=str) + "\n")
+        write_text_atomic(self.manifest_path, _json_text(manifest))
 
     # --- job folders ---------------------------------------------------------------------------
     def job_dir(self, job_id: str) -> Path:
         return self.jobs_dir / job_id
 
     def write_job(self, job_id: str, record: dict[str, Any], tables: dict[str, pd.DataFrame],
-                  files: dict[str, Path | bytes] | None = None) -> Path:
-        """Write a job's record and tables as one folder, atomically (replacing an earlier attempt).
-
-        A file is given as a temporary path (moved in) or as its bytes (from a job run on another machine).
-        """
-        self.jobs_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=self.jobs_dir, prefix=f".tmp-{job_id}-"))
-        for name, frame in tables.items():
-            ordered(frame, name).to_csv(staging / JOB_FILES[name], index=False)
-        for name, source in (files or {}).items():
-            if isinstance(source, bytes):
-                (staging / name).write_bytes(source)
-            else:
-                shutil.move(str(source), staging / name)
-        (staging / "job.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+                  files: dict[str, bytes] | None = None) -> Path:
+        """Write a job's record, tables and files (name -> bytes) as one folder, atomically (replacing an
+        earlier attempt). A failed write leaves no staging folder behind and raises a WriteError naming the path."""
+        staging = staging_dir(self.jobs_dir, f".tmp-{job_id}-")
         target = self.job_dir(job_id)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
+        try:
+            for name, frame in tables.items():
+                write_bytes_atomic(staging / JOB_FILES[name], ordered(frame, name).to_csv(index=False).encode("utf-8"))
+            for name, data in (files or {}).items():
+                write_bytes_atomic(staging / name, data)
+            write_text_atomic(staging / "job.json", _json_text(record))
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging, target)
+        except WriteError:
+            remove_tree(staging)
+            raise
+        except OSError as error:
+            remove_tree(staging)
+            raise WriteError(target, error) from None
         return target
 
     def job_record(self, job_id: str) -> dict[str, Any] | None:
+        """A finished job's record, or None (not finished; a damaged ``job.json`` is named and run again)."""
         path = self.job_dir(job_id) / "job.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as error:
+            warnings.warn(f"{path} is damaged ({type(error).__name__}: {error}); the job counts as not run and is run "
+                          "again on --resume", stacklevel=2)
+            return None
+        if not isinstance(record, dict) or "job_id" not in record:
+            warnings.warn(f"{path} is not a job record (no job_id); the job counts as not run", stacklevel=2)
+            return None
+        return record
 
     def records(self) -> list[dict[str, Any]]:
         """Every finished job's record (done or failed), in job-id order."""
@@ -134,24 +149,41 @@ class RunFolder:
         """Delete job folders a killed run left half-written; return how many."""
         partial = [p for p in self.jobs_dir.glob(".tmp-*")] if self.jobs_dir.is_dir() else []
         for path in partial:
-            shutil.rmtree(path, ignore_errors=True)
+            remove_tree(path)
         return len(partial)
 
     # --- merged CSVs ---------------------------------------------------------------------------
-    def merge(self, tables: tuple[str, ...] = ("jobs", "metrics", "scores", "history", "splits")) -> None:
-        """Rebuild run-level CSVs from the job folders."""
-        records = self.records()
+    def tables_from_jobs(self, tables: tuple[str, ...] = TABLES, attempts: int = 3) -> dict[str, pd.DataFrame]:
+        """The run-level tables built in memory from the finished job folders (a consistent snapshot).
+
+        A job folder replaced while it is read (a failed job retried by a running process) is read again.
+        """
+        for attempt in range(attempts):
+            try:
+                return self._tables(self.records(), tables)
+            except FileNotFoundError:
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _tables(self, records: list[dict[str, Any]], tables: tuple[str, ...]) -> dict[str, pd.DataFrame]:
+        frames = {}
         for name in tables:
             if name == "jobs":
                 rows = [{k: json.dumps(v, sort_keys=True) if isinstance(v, dict) else v for k, v in r.items()
                          if k not in ("traceback", "tags")} for r in records]
-                frame = ordered(pd.DataFrame(rows), "jobs")
-            else:
-                parts = [pd.read_csv(self.job_dir(r["job_id"]) / JOB_FILES[name], keep_default_na=True)
-                         for r in records if (self.job_dir(r["job_id"]) / JOB_FILES[name]).is_file()]
-                parts = [p for p in parts if not p.empty]
-                frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COLUMNS[name])
-                if name == "splits":
-                    frame = frame.drop_duplicates(subset=["dataset", "subset", "sample_id"])
-                frame = ordered(frame, name)
+                frames[name] = ordered(pd.DataFrame(rows), "jobs")
+                continue
+            parts = [pd.read_csv(self.job_dir(r["job_id"]) / JOB_FILES[name], keep_default_na=True)
+                     for r in records if (self.job_dir(r["job_id"]) / JOB_FILES[name]).is_file()]
+            parts = [p for p in parts if not p.empty]
+            frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COLUMNS[name])
+            if name == "splits":
+                frame = frame.drop_duplicates(subset=["dataset", "subset", "sample_id"])
+            frames[name] = ordered(frame, name)
+        return frames
+
+    def merge(self, tables: tuple[str, ...] = TABLES) -> None:
+        """Rebuild run-level CSVs from the job folders."""
+        for name, frame in self.tables_from_jobs(tables).items():
             write_text_atomic(self.path / f"{name}.csv", frame.to_csv(index=False))

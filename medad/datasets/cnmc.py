@@ -13,7 +13,9 @@ cells are anomaly-pool candidates (``n_anomaly_pool``, default 0). Stain colour 
 from __future__ import annotations
 
 import csv
+import os
 import re
+from io import StringIO
 from pathlib import Path
 
 from medad.benchmark.registry import register_dataset
@@ -80,7 +82,7 @@ class CNMC(FileDataset):
         image_dir = next((c for c in label_file.parent.iterdir() if c.is_dir() and c.name.lower() == _PRELIM), None)
         if image_dir is None:
             raise DatasetError(f"c-nmc: {label_file.relative_to(root)} has no {_PRELIM}/ image folder beside it")
-        with open(label_file, newline="") as handle:
+        with StringIO(io.read_label_text(label_file), newline="") as handle:
             reader = csv.DictReader(handle)
             columns = {c.strip().lower(): c for c in reader.fieldnames or []}
             if not {"patient_id", "new_names", "labels"} <= set(columns):
@@ -89,11 +91,12 @@ class CNMC(FileDataset):
                 name, label = row[columns["new_names"]].strip(), row[columns["labels"]].strip()
                 if label not in ("0", "1"):
                     raise DatasetError(f"{label_file} line {line}: labels must be 0 or 1, got {label!r}")
-                path = image_dir / name
+                path = io.listed_file(root, name, folder=image_dir, source=label_file, line=line)
+                relpath = path.relative_to(os.path.realpath(root)).as_posix()
                 if not path.is_file():
-                    raise DatasetError(f"{label_file} line {line} lists {name} but {path.relative_to(root)} is missing")
+                    raise DatasetError(f"{label_file} line {line} lists {name} but {relpath} is missing")
                 kind = "all" if label == "1" else "hem"
-                records.append(Record(path=path.relative_to(root).as_posix(), label=int(label), category=f"test/{kind}",
+                records.append(Record(path=relpath, label=int(label), category=f"test/{kind}",
                                       group=f"{kind}:{_subject(row[columns['patient_id']])}", part="test"))
         return records
 

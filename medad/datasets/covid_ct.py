@@ -46,7 +46,7 @@ def _split_lists(root: Path) -> dict[tuple[str, str], str]:
         if part is None or folder.lower() not in {name.lower() for name in FOLDERS}:
             raise DatasetError(f"covid-ct: unexpected split file {path.relative_to(root)}; expected "
                                f"{{train,val,test}}CT_COVID.txt or {{train,val,test}}CT_NonCOVID.txt")
-        for line in path.read_text(errors="replace").splitlines():
+        for line in io.read_label_text(path).splitlines():
             if line.strip():
                 parts[(folder.lower(), line.strip())] = part
     return parts

@@ -17,6 +17,7 @@ detectors such as CoroNet.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -94,7 +95,7 @@ class COVIDx(FileDataset):
             image_dir = io.child_dir(root, part)
             if image_dir is None:
                 raise DatasetError(f"covidx: {label_file.name} needs the image folder {root}/{part}/")
-            for line_number, line in enumerate(label_file.read_text(errors="replace").splitlines(), start=1):
+            for line_number, line in enumerate(io.read_label_text(label_file).splitlines(), start=1):
                 try:
                     parsed = parse_line(line)
                 except ValueError as error:
@@ -107,10 +108,11 @@ class COVIDx(FileDataset):
                                        "includes non-COVID pneumonia, so it is not a normal class. Put the 3-class files "
                                        "(e.g. train_COVIDx9A.txt, test_COVIDx9A.txt from the COVID-Net repository) beside "
                                        "it and set label_version, or set negative_as_normal: true")
-                path = image_dir / name
+                path = io.listed_file(root, name, folder=image_dir, source=label_file, line=line_number)
+                relpath = path.relative_to(os.path.realpath(root)).as_posix()
                 if not path.is_file():
-                    raise DatasetError(f"{label_file} line {line_number} lists {name} but {path.relative_to(root)} is missing")
-                records.append(Record(path=path.relative_to(root).as_posix(), label=int(kind not in ("normal", "negative")),
+                    raise DatasetError(f"{label_file} line {line_number} lists {name} but {relpath} is missing")
+                records.append(Record(path=relpath, label=int(kind not in ("normal", "negative")),
                                       category=f"{part}/{kind}", group=f"patient:{patient}" if patient else "",
                                       part=part, sample_id=f"{part}/{name}"))
         return records

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import json
+import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -178,8 +179,24 @@ class FileDataset(Dataset):
             repeated = [i for i, n in ids.items() if n > 1]
             if repeated:
                 raise DatasetError(f"{self.name}: sample id {repeated[0]!r} appears {ids[repeated[0]]} times under {self.data_root()}")
+            self._check_paths(records)
             self._records = records
         return self._records
+
+    def _check_paths(self, records: list[Record]) -> None:
+        """Every file a record names is UTF-8-named and lies inside the root (no link points out of it)."""
+        root = self.data_root()
+        real_root = os.path.realpath(root)
+        for record in records:
+            for relpath in (record.path, *record.roi_paths):
+                try:
+                    relpath.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise DatasetError(f"{self.name}: the file name {ascii(relpath)} under {root} is not valid UTF-8; "
+                                       "rename it (its bytes cannot be written to the run's CSVs)") from None
+                if not os.path.realpath(root / relpath).startswith(real_root + os.sep):
+                    raise DatasetError(f"{self.name}: {root / relpath} is a link to a file outside the dataset root "
+                                       f"{root}; medad reads nothing outside it: copy the file in instead")
 
     def _resize_region(self, region: np.ndarray, window: tuple[int, int, int, int], size: int) -> np.ndarray:
         """A bool (H, W) region in source pixels, cropped to ``window`` and resized like its image, as uint8."""

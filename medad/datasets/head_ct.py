@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import csv
 import re
+from io import StringIO
 from pathlib import Path
 
 from medad.benchmark.registry import register_dataset
+from medad.datasets import io
 from medad.datasets.base import DatasetError
 from medad.datasets.files import FileDataset, Record
 
@@ -50,7 +52,7 @@ class HeadCT(FileDataset):
     def scan(self, root: Path) -> list[Record]:
         label_file = _label_file(root)
         images = _image_dir(root)
-        with open(label_file, newline="") as handle:
+        with StringIO(io.read_label_text(label_file), newline="") as handle:
             rows = list(csv.reader(handle))
         header = [h.strip().lower() for h in rows[0]] if rows else []
         if "id" not in header or "hemorrhage" not in header:

@@ -19,10 +19,55 @@ import torch.nn.functional as F
 
 from medad.datasets.base import DatasetError
 
+# Decoding a file never allocates for more pixels than this (a 126-byte PNG may claim 12000 x 12000);
+# $MEDAD_MAX_IMAGE_PIXELS raises or lowers it.
+MAX_PIXELS_ENV = "MEDAD_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_PIXELS = 64_000_000
 JUNK_NAMES = {"thumbs.db", ".ds_store", "desktop.ini"}
 JUNK_DIRS = {"__macosx", ".ipynb_checkpoints"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".pgm", ".bmp", ".tif", ".tiff", ".dcm", ".ppm"}
 RESIZE_MODES = ("stretch", "pad")
+
+
+def read_label_text(path: Path) -> str:
+    """A label or split file's text: UTF-8, with or without a byte-order mark; anything else names the file."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise DatasetError(f"cannot read {path}: {error.strerror or error}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise DatasetError(f"{path} line {line}: not UTF-8 text (byte {data[error.start]:#04x}); save the file as "
+                           "UTF-8 (a spreadsheet's 'CSV UTF-8' export)") from None
+
+
+def listed_file(root: Path, entry: str, *, folder: Path | None = None, source: Path, line: int) -> Path:
+    """The file a label-file entry names, resolved (symlinks followed) and refused unless it lies inside ``root``.
+
+    ``entry`` is relative to ``folder`` (default ``root``). An absolute path, or one that climbs out of
+    the dataset root through ``..`` or a symbolic link, raises a DatasetError naming ``source`` and
+    ``line``: a label file never makes medad read outside the dataset it describes.
+    """
+    text = entry.strip()
+    if not text:
+        raise DatasetError(f"{source} line {line}: an empty file name")
+    if "\0" in text:
+        raise DatasetError(f"{source} line {line}: the file name holds a NUL character")
+    if Path(text).is_absolute():
+        raise DatasetError(f"{source} line {line}: {text!r} is an absolute path; entries are file names relative "
+                           f"to {folder or root}")
+    resolved = Path(os.path.realpath((folder or root) / text))
+    if not is_inside(resolved, root):
+        raise DatasetError(f"{source} line {line}: {text!r} points outside the dataset root {root}; entries must name "
+                           "files inside it")
+    return resolved
+
+
+def is_inside(path: Path, root: Path) -> bool:
+    """True when ``path`` (already resolved) lies inside ``root`` once ``root``'s own links are resolved."""
+    return Path(path).is_relative_to(os.path.realpath(root))
 
 
 def is_junk(path: Path) -> bool:
@@ -94,6 +139,26 @@ def find_root(given: Path, is_root: Callable[[Path], bool], *, dataset: str, exp
                        f"Found: {_listing(given)}\nFix: {fix}")
 
 
+def max_image_pixels() -> int:
+    """The largest width x height a file may declare (``$MEDAD_MAX_IMAGE_PIXELS``, default 64 million)."""
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(text)
+    except ValueError:
+        raise DatasetError(f"${MAX_PIXELS_ENV} must be a whole number of pixels, got {text!r}") from None
+    return value if value > 0 else DEFAULT_MAX_PIXELS
+
+
+def check_pixel_count(path: Path, width: int, height: int) -> None:
+    """Refuse, before decoding, a file that declares more pixels than :func:`max_image_pixels`."""
+    limit = max_image_pixels()
+    if width * height > limit:
+        raise DatasetError(f"image {path} declares {width} x {height} = {width * height} pixels, more than the limit of "
+                           f"{limit} (a damaged or hostile file?); set ${MAX_PIXELS_ENV} higher if the image is real")
+
+
 def is_dicom(path: Path) -> bool:
     """True for a DICOM Part 10 file (``DICM`` at byte 128)."""
     with open(path, "rb") as handle:
@@ -120,7 +185,10 @@ def read_dicom(path: Path, window: str = "dicom") -> np.ndarray:
 
     try:
         ds = pydicom.dcmread(path)
+        check_pixel_count(path, int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0))
         values = apply_modality_lut(ds.pixel_array, ds).astype(np.float32)
+    except DatasetError:
+        raise
     except Exception as error:
         raise DatasetError(f"cannot decode DICOM file {path}: {type(error).__name__}: {error}") from error
     if values.ndim != 2:
@@ -152,8 +220,10 @@ def read_image(path: Path, window: str = "dicom") -> np.ndarray:
         raise DatasetError(f"cannot read {path}: {error}") from error
     from PIL import Image, UnidentifiedImageError
 
+    Image.MAX_IMAGE_PIXELS = None  # check_pixel_count below refuses first, with the file and the setting named
     try:
         with Image.open(path) as image:
+            check_pixel_count(path, *image.size)
             image.load()
             if image.mode == "P":
                 image = image.convert("RGBA")
@@ -167,6 +237,8 @@ def read_image(path: Path, window: str = "dicom") -> np.ndarray:
             if image.mode == "1":
                 image = image.convert("L")
             array = np.asarray(image)
+    except Image.DecompressionBombError as error:
+        raise DatasetError(f"image {path}: {error}; set ${MAX_PIXELS_ENV} higher if the image is real") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise DatasetError(f"cannot decode image {path}: {type(error).__name__}: {error}") from error
     if array.dtype == np.uint8:

@@ -46,7 +46,7 @@ def _truth_table(folder: Path) -> Path | None:
         found = next((p for p in sorted(folder.iterdir()) if p.is_file() and p.name.lower() == name), None)
         if found is not None and name == "info.txt":
             return found
-        if found is not None and _image_dir(folder) is not None and re.search(r"^mdb\d{3}\s", found.read_text(errors="replace"), re.M):
+        if found is not None and _image_dir(folder) is not None and re.search(r"^mdb\d{3}\s", io.read_label_text(found), re.M):
             return found
     return None
 
@@ -61,7 +61,7 @@ def _image_dir(folder: Path) -> Path | None:
 def parse_truth_table(path: Path) -> dict[str, list[tuple[str, str, tuple[float, float, float] | None]]]:
     """refnum -> [(class, severity, (x, y, radius) or None)], one entry per row of the table."""
     table: dict[str, list] = {}
-    for line_number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+    for line_number, line in enumerate(io.read_label_text(path).splitlines(), start=1):
         tokens = line.split()
         if not tokens or not _REF.match(tokens[0]):
             continue

@@ -19,6 +19,8 @@ slices stay together on one side; ``strict_groups: true`` would put every normal
 from __future__ import annotations
 
 import csv
+import os
+from io import StringIO
 from pathlib import Path
 from typing import Literal
 
@@ -68,7 +70,7 @@ class RiderNeuroMRI(FileDataset):
         import pydicom
 
         manifest = _manifest(root)
-        with open(manifest, newline="") as handle:
+        with StringIO(io.read_label_text(manifest), newline="") as handle:
             reader = csv.DictReader(handle)
             columns = {c.strip().lower(): c for c in reader.fieldnames or []}
             rows = list(reader)
@@ -87,9 +89,7 @@ class RiderNeuroMRI(FileDataset):
             if label not in ("0", "1"):
                 raise DatasetError(f"{manifest} line {line}: label must be 0 or 1, got {label!r}")
             if "path" in columns:
-                path = (root / row[columns["path"]].strip()).resolve()
-                if not path.is_relative_to(root.resolve()):
-                    raise DatasetError(f"{manifest} line {line}: {row[columns['path']]!r} points outside {root}")
+                path = io.listed_file(root, row[columns["path"]], source=manifest, line=line)
                 if not path.is_file():
                     raise DatasetError(f"{manifest} line {line}: {row[columns['path']]!r} does not exist under {root}")
             else:
@@ -104,7 +104,7 @@ class RiderNeuroMRI(FileDataset):
                 except Exception as error:
                     raise DatasetError(f"{manifest} line {line}: {path} is not a readable DICOM file: {error}") from None
                 patient = str(header.get("PatientID", ""))
-            relpath = path.relative_to(root.resolve()).as_posix()
+            relpath = path.relative_to(os.path.realpath(root)).as_posix()
             records.append(Record(path=relpath, label=int(label), category="tumour" if label == "1" else "normal",
                                   group=f"patient:{patient}" if patient else ""))
         return records

@@ -16,7 +16,7 @@ from typing import Any
 
 import jinja2
 
-from medad.benchmark.run_folder import write_text_atomic
+from medad.atomic_files import write_text_atomic
 from medad.reporting import figures as fig
 from medad.reporting import tables as tab
 from medad.reporting.paper_results import compare, load_paper_results
@@ -97,9 +97,11 @@ def build_sections(data: RunData, folder: Path, delong: Any) -> list[UnitSection
     return sections
 
 
-def build_report(run_dir: str | Path, reports_dir: str | Path = "reports", paper_files: list[Path] | None = None) -> Path:
-    """Write the report of ``run_dir`` into ``reports_dir/<run-id>/``; return the path of index.html."""
-    data = load_run(run_dir)
+def build_report(run_dir: str | Path, reports_dir: str | Path = "reports", paper_files: list[Path] | None = None,
+                 data: RunData | None = None) -> Path:
+    """Write the report of ``run_dir`` (or of ``data`` already read from it) into ``reports_dir/<run-id>/``;
+    return the path of index.html."""
+    data = data if data is not None else load_run(run_dir)
     out = Path(reports_dir) / data.run_id
     figures_dir, tables_dir = out / "figures", out / "tables"
     for stale in (figures_dir, tables_dir):
@@ -134,6 +136,7 @@ def build_report(run_dir: str | Path, reports_dir: str | Path = "reports", paper
     failed = tab.failed_table(data)
     context = {
         "run_id": data.run_id,
+        "notice": data.notice,
         "manifest": data.manifest,
         "manifest_json": json.dumps({k: v for k, v in data.manifest.items() if k != "config"}, indent=2, default=str),
         "config_json": json.dumps(data.manifest.get("config", {}), indent=2, default=str),

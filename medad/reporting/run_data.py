@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,8 @@ from typing import Any
 import pandas as pd
 
 from medad.benchmark.examples import EXAMPLES_FILE
-from medad.benchmark.run_folder import COLUMNS
+from medad.benchmark.run_folder import COLUMNS, RunFolder
+from medad.benchmark.run_lock import is_locked
 
 UNIT_SEPARATOR = "/"
 
@@ -20,15 +20,23 @@ def unit_name(dataset: str, subset: str) -> str:
     return f"{dataset}{UNIT_SEPARATOR}{subset}"
 
 
+_TEXT_COLUMNS = {"dataset": str, "subset": str, "detector": str, "sample_id": str, "job_id": str}
+
+
 def _read(path: Path, name: str) -> pd.DataFrame:
     """``path`` as a frame with at least the standard columns of table ``name`` (empty when absent)."""
     if not path.is_file() or path.stat().st_size == 0:
         return pd.DataFrame(columns=COLUMNS[name])
     try:
-        frame = pd.read_csv(path, keep_default_na=True, dtype={"dataset": str, "subset": str, "detector": str,
-                                                                "sample_id": str, "job_id": str})
+        frame = pd.read_csv(path, keep_default_na=True, dtype=_TEXT_COLUMNS)
     except pd.errors.EmptyDataError:
         return pd.DataFrame(columns=COLUMNS[name])
+    return _standard(frame, name, path)
+
+
+def _standard(frame: pd.DataFrame, name: str, path: Path) -> pd.DataFrame:
+    """``frame`` with table ``name``'s columns first; a clear error when a standard column is missing."""
+    frame = frame.astype({c: str for c in _TEXT_COLUMNS if c in frame.columns and not frame.empty})
     missing = [c for c in COLUMNS[name] if c not in frame.columns and c not in ("ci_low", "ci_high", "note", "oracle")]
     if missing and not frame.empty:
         raise ValueError(f"{path}: missing columns {missing}; expected {COLUMNS[name]}")
@@ -61,6 +69,7 @@ class RunData:
     history: pd.DataFrame
     tags: dict[str, DetectorTags]
     tag_columns: list[str]
+    notice: str = ""   # why the tables were read from the job folders (a run in progress, missing CSVs)
     _metric_index: dict | None = field(default=None, repr=False)
 
     @property
@@ -133,20 +142,36 @@ def _detector_tags(metrics: pd.DataFrame, tag_columns: list[str]) -> dict[str, D
     return tags
 
 
+REPORT_TABLES = ("jobs", "metrics", "scores", "history")
+
+
+def _tables(path: Path) -> tuple[dict[str, pd.DataFrame], str]:
+    """The run's tables and a notice: the merged CSVs, or a snapshot of the job folders when the run is in
+    progress (its CSVs may lag each other) or its ``metrics.csv`` is missing or empty while jobs finished."""
+    folder = RunFolder(path)
+    if is_locked(path):
+        notice = "the run is in progress: this report is a snapshot of the jobs finished when it was built"
+    else:
+        metrics = path / "metrics.csv"
+        if _read(metrics, "metrics").empty and any(r.get("status") == "done" for r in folder.records()):
+            notice = f"{metrics.name} was missing or empty: rebuilt from the job folders in {folder.jobs_dir}"
+        else:
+            return {name: _read(path / f"{name}.csv", name) for name in REPORT_TABLES}, ""
+    snapshot = folder.tables_from_jobs(REPORT_TABLES)
+    return {name: _standard(frame, name, folder.jobs_dir) for name, frame in snapshot.items()}, notice
+
+
 def load_run(path: str | Path) -> RunData:
     """Read a run folder (``manifest.json`` and the merged CSVs); a clear error when it is not one."""
     path = Path(path)
-    manifest_path = path / "manifest.json"
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"{manifest_path} does not exist: {path} is not a medad run folder")
-    manifest = json.loads(manifest_path.read_text())
-    metrics = _read(path / "metrics.csv", "metrics")
+    manifest = RunFolder(path).read_manifest()
+    tables, notice = _tables(path)
+    metrics = tables["metrics"]
     tag_columns = [c for c in metrics.columns if c not in COLUMNS["metrics"]]
     if "oracle" in metrics:
         metrics["oracle"] = metrics["oracle"].astype(str).str.lower().isin(["true", "1"])
     return RunData(
         path=path, run_id=str(manifest.get("run_id") or path.name), manifest=manifest,
-        jobs=_read(path / "jobs.csv", "jobs"), metrics=metrics, scores=_read(path / "scores.csv", "scores"),
-        history=_read(path / "history.csv", "history"), tags=_detector_tags(metrics, tag_columns),
-        tag_columns=tag_columns,
+        jobs=tables["jobs"], metrics=metrics, scores=tables["scores"], history=tables["history"],
+        tags=_detector_tags(metrics, tag_columns), tag_columns=tag_columns, notice=notice,
     )

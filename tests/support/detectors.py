@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
@@ -16,15 +17,19 @@ class TemplateDistance(Detector):
     name = "template-distance"
 
     def __init__(self, *, image_size: int, channels: int, device: str = "cpu", seed: int = 0,
-                 fit_seconds: float = 0.0) -> None:
+                 fit_seconds: float = 0.0, wait_for_file: str = "") -> None:
         super().__init__(image_size=image_size, channels=channels, device=device, seed=seed)
         self.fit_seconds = fit_seconds
+        self.wait_for_file = wait_for_file
         self.template = torch.zeros(channels, image_size, image_size)
 
     def fit(self, train: ImageSet, val: ImageSet | None = None, log: TrainLog | None = None) -> None:
         log = log or TrainLog()
         self.template = train.float_images().mean(dim=0)
         time.sleep(self.fit_seconds)
+        deadline = time.time() + 120
+        while self.wait_for_file and not os.path.exists(self.wait_for_file) and time.time() < deadline:
+            time.sleep(0.05)  # a test holds the job until it has looked at the running run
         log.log(0, 0, template_norm=self.template.norm())
 
     def score(self, images: torch.Tensor) -> torch.Tensor:
@@ -49,3 +54,17 @@ class NaNLossDetector(TemplateDistance):
 
     def fit(self, train: ImageSet, val: ImageSet | None = None, log: TrainLog | None = None) -> None:
         (log or TrainLog()).log(0, 0, loss=float("nan"))
+
+
+class ExitingDetector(TemplateDistance):
+    """Calls ``sys.exit`` inside fit (a plugin that quits)."""
+
+    def fit(self, train: ImageSet, val: ImageSet | None = None, log: TrainLog | None = None) -> None:
+        raise SystemExit(3)
+
+
+class WrongCountDetector(TemplateDistance):
+    """Returns one score too few per batch."""
+
+    def score(self, images: torch.Tensor) -> torch.Tensor:
+        return super().score(images)[:-1]
