@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from medad.benchmark.config import ConfigError, load_config, narrow, parse_config
@@ -107,3 +109,83 @@ def test_narrowing_by_cli_flags():
     assert (narrowed.memory_format, narrowed.precision) == ("channels_last", "bf16")
     with pytest.raises(ConfigError, match="--precision: expected one of fp32, bf16"):
         narrow(parse_config(base()), precision="half")
+
+
+# --- reading the file: bounded, strict, forgiving where YAML 1.1 surprises --------------------------
+def test_binary_and_non_utf8_config_files_are_named(tmp_path):
+    binary = tmp_path / "model.pt"
+    binary.write_bytes(b"PK\x03\x04\x00\x00binary")
+    with pytest.raises(ConfigError, match=r"model.pt: a binary file"):
+        load_config(binary)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin.yaml: not UTF-8 text"):
+        load_config(latin)
+
+
+def test_duplicate_keys_name_the_key_and_both_lines(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("name: t\nimage_size: 32\nseeds: [0]\nimage_size: 64\ndatasets: [{name: synthetic}]\n"
+                    "detectors: [{name: ae}]\n")
+    with pytest.raises(ConfigError, match=r"dup.yaml: line 4: duplicate key 'image_size' \(lines 2 and 4\)"):
+        load_config(path)
+
+
+def test_exponent_floats_are_floats_and_errors_name_file_and_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: t\nimage_size: 32\ndatasets: [{name: synthetic}]\ndetectors: [{name: ae, params: {lr: 1e-3}}]\n")
+    assert load_config(path).detectors[0].params["lr"] == pytest.approx(0.001)
+    path.write_text("name: t\nimage_size: 32\nseed: [1]\ndatasets: [{name: synthetic}]\ndetectors: [{name: ae}]\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: seed: unknown key; did you mean 'seeds'\?"):
+        load_config(path)
+
+
+def test_quoted_values_in_errors_are_cut_short():
+    huge = "x" * 100_000
+    with pytest.raises(ConfigError) as error:
+        parse_config(base(image_size=huge))
+    assert len(str(error.value)) < 300
+    nested = [[list(range(1000))] * 1000]
+    with pytest.raises(ConfigError) as error:
+        parse_config(base(seeds=nested))
+    assert len(str(error.value)) < 300
+
+
+@pytest.mark.parametrize("params,expected", [
+    ({"epochs": -3}, "epochs: expected int >= 1, got -3"),
+    ({"epochs": 0}, "epochs: expected int >= 1, got 0"),
+    ({"batch_size": 0}, "batch_size: expected int >= 1, got 0"),
+    ({"lr": -1}, "lr: expected float > 0, got -1"),
+    ({"lr": float("nan")}, "lr: expected a finite number, got nan"),
+    ({"top_fraction": 1.5}, "top_fraction: expected float in (0, 1], got 1.5"),
+])
+def test_hyperparameter_ranges_are_checked_at_validation(params, expected):
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        parse_config(base(detectors=[{"name": "ae", "params": params}]))
+
+
+@pytest.mark.parametrize("raw,expected", [
+    (base(score_batch_size=0), "score_batch_size: expected int >= 1, got 0"),
+    (base(image_size=100000), "image_size: expected int in [8, 4096], got 100000"),
+    (base(seeds=[-1]), "seeds[0]: expected int in [0, 4294967295], got -1"),
+    (base(seeds=[2**32]), "seeds[0]: expected int in [0, 4294967295], got 4294967296"),
+    (base(datasets=[{"name": "synthetic", "params": {"n_train": -5}}]), "datasets[0].params.n_train: expected int >= 1"),
+    (base(detectors=[{"name": "ganomaly", "params": {"protocol": "ref"}}]),
+     "detectors[0].params.protocol: expected one of clean, reference, got 'ref'"),
+    (base(detectors=[{"name": "f-anogan", "params": {"input_range": "wide"}}]),
+     "detectors[0].params.input_range: expected one of symmetric, unit, got 'wide'"),
+    (base(detectors=[{"name": "mama-net", "params": {"iterations": 0}}]),
+     "detectors[0].params: give iterations >= 1 or epochs >= 1"),
+    (base(detectors=[{"name": "os:system"}]), "detectors[0].name: 'os:system' is not a medad.detectors.base.Detector"),
+    (base(datasets=[{"name": "os:path"}]), "datasets[0].name: 'os:path' is not a medad.datasets.base.Dataset"),
+])
+def test_ranges_choices_and_classes_are_checked_at_validation(raw, expected):
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        parse_config(raw)
+
+
+def test_narrow_leaves_its_argument_alone():
+    config = parse_config(base(detectors=[{"name": "ae"}, {"name": "ae", "label": "ae-wide"}], seeds=[0, 1]))
+    narrowed = narrow(config, detectors=["ae-wide"], seeds=[5], device="cpu")
+    assert [d.label for d in config.detectors] == ["ae", "ae-wide"] and config.seeds == [0, 1]
+    assert config.device == "auto" and narrowed.device == "cpu"
