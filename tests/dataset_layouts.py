@@ -287,3 +287,31 @@ def covid_ct(root: Path, n_covid: int = 10, n_non: int = 12) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("\r\n".join(names) + "\r\n")
     return root
+
+
+def similar_looking(rng: np.random.Generator, n: int, size: int = 64) -> list[np.ndarray]:
+    """``n`` distinct images that look alike: one shared smooth texture (a scanner's background), a disc at a jittered
+    place and size, and an image's own smooth perturbation. Their dHashes differ in 6-30 bits of 256, so joining
+    every close pair transitively chains hundreds of them into one group; none is a copy of another."""
+    from scipy import ndimage
+
+    base = ndimage.gaussian_filter(np.random.default_rng(123).normal(0, 1, (size, size)), 3) * 400
+    y, x = np.mgrid[0:size, 0:size] / size - 0.5
+    images = []
+    for _ in range(n):
+        cy, cx = rng.normal(0, 0.05, 2)
+        radius = rng.uniform(0.12, 0.2)
+        disc = ((y - cy) / radius) ** 2 + ((x - cx) / radius) ** 2 < 1
+        own = ndimage.gaussian_filter(rng.normal(0, 1, (size, size)), 3) * 70
+        images.append(np.clip(110 + base + 70 * disc + own, 0, 255).astype(np.uint8))
+    return images
+
+
+def br35h_similar(root: Path, per_class: int = 1500) -> Path:
+    """Br35H's layout (yes/y*.jpg, no/no*.jpg) at its full 1500 + 1500, every image distinct but similar-looking."""
+    rng = np.random.default_rng(21)
+    images = similar_looking(rng, 2 * per_class)
+    for i in range(per_class):
+        save(root / "yes" / f"y{i}.jpg", images[i], fmt="PNG")
+        save(root / "no" / f"no{i}.jpg", images[per_class + i], fmt="PNG")
+    return root

@@ -273,7 +273,8 @@ def test_oct_keeps_the_publisher_split_and_decodes_normals_once(downloads, monke
     real = io.read_image
     monkeypatch.setattr(io, "read_image", lambda path, *a, **k: calls.append(path) or real(path, *a, **k))
     subsets = {name: load(downloads, "oct", name) for name in ("cnv", "dme", "drusen")}
-    assert len(calls) == 12 + 4 * 3                          # one decode of train/NORMAL + test/*
+    # train/NORMAL + test/* decoded once at the job's size, and once as the fixed-size thumbnails of the dedupe
+    assert len(calls) == 2 * (12 + 4 * 3)
     for name, subset in subsets.items():
         assert_well_formed(subset)
         assert all(i.startswith("train/NORMAL/") for i in subset.train.ids + (subset.val.ids if subset.val else []))
@@ -400,20 +401,21 @@ def test_second_load_hits_the_cache_and_a_changed_file_rebuilds(tmp_path, monkey
     def build():
         return DATASETS.get("br35h")(root=tmp_path / "br35h", image_size=SIZE).load("default")
 
-    first = build()
-    assert len(calls) == 12
+    first = build()  # 12 files, decoded at the job's size and as the dedupe's fixed-size thumbnails
+    assert len(calls) == 24
     second = build()
-    assert len(calls) == 12 and torch.equal(first.test.images, second.test.images)
+    assert len(calls) == 24 and torch.equal(first.test.images, second.test.images)
     assert first.split_rows() == second.split_rows()
     changed = tmp_path / "br35h" / "yes" / "y0.jpg"
     Image.fromarray(np.full((24, 24), 255, np.uint8)).save(changed, format="JPEG")
     third = build()
-    assert len(calls) == 24
+    assert len(calls) == 48
     assert int(third.test.images[third.test.ids.index("yes/y0.jpg")].min()) > 250
-    assert len(list((tmp_path / "cache" / "br35h" / "default").glob("*.npz"))) == 1   # the stale entry is gone
+    # one entry per decode (images, thumbnails): the stale ones are gone
+    assert len(list((tmp_path / "cache" / "br35h" / "default").glob("*.npz"))) == 2
     monkeypatch.setenv("MEDAD_NO_CACHE", "1")
     build()
-    assert len(calls) == 36
+    assert len(calls) == 72
 
 
 # ---- medad datasets check, and a run -------------------------------------------------------
@@ -426,7 +428,9 @@ def test_check_reports_counts_unreadable_and_unexpected_files(downloads, tmp_pat
     assert main(["datasets", "check", "br35h", "--data-root", str(downloads), "--allow-other-counts"]) == 0
     capsys.readouterr()
     assert main(["datasets", "check", "brain-tumor-mri", "--data-root", str(downloads), "--allow-other-counts"]) == 0
-    assert "near-duplicate groups (dHash <= 12 bits, flips included): 1 holding 3 images" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert ("default: split train 10, val 1, test 11; near-duplicate groups (complete linkage, dHash <= 8 of 256 bits, "
+            "flips included): 1 holding 3 images, the largest 3; unused 0") in out
     layouts.br35h(tmp_path / "br35h", n=4)
     (tmp_path / "br35h" / "no" / "no1.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     (tmp_path / "br35h" / "yes" / "notes.doc").write_bytes(b"x")

@@ -53,7 +53,7 @@ def test_covidx_refuses_entries_outside_the_root(tmp_path, entry):
     assert "points outside the dataset root" in str(error.value) or "absolute path" in str(error.value)
 
 
-@pytest.mark.parametrize("entry", ["../../../outside.png", "ABSOLUTE"])
+@pytest.mark.parametrize("entry", ["../../../../../outside.png", "ABSOLUTE"])
 def test_cnmc_refuses_entries_outside_the_root(tmp_path, entry):
     plant_outside(tmp_path)
     root = layouts.cnmc(tmp_path / "data" / "c-nmc")
@@ -63,6 +63,7 @@ def test_cnmc_refuses_entries_outside_the_root(tmp_path, entry):
     with pytest.raises(DatasetError) as error:
         load(root, "c-nmc")
     assert "C-NMC_test_prelim_phase_data_labels.csv line 3" in str(error.value)
+    assert "points outside the dataset root" in str(error.value) or "absolute path" in str(error.value)
 
 
 def test_rider_refuses_entries_outside_the_root(tmp_path):

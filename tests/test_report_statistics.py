@@ -97,7 +97,70 @@ def test_holm_adjustment():
 def test_critical_difference_matches_demsar():
     # Demšar (2006), section 3.2.2: four classifiers on fourteen data sets, CD = 1.25 at alpha 0.05
     assert statistics.critical_difference(4, 14) == pytest.approx(1.25, abs=0.005)
-    assert np.isnan(statistics.critical_difference(11, 5))
+    # past Demšar's table (k > 10) the critical difference is still defined; one detector has none
+    assert statistics.critical_difference(11, 5) == pytest.approx(statistics.nemenyi_q(11) * np.sqrt(11 * 12 / 30))
+    assert np.isnan(statistics.critical_difference(1, 5)) and np.isnan(statistics.critical_difference(4, 0))
+
+
+def test_nemenyi_q_from_the_studentized_range_reproduces_demsar_table_5a():
+    table_5a = [1.960, 2.343, 2.569, 2.728, 2.850, 2.949, 3.031, 3.102, 3.164]   # q_0.05, k = 2..10
+    for k, q in zip(range(2, 11), table_5a):
+        assert statistics.nemenyi_q(k) == pytest.approx(q, abs=2e-3), k
+    assert not hasattr(statistics, "NEMENYI_Q05")
+    q15 = statistics.nemenyi_q(15)
+    assert np.isfinite(q15) and statistics.nemenyi_q(10) < q15 < 3.5
+    assert statistics.nemenyi_q(4, alpha=0.10) < statistics.nemenyi_q(4)
+
+
+def test_midranks_equal_scipy_with_ties():
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(4)
+    for n in (1, 2, 7, 50):
+        values = np.round(rng.normal(size=n), 1)
+        assert statistics._midranks(values) == pytest.approx(rankdata(values))
+    assert np.isnan(statistics._midranks(np.array([0.1, np.nan, 0.3]))).all()
+
+
+def _seed_mean_reference(labels, scores, n_resamples, seed):
+    """The seed-mean bootstrap written out: one stratified resample of the images for all seeds, scikit-learn's
+    AUC and AP of every seed on it, their mean; percentiles 2.5 and 97.5."""
+    rng = np.random.default_rng(seed)
+    positives, negatives = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    means = {"roc_auc": [], "pr_auc": []}
+    for _ in range(n_resamples):
+        index = np.concatenate([rng.choice(positives, len(positives)), rng.choice(negatives, len(negatives))])
+        y = labels[index]
+        means["roc_auc"].append(np.mean([roc_auc_score(y, scores[index, s]) for s in range(scores.shape[1])]))
+        means["pr_auc"].append(np.mean([average_precision_score(y, scores[index, s]) for s in range(scores.shape[1])]))
+    return {name: (np.percentile(v, 2.5), np.percentile(v, 97.5)) for name, v in means.items()}
+
+
+def _three_seeds(rng):
+    labels = np.r_[np.zeros(30, int), np.ones(20, int)]
+    shared = rng.normal(size=50)   # the image's own difficulty, common to every seed
+    return labels, np.round(shared[:, None] + rng.normal(size=(50, 3)) * 0.5 + labels[:, None], 1)
+
+
+def test_seed_mean_bootstrap_matches_a_reference_loop_and_brackets_the_seed_mean():
+    labels, scores = _three_seeds(np.random.default_rng(2))
+    interval = statistics.seed_mean_bootstrap(labels, scores, n_resamples=200, seed=11)
+    reference = _seed_mean_reference(labels, scores, 200, 11)
+    for name, score in (("roc_auc", roc_auc_score), ("pr_auc", average_precision_score)):
+        assert interval[name] == pytest.approx(reference[name], abs=1e-12)
+        seed_mean = np.mean([score(labels, scores[:, s]) for s in range(3)])
+        assert interval[name][0] < seed_mean < interval[name][1]
+    assert interval == statistics.seed_mean_bootstrap(labels, scores, n_resamples=200, seed=11)   # reproducible
+    assert interval != statistics.seed_mean_bootstrap(labels, scores, n_resamples=200, seed=12)
+
+
+def test_seed_mean_bootstrap_of_one_seed_is_the_per_seed_bootstrap():
+    labels, scores = _three_seeds(np.random.default_rng(3))
+    one = scores[:, 0]
+    assert statistics.seed_mean_bootstrap(labels, one[:, None], n_resamples=150, seed=5) == \
+        statistics.bootstrap_intervals(labels, one, n_resamples=150, seed=5)
+    with pytest.raises(ValueError, match="n_images"):
+        statistics.seed_mean_bootstrap(labels, scores[:10], n_resamples=10)
 
 
 def test_clinical_operating_points_by_hand():

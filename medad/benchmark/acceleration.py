@@ -16,7 +16,7 @@ Two run-wide settings (config keys ``memory_format`` and ``precision``, CLI ``--
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 

@@ -166,7 +166,8 @@ def _run_locked(config: RunConfig, run_folder: RunFolder, *, data_root: str | No
     run_folder.merge()
     jobs_frame = _with_skipped(run_folder, jobs)
     counts = {status: int((jobs_frame["status"] == status).sum()) for status in ("done", "failed", "skipped")}
-    manifest.update(end=now(), status="complete" if counts["done"] == len(jobs) else "incomplete", counts=counts)
+    manifest.update(end=now(), status="complete" if counts["done"] == len(jobs) else "incomplete", counts=counts,
+                    splits=run_folder.split_summaries())
     run_folder.write_manifest(manifest)
     return RunSummary(run_folder, jobs, counts)
 

@@ -46,15 +46,15 @@ class InProcessExecutor:
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def die_with_parent(check_every_s: float = 1.0) -> None:
+def die_with_parent(parent: int, check_every_s: float = 1.0) -> None:
     """End this process when its parent dies, however the parent dies (``kill -9``, the OOM killer).
 
     On Linux the kernel sends SIGKILL at the parent's death (``prctl(PR_SET_PDEATHSIG)``); everywhere a
     daemon thread also checks every ``check_every_s`` seconds that the parent is still the one that
     started us (an orphan is re-parented). A job the worker was running simply stays pending: its
-    half-written staging folder is removed on ``--resume``.
+    half-written staging folder is removed on ``--resume``. ``parent`` is the PID the parent passed (a
+    worker still importing when its parent died has already been re-parented).
     """
-    parent = os.getppid()
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL(None, use_errno=True)
@@ -73,13 +73,13 @@ def die_with_parent(check_every_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def _worker_main(run_path: str, tasks: mp.Queue, results: mp.Queue, worker: str, threads: int) -> None:
+def _worker_main(run_path: str, tasks: mp.Queue, results: mp.Queue, worker: str, threads: int, parent: int) -> None:
     """A pool worker: take jobs until the ``None`` sentinel; report 'start' and the record of each.
 
     Ctrl-C reaches the whole process group: workers ignore it and are stopped by the parent, which
     alone reports the interruption.
     """
-    die_with_parent()
+    die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if threads > 0:
         torch.set_num_threads(threads)
@@ -110,7 +110,7 @@ class ProcessPoolExecutor:
     def _start(self, index: int, run_folder: RunFolder, tasks, results) -> mp.Process:
         name = f"worker{index}" + (f"-gpu{self.gpu_ids[index]}" if self.gpu_ids is not None else "")
         process = self.context.Process(target=_worker_main, name=name, daemon=True,
-                                       args=(str(run_folder.path), tasks, results, name, self.threads_per_worker))
+                                       args=(str(run_folder.path), tasks, results, name, self.threads_per_worker, os.getpid()))
         previous = os.environ.get("CUDA_VISIBLE_DEVICES")
         if self.gpu_ids is not None:  # the child inherits the environment at start
             os.environ["CUDA_VISIBLE_DEVICES"] = self.gpu_ids[index]

@@ -31,9 +31,11 @@ from medad.benchmark.resources import PeakMemory, resolve_device, seed_everythin
 from medad.benchmark.run_folder import RunFolder, now
 from medad.benchmark.statistics import bootstrap_intervals
 from medad.datasets.base import DatasetError, ImageSet, Subset
+from medad.datasets.splits import split_fingerprint
 from medad.detectors.base import Detector, TrainLog
+from medad.detectors.scoring import scores_in_random_order
 
-_SUBSET_CACHE: "OrderedDict[tuple, Subset]" = OrderedDict()
+_SUBSET_CACHE: OrderedDict[tuple, Subset] = OrderedDict()
 _SUBSET_CACHE_SIZE = 2
 
 
@@ -56,14 +58,15 @@ def load_subset(job: Job) -> Subset:
     return subset
 
 
-def score_in_batches(detector: Detector, images: ImageSet, batch_size: int, label: str = "") -> np.ndarray:
-    """Image scores ``(N,)`` as float64, scored ``batch_size`` images at a time; ``label`` names the detector in errors."""
-    parts = [detector.score(batch).detach().cpu().double().reshape(-1) for batch in images.batches(batch_size)]
-    scores = torch.cat(parts).numpy() if parts else np.zeros(0)
-    if scores.shape != (len(images),):
-        raise ValueError(f"detector {label or detector.name or type(detector).__name__!r} returned {scores.shape[0]} "
-                         f"scores for {len(images)} images")
-    return scores
+def score_in_batches(detector: Detector, images: ImageSet, batch_size: int, label: str = "", seed: int = 0) -> np.ndarray:
+    """Image scores ``(N,)`` as float64, scored ``batch_size`` images at a time in a seeded random order (returned in
+    the images' own order); ``label`` names the detector in errors."""
+    name = label or detector.name or type(detector).__name__
+    try:
+        scores = scores_in_random_order(detector.score, images, batch_size, torch.Generator().manual_seed(seed))
+    except ValueError as error:
+        raise ValueError(f"detector {name!r} returned {error}") from None
+    return scores.double().numpy()
 
 
 def maps_in_batches(detector: Detector, images: ImageSet, batch_size: int) -> np.ndarray | None:
@@ -127,11 +130,14 @@ def _score_subset(detector: Detector, subset: Subset, job: Job) -> tuple[list[Me
                                                                        np.ndarray | None, np.ndarray, float]:
     """Score the test (and validation, pool) images; image and pixel metric rows, bootstrap intervals, scores, seconds."""
     started = time.perf_counter()
-    test_scores = score_in_batches(detector, subset.test, job.score_batch_size, job.detector)
-    val_scores = score_in_batches(detector, subset.val, job.score_batch_size, job.detector) if subset.val is not None else None
-    rows = image_metrics(subset.test.labels, test_scores, val_scores)
+    test_scores = score_in_batches(detector, subset.test, job.score_batch_size, job.detector, job.seed)
+    val_scores = (score_in_batches(detector, subset.val, job.score_batch_size, job.detector, job.seed)
+                  if subset.val is not None else None)
+    in_sample = ("threshold from the training normals' own scores (in-sample: no validation normals were carved "
+                 "apart, val_source: train)") if subset.val_in_sample else ""
+    rows = image_metrics(subset.test.labels, test_scores, val_scores, val_note=in_sample)
     # the high-sensitivity screening filter (screen_s98) is calibrated on the labelled anomaly pool
-    pool_scores = (score_in_batches(detector, subset.anomaly_pool, job.score_batch_size, job.detector)
+    pool_scores = (score_in_batches(detector, subset.anomaly_pool, job.score_batch_size, job.detector, job.seed)
                    if subset.anomaly_pool is not None else None)
     rows += screening_metrics(subset.test.labels, test_scores, pool_scores,
                               in_sample=detector.supervision == "semi-supervised")
@@ -170,6 +176,9 @@ def execute(job: Job, run_id: str, progress: bool = False) -> tuple[dict[str, An
     timings["score_s"] = score_s
 
     tags = {**detector_tags(detector), **precision_tags(job.precision)}
+    split_rows = subset.split_rows()
+    timings["split"] = {**subset.split_info, "fingerprint": split_fingerprint([i for i, _, _ in split_rows],
+                                                                              [part for _, part, _ in split_rows])}
     scores = [_score_frame(job, run_id, "test", subset.test, test_scores)]
     if val_scores is not None:
         scores.append(_score_frame(job, run_id, "val", subset.val, val_scores))
@@ -179,7 +188,7 @@ def execute(job: Job, run_id: str, progress: bool = False) -> tuple[dict[str, An
         "history": pd.DataFrame([{"run_id": run_id, **job.keys(), "epoch": e, "step": s, "loss_name": n, "value": v}
                                  for e, s, n, v in log.rows]),
         "splits": pd.DataFrame([{"run_id": run_id, "dataset": job.dataset, "subset": job.subset, "sample_id": i,
-                                 "part": part, "label": label} for i, part, label in subset.split_rows()]),
+                                 "part": part, "label": label} for i, part, label in split_rows]),
     }
     files: dict[str, bytes] = {}
     threshold = threshold_val_q95(val_scores) if val_scores is not None and len(val_scores) else float("nan")

@@ -15,6 +15,10 @@ Threshold policies:
 
 PR AUC is average precision (the step-wise area under the precision-recall curve, scikit-learn's
 ``average_precision_score``), which is what the reference implementations report.
+
+Non-finite (NaN or infinite) scores or maps: test image scores define no metric, so they are an error
+naming the part and the count; anywhere else (validation scores or maps, pool scores, test maps) only the
+metrics they feed are NaN, each row's ``note`` saying why. Every NaN row carries a non-empty note.
 """
 
 from __future__ import annotations
@@ -47,15 +51,38 @@ class MetricRow:
         return self.threshold_policy in ORACLE_POLICIES
 
 
-def _validate(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def nonfinite_scores_reason(scores: np.ndarray, part: str) -> str | None:
+    """``"<part>: k of n are NaN or infinite"``, or None when every score is finite."""
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    bad = int((~np.isfinite(scores)).sum())
+    return f"{part}: {bad} of {scores.size} are NaN or infinite" if bad else None
+
+
+def nonfinite_maps_reason(maps: np.ndarray, part: str) -> str | None:
+    """``"<part>: k of n maps hold non-finite values (m pixels)"``, or None when every pixel is finite."""
+    maps = np.asarray(maps, dtype=np.float64)
+    bad = ~np.isfinite(maps.reshape(len(maps), -1))
+    pixels = int(bad.sum())
+    if not pixels:
+        return None
+    return (f"{part}: {int(bad.any(axis=1).sum())} of {len(maps)} maps hold non-finite values "
+            f"({pixels} pixel{'' if pixels == 1 else 's'})")
+
+
+def _join(*notes: str) -> str:
+    return "; ".join(note for note in notes if note)
+
+
+def _validate(labels: np.ndarray, scores: np.ndarray, part: str = "scores") -> tuple[np.ndarray, np.ndarray]:
     labels = np.asarray(labels).ravel()
     scores = np.asarray(scores, dtype=np.float64).ravel()
     if labels.shape != scores.shape:
         raise ValueError(f"labels and scores differ in length: {labels.shape[0]} vs {scores.shape[0]}")
     if not np.isin(labels, (0, 1)).all():
         raise ValueError(f"labels must be 0 (normal) or 1 (anomalous), got values {sorted(set(labels.tolist()))[:5]}")
-    if not np.isfinite(scores).all():
-        raise ValueError(f"{int((~np.isfinite(scores)).sum())} scores are NaN or infinite")
+    reason = nonfinite_scores_reason(scores, part)
+    if reason:
+        raise ValueError(reason)
     return labels.astype(np.int64), scores
 
 
@@ -104,6 +131,26 @@ def confusion_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) 
         "f1": ratio(2 * tp, 2 * tp + fp + fn),
         "accuracy": ratio(tp + tn, len(labels)),
     }
+
+
+# Why a ratio of :func:`confusion_metrics` (or of the screening rows) is NaN: its denominator is empty.
+EMPTY_DENOMINATORS = {"precision": "no test image scores above the threshold",
+                      "recall": "no anomalous test image", "specificity": "no normal test image",
+                      "f1": "no anomalous test image and none above the threshold", "accuracy": "no test image",
+                      "npv": "no test study cleared", "cleared_fraction": "no test study"}
+
+
+def threshold_rows(values: dict[str, float], policy: str, note: str) -> list[MetricRow]:
+    """Rows of one threshold policy's ``values``; a NaN value's note adds why its denominator is empty."""
+    return [MetricRow(name, value, policy,
+                      _join(note, f"{name} undefined: {EMPTY_DENOMINATORS.get(name, 'an input is undefined')}")
+                      if np.isnan(value) else note)
+            for name, value in values.items()]
+
+
+def undefined_rows(names: tuple[str, ...], policy: str, note: str) -> list[MetricRow]:
+    """NaN rows for ``names`` under ``policy``, all with ``note`` (which must say why)."""
+    return [MetricRow(name, float("nan"), policy, note) for name in names]
 
 
 def threshold_val_q95(val_scores: np.ndarray, quantile: float = 0.95) -> float:
@@ -160,20 +207,20 @@ def operating_point_rows(labels: np.ndarray, scores: np.ndarray) -> list[MetricR
             for name, (fixed, level) in OPERATING_POINTS.items()]
 
 
-def image_metrics(labels: np.ndarray, scores: np.ndarray, val_scores: np.ndarray | None = None) -> list[MetricRow]:
-    """Every image-level metric for one job: threshold-free ones, then each threshold policy."""
-    labels, scores = _validate(labels, scores)
+def image_metrics(labels: np.ndarray, scores: np.ndarray, val_scores: np.ndarray | None = None,
+                  val_note: str = "") -> list[MetricRow]:
+    """Every image-level metric for one job: threshold-free ones, then each threshold policy.
+
+    ``val_note`` goes on the ``val_q95`` rows (where the validation normals came from, when not carved apart).
+    """
+    labels, scores = _validate(labels, scores, "test scores")
     reason = single_class_reason(labels)
     rows = [
         MetricRow("roc_auc", roc_auc(labels, scores), note=reason or ""),
         MetricRow("pr_auc", pr_auc(labels, scores), note=reason or ""),
     ]
     rows += operating_point_rows(labels, scores)
-    thresholds: dict[str, tuple[float, str]] = {}
-    if val_scores is not None and len(val_scores) > 0:
-        thresholds["val_q95"] = (threshold_val_q95(val_scores), "")
-    else:
-        thresholds["val_q95"] = (float("nan"), "no validation normals: honest threshold undefined")
+    thresholds: dict[str, tuple[float, str]] = {"val_q95": _honest_threshold(val_scores, val_note)}
     if reason:
         thresholds["youden"] = thresholds["best_f1"] = (float("nan"), reason)
     else:
@@ -181,10 +228,20 @@ def image_metrics(labels: np.ndarray, scores: np.ndarray, val_scores: np.ndarray
         thresholds["best_f1"] = (threshold_best_f1(labels, scores), "oracle: chosen on test labels")
     for policy, (threshold, note) in thresholds.items():
         if np.isnan(threshold):
-            rows += [MetricRow(name, float("nan"), policy, note) for name in THRESHOLD_METRICS]
+            rows += undefined_rows(THRESHOLD_METRICS, policy, note)
         else:
-            rows += [MetricRow(name, value, policy, note) for name, value in confusion_metrics(labels, scores, threshold).items()]
+            rows += threshold_rows(confusion_metrics(labels, scores, threshold), policy, note)
     return rows
+
+
+def _honest_threshold(val_scores: np.ndarray | None, note: str = "") -> tuple[float, str]:
+    """(``val_q95`` threshold, note); NaN with the reason when the validation scores cannot fix it."""
+    if val_scores is None or len(val_scores) == 0:
+        return float("nan"), "no validation normals: honest threshold undefined"
+    reason = nonfinite_scores_reason(val_scores, "validation scores")
+    if reason:
+        return float("nan"), f"{reason}: honest threshold undefined"
+    return threshold_val_q95(val_scores), note
 
 
 def pixel_metrics(masks: np.ndarray, maps: np.ndarray, n_test: int | None = None,
@@ -202,19 +259,38 @@ def pixel_metrics(masks: np.ndarray, maps: np.ndarray, n_test: int | None = None
     if masks.size != maps.size:
         raise ValueError(f"masks and score maps differ in size: {masks.size} vs {maps.size} pixels")
     maps = maps.reshape(masks.shape)
-    notes = [] if n_test is None or n_test == n_masked else [f"pixel metrics over {n_masked} of {n_test} test images with masks"]
+    coverage = ("" if n_test is None or n_test == n_masked
+                else f"pixel metrics over {n_masked} of {n_test} test images with masks")
     if not (masks.any() and not masks.all()):
-        note = "; ".join(["masks hold a single class: pixel metrics undefined", *notes])
+        note = _join("masks hold a single class: pixel metrics undefined", coverage)
         return [MetricRow(name, float("nan"), note=note) for name in ("pixel_roc_auc", "pixel_pr_auc", "aupro")]
-    note = "; ".join(notes)
+    with_honest_dice = val_maps is not None and np.size(val_maps) > 0
+    maps_reason = nonfinite_maps_reason(maps, "test maps")
+    if maps_reason:
+        note = _join(f"{maps_reason}: pixel metrics undefined", coverage)
+        return [MetricRow(name, float("nan"), policy, note) for name, policy in _pixel_row_keys(with_honest_dice)]
     flat_masks, flat_maps = masks.ravel().astype(np.int64), maps.ravel()
-    rows = [MetricRow("pixel_roc_auc", roc_auc(flat_masks, flat_maps), note=note),
-            MetricRow("pixel_pr_auc", pr_auc(flat_masks, flat_maps), note=note),
-            MetricRow("aupro", aupro(masks, maps), note=note)]
-    if val_maps is not None and np.size(val_maps):
-        rows.append(MetricRow("dice", dice(masks, maps, pixel_threshold_val(val_maps)), "val_px_q99", note))
-    rows.append(MetricRow("dice", best_dice(masks, maps)[0], "best_dice", note))
+    rows = [MetricRow("pixel_roc_auc", roc_auc(flat_masks, flat_maps), note=coverage),
+            MetricRow("pixel_pr_auc", pr_auc(flat_masks, flat_maps), note=coverage),
+            MetricRow("aupro", aupro(masks, maps), note=coverage)]
+    if with_honest_dice:
+        rows.append(_honest_dice_row(masks, maps, val_maps, coverage))
+    rows.append(MetricRow("dice", best_dice(masks, maps)[0], "best_dice", coverage))
     return rows
+
+
+def _pixel_row_keys(with_honest_dice: bool) -> list[tuple[str, str]]:
+    """(metric, policy) of the rows :func:`pixel_metrics` gives for masks holding both classes."""
+    honest = [("dice", "val_px_q99")] if with_honest_dice else []
+    return [("pixel_roc_auc", "none"), ("pixel_pr_auc", "none"), ("aupro", "none"), *honest, ("dice", "best_dice")]
+
+
+def _honest_dice_row(masks: np.ndarray, maps: np.ndarray, val_maps: np.ndarray, note: str) -> MetricRow:
+    """Dice at ``val_px_q99``; NaN with the reason when a validation map holds non-finite values."""
+    reason = nonfinite_maps_reason(val_maps, "validation maps")
+    if reason:
+        return MetricRow("dice", float("nan"), "val_px_q99", _join(f"{reason}: honest pixel threshold undefined", note))
+    return MetricRow("dice", dice(masks, maps, pixel_threshold_val(val_maps)), "val_px_q99", note)
 
 
 # --- screening operating point (SURE-ROI's high-sensitivity filter, Wang 2022 §1.3/§6.1) -------------------
@@ -252,11 +328,14 @@ def screening_metrics(labels: np.ndarray, scores: np.ndarray, anomaly_scores: np
     would report as certainly normal (the radiologists' workload saved). ``in_sample`` notes that the
     pool was also training data (semi-supervised detectors), so the threshold is optimistic.
     """
-    labels, scores = _validate(labels, scores)
+    labels, scores = _validate(labels, scores, "test scores")
     policy = screening_policy(target_sensitivity)
     if anomaly_scores is None or len(anomaly_scores) == 0:
-        note = "no labelled anomaly pool: a sensitivity-controlled threshold is undefined"
-        return [MetricRow(name, float("nan"), policy, note) for name in SCREENING_METRICS]
+        return undefined_rows(SCREENING_METRICS, policy,
+                              "no labelled anomaly pool: a sensitivity-controlled threshold is undefined")
+    pool_reason = nonfinite_scores_reason(anomaly_scores, "anomaly pool scores")
+    if pool_reason:
+        return undefined_rows(SCREENING_METRICS, policy, f"{pool_reason}: sensitivity-controlled threshold undefined")
     threshold = threshold_screen(anomaly_scores, target_sensitivity)
     note = f"threshold from {len(anomaly_scores)} labelled pool anomalies, target sensitivity {target_sensitivity:g}"
     if in_sample:
@@ -264,5 +343,5 @@ def screening_metrics(labels: np.ndarray, scores: np.ndarray, anomaly_scores: np
     values = confusion_metrics(labels, scores, threshold)
     cleared = scores <= threshold
     values["npv"] = float(np.mean(labels[cleared] == 0)) if cleared.any() else float("nan")
-    values["cleared_fraction"] = float(np.mean(cleared))
-    return [MetricRow(name, values[name], policy, note) for name in SCREENING_METRICS]
+    values["cleared_fraction"] = float(np.mean(cleared)) if cleared.size else float("nan")
+    return threshold_rows({name: values[name] for name in SCREENING_METRICS}, policy, note)

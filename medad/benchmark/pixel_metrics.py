@@ -1,14 +1,19 @@
-"""Region-level localisation metrics: AUPRO and Dice.
+"""Region-level localisation metrics: AUPRO and Dice, both exact over every distinct threshold of the maps.
 
-* **AUPRO** (Bergmann et al., "The MVTec Anomaly Detection Dataset", IJCV 2021, Sec. 5.1): every
-  connected component of a ground-truth mask is one region; at a threshold t the per-region overlap
-  is the fraction of the region's pixels scored >= t, and PRO(t) is its mean over all regions of the
-  test set. PRO is integrated over the false-positive rate of the normal pixels from 0 to ``max_fpr``
-  (0.3, as in the paper) and divided by ``max_fpr``, so 1 is perfect and a random map scores about
-  ``max_fpr / 2``. Unlike pixel ROC AUC, a large lesion does not outweigh a small one.
-* **Dice** = 2|P ∩ G| / (|P| + |G|) over all test pixels pooled, at a given pixel threshold: the
-  honest one is fixed from the normal validation images' maps (``pixel_threshold_val``); ``best_dice``
-  searches the threshold on the test masks and is an oracle, labelled so in the CSV.
+* **AUPRO** (Bergmann et al., "The MVTec Anomaly Detection Dataset", IJCV 2021, Sec. 5.1; the behaviour
+  of the MVTec AD evaluation code): every connected component of an image's ground-truth mask, with
+  8-connectivity, is one region. A pixel is predicted anomalous at threshold t when its score is >= t.
+  FPR(t) is the fraction of the normal pixels (mask 0) of all images predicted anomalous, and
+  PRO(t) = (1/K) sum_k |{p in C_k : score(p) >= t}| / |C_k| over the K regions C_k of all images.
+  The curve (FPR(t), PRO(t)) over every distinct score t, extended by (0, 0) and (1, 1), is
+  integrated with the trapezoidal rule from FPR 0 to ``max_fpr`` (0.3, as in the paper; the curve is
+  interpolated linearly at ``max_fpr``) and divided by ``max_fpr``: 1 is perfect and a map that ranks
+  pixels at random scores about ``max_fpr / 2``. Unlike pixel ROC AUC, a large lesion does not
+  outweigh a small one.
+* **Dice** = 2|P ∩ G| / (|P| + |G|) over all test pixels pooled, with P the pixels scored >= a threshold
+  and G the mask pixels: the honest threshold is fixed from the normal validation images' maps
+  (``pixel_threshold_val``); ``best_dice`` takes the best threshold on the test masks and is an
+  oracle, labelled so in the CSV.
 """
 
 from __future__ import annotations
@@ -16,8 +21,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-# The number of thresholds at which PRO is evaluated (quantiles of the normal pixels' scores).
-AUPRO_STEPS = 400
+# Pixels touching at a corner belong to one region, as in the MVTec AD evaluation code.
+EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
 def _as_pixels(masks: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -26,38 +31,84 @@ def _as_pixels(masks: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndar
     if masks.shape != maps.shape:
         raise ValueError(f"masks {masks.shape} and anomaly maps {maps.shape} differ in shape")
     if not np.isfinite(maps).all():
-        raise ValueError("anomaly maps hold NaN or inf values")
+        raise ValueError(f"anomaly maps hold NaN or inf values ({int((~np.isfinite(maps)).sum())} pixels)")
     return masks, maps
 
 
-def aupro(masks: np.ndarray, maps: np.ndarray, max_fpr: float = 0.3) -> float:
-    """Normalised area under the per-region-overlap curve up to ``max_fpr``; ``(N, H, W)`` masks and maps.
+def _cumulative_at_thresholds(scores: np.ndarray, *contributions: np.ndarray) -> tuple[np.ndarray, ...]:
+    """For every distinct value t of ``scores`` (descending): t, the number of pixels scored >= t, and for each
+    of ``contributions`` (one value per pixel) its sum over those pixels.
 
-    NaN when the masks have no region or no normal pixel.
+    One sort and cumulative sums; a run of tied scores is one threshold, read at the run's last position.
+    """
+    scores = scores.ravel()
+    order = np.argsort(scores, kind="stable")[::-1]
+    ordered = scores[order]
+    last_of_tie = np.r_[np.flatnonzero(ordered[1:] != ordered[:-1]), ordered.size - 1]
+    sums = [np.cumsum(c.ravel()[order], dtype=np.float64)[last_of_tie] for c in contributions]
+    return (ordered[last_of_tie], last_of_tie + 1.0, *sums)
+
+
+def _region_weights(masks: np.ndarray) -> tuple[np.ndarray, int]:
+    """Per-pixel weight 1/|C_k| for a pixel of region C_k (0 for a normal pixel), and the number of regions.
+
+    Regions are the 8-connected components of each image's mask; summing the weights of the pixels
+    scored >= t gives K * PRO(t).
+    """
+    weights = np.zeros(masks.shape, dtype=np.float64)
+    n_regions = 0
+    for image, mask in enumerate(masks):
+        labels, count = ndimage.label(mask, structure=EIGHT_CONNECTED)
+        sizes = np.bincount(labels.ravel(), minlength=count + 1)
+        weights[image] = np.r_[0.0, 1.0 / sizes[1:]][labels]
+        n_regions += count
+    return weights, n_regions
+
+
+def pro_curve(masks: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The exact per-region-overlap curve (FPR, PRO) of ``(N, H, W)`` masks and maps, FPR non-decreasing.
+
+    One point per distinct score (descending), preceded by (0, 0) and followed by (1, 1); empty arrays
+    when the masks have no region or no normal pixel.
+    """
+    masks, maps = _as_pixels(masks, maps)
+    weights, n_regions = _region_weights(masks)
+    n_normal = int((~masks).sum())
+    if n_regions == 0 or n_normal == 0:
+        return np.zeros(0), np.zeros(0)
+    _, _, false_positives, region_sum = _cumulative_at_thresholds(maps, ~masks, weights)
+    fpr = np.clip(np.r_[0.0, false_positives / n_normal, 1.0], 0.0, 1.0)
+    pro = np.clip(np.r_[0.0, region_sum / n_regions, 1.0], 0.0, 1.0)
+    return fpr, pro
+
+
+def area_up_to(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
+    """Trapezoidal area under the polyline through (x, y) from x[0] to ``x_max``; x non-decreasing, x[0] <= x_max.
+
+    The polyline is cut where its segment crossing ``x_max`` meets it (linear interpolation); points of
+    equal x (vertical steps) add no area, and the crossing segment, from the last point with x <= x_max
+    to the next one, always has x[end] > x[end - 1].
+    """
+    end = int(np.searchsorted(x, x_max, side="right"))
+    xs, ys = x[:end], y[:end]
+    if end < x.size:
+        x0, x1, y0, y1 = x[end - 1], x[end], y[end - 1], y[end]
+        xs, ys = np.r_[xs, x_max], np.r_[ys, y0 + (y1 - y0) * (x_max - x0) / (x1 - x0)]
+    return float(np.trapezoid(ys, xs))
+
+
+def aupro(masks: np.ndarray, maps: np.ndarray, max_fpr: float = 0.3) -> float:
+    """Normalised area under the exact per-region-overlap curve up to ``max_fpr``; ``(N, H, W)`` masks and maps.
+
+    AUPRO = (1 / max_fpr) * integral_0^max_fpr PRO d(FPR) (Bergmann et al., IJCV 2021, Sec. 5.1), over
+    :func:`pro_curve`. NaN when the masks have no region or no normal pixel.
     """
     if not 0 < max_fpr <= 1:
         raise ValueError(f"max_fpr must be in (0, 1], got {max_fpr}")
-    masks, maps = _as_pixels(masks, maps)
-    normal = np.sort(maps[~masks])
-    if normal.size == 0:
+    fpr, pro = pro_curve(masks, maps)
+    if fpr.size == 0:
         return float("nan")
-    regions = [maps[i][labels == k] for i in range(len(maps))
-               for labels, count in [ndimage.label(masks[i])] for k in range(1, count + 1)]
-    if not regions:
-        return float("nan")
-    # Thresholds whose normal-pixel FPR spans [0, max_fpr]: the matching upper quantiles of the normal scores.
-    levels = np.linspace(0.0, max_fpr, AUPRO_STEPS)
-    thresholds = np.quantile(normal, 1.0 - levels)
-    fpr = 1.0 - np.searchsorted(normal, thresholds, side="left") / normal.size
-    pro = np.mean([1.0 - np.searchsorted(np.sort(r), thresholds, side="left") / r.size for r in regions], axis=0)
-    # Ties can push the real FPR past max_fpr: interpolate the curve at exactly max_fpr and stop there.
-    order = np.argsort(fpr, kind="stable")
-    fpr, pro = fpr[order], pro[order]
-    end_pro = float(np.interp(max_fpr, fpr, pro))
-    keep = fpr < max_fpr
-    x = np.concatenate([[0.0], fpr[keep], [max_fpr]])
-    y = np.concatenate([[pro[keep][0] if keep.any() else end_pro], pro[keep], [end_pro]])
-    return float(np.trapezoid(y, x) / max_fpr)
+    return area_up_to(fpr, pro, max_fpr) / max_fpr
 
 
 def dice(masks: np.ndarray, maps: np.ndarray, threshold: float) -> float:
@@ -68,13 +119,23 @@ def dice(masks: np.ndarray, maps: np.ndarray, threshold: float) -> float:
     return 1.0 if denominator == 0 else float(2.0 * (predicted & masks).sum() / denominator)
 
 
-def best_dice(masks: np.ndarray, maps: np.ndarray, steps: int = 200) -> tuple[float, float]:
-    """(Dice, threshold) maximising Dice over ``steps`` quantiles of the test maps: an ORACLE threshold."""
+def best_dice(masks: np.ndarray, maps: np.ndarray) -> tuple[float, float]:
+    """ORACLE: (Dice, threshold) maximising Dice of ``maps >= t`` over every distinct value t of the test maps.
+
+    Dice(t) = 2 TP(t) / (P(t) + G), with P(t) the pixels scored >= t, TP(t) those inside the masks and G
+    the mask pixels; predicting nothing (t above the maximum) is a candidate too, with Dice 1 when G = 0
+    and 0 otherwise. On ties the highest threshold wins.
+    """
     masks, maps = _as_pixels(masks, maps)
-    candidates = np.unique(np.quantile(maps, np.linspace(0.5, 1.0, steps)))
-    values = [dice(masks, maps, t) for t in candidates]
-    best = int(np.argmax(values))
-    return values[best], float(candidates[best])
+    nothing_dice = 0.0 if masks.any() else 1.0
+    if maps.size == 0:
+        return nothing_dice, float("inf")
+    thresholds, predicted, true_positives = _cumulative_at_thresholds(maps, masks)
+    values = 2.0 * true_positives / (predicted + masks.sum())
+    best = int(np.argmax(values))  # the first maximum, i.e. the highest threshold: thresholds are descending
+    if nothing_dice >= values[best]:
+        return nothing_dice, float(np.nextafter(thresholds[0], np.inf))
+    return float(values[best]), float(thresholds[best])
 
 
 def pixel_threshold_val(val_maps: np.ndarray, quantile: float = 0.99) -> float:
@@ -85,4 +146,6 @@ def pixel_threshold_val(val_maps: np.ndarray, quantile: float = 0.99) -> float:
     val_maps = np.asarray(val_maps, dtype=np.float64)
     if val_maps.size == 0:
         raise ValueError("no validation maps: the honest pixel threshold needs normal validation images")
+    if not np.isfinite(val_maps).all():
+        raise ValueError("validation maps hold NaN or inf values: the honest pixel threshold is undefined")
     return float(np.quantile(val_maps, quantile))

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from tqdm.auto import tqdm
 
-from medad.benchmark.job_runner import write_lost_job, write_output
 from medad.benchmark.executors import OnRecord
+from medad.benchmark.job_runner import write_lost_job, write_output
 from medad.benchmark.jobs import Job
 from medad.benchmark.remote import error_line, job_resources, missing_extra, remote_job
 from medad.benchmark.run_folder import RunFolder

@@ -43,7 +43,7 @@ class PeakMemory:
         while not self._stop.wait(self.interval_s):
             self.rss_mb = max(self.rss_mb, _rss_mb())
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         self.rss_mb = _rss_mb()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)

@@ -142,6 +142,11 @@ class RunFolder:
         found = (self.job_record(p.name) for p in sorted(self.jobs_dir.iterdir()) if not p.name.startswith("."))
         return [r for r in found if r is not None]
 
+    def split_summaries(self) -> dict[str, dict[str, Any]]:
+        """``dataset/subset`` -> how its split was made (grouping, sizes, fingerprint), from the finished jobs."""
+        return {f"{r['dataset']}/{r['subset']}": r["split"] for r in self.records()
+                if r.get("status") == "done" and isinstance(r.get("split"), dict)}
+
     def done_job_ids(self) -> set[str]:
         return {r["job_id"] for r in self.records() if r.get("status") == "done"}
 
@@ -171,7 +176,7 @@ class RunFolder:
         for name in tables:
             if name == "jobs":
                 rows = [{k: json.dumps(v, sort_keys=True) if isinstance(v, dict) else v for k, v in r.items()
-                         if k not in ("traceback", "tags")} for r in records]
+                         if k not in ("traceback", "tags", "split")} for r in records]
                 frames[name] = ordered(pd.DataFrame(rows), "jobs")
                 continue
             parts = [pd.read_csv(self.job_dir(r["job_id"]) / JOB_FILES[name], keep_default_na=True)

@@ -15,8 +15,8 @@ import errno
 import os
 import socket
 import time
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 
 from medad.atomic_files import WriteError, make_dirs
 

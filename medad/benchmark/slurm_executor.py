@@ -20,13 +20,14 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from tqdm.auto import tqdm
 
-from medad.benchmark.job_runner import write_lost_job, write_output
 from medad.benchmark.executors import OnRecord
+from medad.benchmark.job_runner import write_lost_job, write_output
 from medad.benchmark.jobs import Job
 from medad.benchmark.remote import JobResources, error_line, job_resources, missing_extra, remote_job, whole_gpus
 from medad.benchmark.run_folder import RunFolder

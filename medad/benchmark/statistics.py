@@ -8,13 +8,17 @@
   AUCs measured on the same test images, computed with the fast O(n log n) algorithm of Sun & Xu
   (IEEE Signal Processing Letters 21:1389, 2014): the placement values come from midranks instead
   of the O(m n) pairwise comparison.
+- The same stratified bootstrap for a metric averaged over seeds: the test images are resampled jointly
+  across the seeds (every seed scored the same images), each seed's metric computed on the same resample
+  and averaged.
 - Ranks across datasets, Friedman's test and the Nemenyi critical difference of Demšar (JMLR 7:1,
-  2006), for the critical-difference diagram.
+  2006), for the critical-difference diagram; q_alpha from the studentized range distribution.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 import pandas as pd
@@ -24,11 +28,26 @@ BOOTSTRAP_METRICS = ("roc_auc", "pr_auc")
 
 
 # --- fast AUC / AP for resampling ------------------------------------------------------------------
+def _midranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks of a 1-D array, ties sharing their average rank (``scipy.stats.rankdata``'s default, without
+    its per-call overhead, which dominates a bootstrap of thousands of small resamples); all NaN if one is NaN."""
+    if np.isnan(values).any():
+        return np.full(len(values), np.nan)
+    order = np.argsort(values, kind="mergesort")
+    ordered = values[order]
+    starts_tie = np.r_[True, ordered[1:] != ordered[:-1]]
+    starts = np.flatnonzero(starts_tie)
+    ends = np.r_[starts[1:], len(values)]
+    ranks = np.empty(len(values))
+    ranks[order] = ((starts + ends + 1) / 2.0)[np.cumsum(starts_tie) - 1]
+    return ranks
+
+
 def _auc_from_ranks(labels: np.ndarray, scores: np.ndarray) -> float:
     """ROC AUC by the Mann-Whitney statistic with midranks (ties count half)."""
     positives = labels == 1
     m, n = int(positives.sum()), int((~positives).sum())
-    ranks = stats.rankdata(scores)
+    ranks = _midranks(scores)
     return float((ranks[positives].sum() - m * (m + 1) / 2.0) / (m * n))
 
 
@@ -47,14 +66,38 @@ def _average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
 METRIC_FUNCTIONS = {"roc_auc": _auc_from_ranks, "pr_auc": _average_precision}
 
 
-def bootstrap_intervals(labels: np.ndarray, scores: np.ndarray, *, metrics: tuple[str, ...] = BOOTSTRAP_METRICS,
-                        n_resamples: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, tuple[float, float]]:
-    """Stratified percentile bootstrap intervals ``{metric: (low, high)}``; NaN where a class is missing."""
-    labels = np.asarray(labels).astype(np.int64).ravel()
-    scores = np.asarray(scores, dtype=np.float64).ravel()
+def _percentile_interval(values: np.ndarray, level: float) -> tuple[float, float]:
+    """The central ``level`` percentile interval of bootstrap replicates."""
+    tail = 100.0 * (1.0 - level) / 2.0
+    return float(np.percentile(values, tail)), float(np.percentile(values, 100.0 - tail))
+
+
+def _check_metrics(metrics: tuple[str, ...]) -> None:
     unknown = set(metrics) - set(METRIC_FUNCTIONS)
     if unknown:
-        raise ValueError(f"bootstrap_intervals: no resampling for {sorted(unknown)}; known: {sorted(METRIC_FUNCTIONS)}")
+        raise ValueError(f"bootstrap: no resampling for {sorted(unknown)}; known: {sorted(METRIC_FUNCTIONS)}")
+
+
+def seed_mean_bootstrap(labels: np.ndarray, scores: np.ndarray, *, metrics: tuple[str, ...] = BOOTSTRAP_METRICS,
+                        n_resamples: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Stratified percentile bootstrap interval ``{metric: (low, high)}`` of a metric averaged over seeds.
+
+    ``scores`` is (n_images, n_seeds): column s holds seed s's scores of the same test images, in the order of
+    ``labels``. Each of ``n_resamples`` resamples draws the anomalies and the normals separately with replacement
+    (so every resample keeps the test set's class counts and the metric is always defined), applies the *same*
+    image indices to every seed's column, computes the metric of each seed and averages over seeds; the interval
+    is the percentile interval of these seed-means (Efron & Tibshirani 1993, ch. 13). Resampling the images
+    jointly keeps the seeds' scores of one image together, so the interval describes how the seed-averaged metric
+    varies with the test sample. With one column it is the ordinary stratified bootstrap of that seed's metric.
+    Seeded by ``seed``: the same input gives the same interval. NaN where a class is missing.
+    """
+    labels = np.asarray(labels).astype(np.int64).ravel()
+    scores = np.asarray(scores, dtype=np.float64)
+    scores = scores[:, None] if scores.ndim == 1 else scores
+    if scores.ndim != 2 or scores.shape[0] != len(labels):
+        raise ValueError(f"seed_mean_bootstrap: scores must be (n_images, n_seeds) with n_images = {len(labels)}, "
+                         f"got shape {scores.shape}")
+    _check_metrics(metrics)
     positives, negatives = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
     if len(positives) == 0 or len(negatives) == 0 or n_resamples < 1:
         return {name: (float("nan"), float("nan")) for name in metrics}
@@ -62,10 +105,19 @@ def bootstrap_intervals(labels: np.ndarray, scores: np.ndarray, *, metrics: tupl
     values = {name: np.empty(n_resamples) for name in metrics}
     for i in range(n_resamples):
         index = np.concatenate([rng.choice(positives, len(positives)), rng.choice(negatives, len(negatives))])
+        resampled_labels, resampled_scores = labels[index], scores[index]
         for name in metrics:
-            values[name][i] = METRIC_FUNCTIONS[name](labels[index], scores[index])
-    tail = 100.0 * (1.0 - level) / 2.0
-    return {name: (float(np.percentile(v, tail)), float(np.percentile(v, 100.0 - tail))) for name, v in values.items()}
+            per_seed = [METRIC_FUNCTIONS[name](resampled_labels, column) for column in resampled_scores.T]
+            values[name][i] = np.mean(per_seed)
+    return {name: _percentile_interval(v, level) for name, v in values.items()}
+
+
+def bootstrap_intervals(labels: np.ndarray, scores: np.ndarray, *, metrics: tuple[str, ...] = BOOTSTRAP_METRICS,
+                        n_resamples: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Stratified percentile bootstrap intervals ``{metric: (low, high)}`` of one score vector (one seed's test set):
+    anomalies and normals resampled separately with replacement; NaN where a class is missing."""
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    return seed_mean_bootstrap(labels, scores, metrics=metrics, n_resamples=n_resamples, level=level, seed=seed)
 
 
 # --- DeLong ----------------------------------------------------------------------------------------
@@ -138,21 +190,27 @@ def holm(p_values: list[float] | np.ndarray) -> np.ndarray:
 
 
 # --- ranks and the critical difference ------------------------------------------------------------
-# Two-tailed Nemenyi critical values q_0.05 for k = 2..10 classifiers (Demšar 2006, Table 5a).
-NEMENYI_Q05 = {2: 1.960, 3: 2.343, 4: 2.569, 5: 2.728, 6: 2.850, 7: 2.949, 8: 3.031, 9: 3.102, 10: 3.164}
-
-
 def rank_table(values: pd.DataFrame, higher_is_better: bool = True) -> pd.DataFrame:
     """Ranks (1 = best, ties share the average rank) of each column (detector) within each row (dataset)."""
     return values.rank(axis=1, ascending=not higher_is_better, method="average")
 
 
-def critical_difference(n_detectors: int, n_datasets: int) -> float:
-    """Nemenyi's critical difference of average ranks at alpha = 0.05 (Demšar 2006, eq. 5); NaN outside k = 2..10."""
-    q = NEMENYI_Q05.get(n_detectors)
-    if q is None or n_datasets < 1:
+@cache
+def nemenyi_q(n_detectors: int, alpha: float = 0.05) -> float:
+    """Nemenyi's two-tailed critical value q_alpha for ``n_detectors`` classifiers (Demšar 2006, eq. 5): the
+    studentized range statistic's 1 - alpha quantile for k groups and infinite degrees of freedom, divided by
+    sqrt(2). Reproduces Demšar's Table 5a (q_0.05 = 1.960, 2.343, ..., 3.164 for k = 2..10) and extends past it."""
+    if n_detectors < 2:
         return float("nan")
-    return float(q * np.sqrt(n_detectors * (n_detectors + 1) / (6.0 * n_datasets)))
+    return float(stats.studentized_range.ppf(1.0 - alpha, n_detectors, np.inf) / np.sqrt(2.0))
+
+
+def critical_difference(n_detectors: int, n_datasets: int, alpha: float = 0.05) -> float:
+    """Nemenyi's critical difference of average ranks, CD = q_alpha sqrt(k (k + 1) / (6 N)) (Demšar 2006, eq. 5),
+    for k = ``n_detectors`` over N = ``n_datasets``; NaN with fewer than 2 detectors or no dataset."""
+    if n_detectors < 2 or n_datasets < 1:
+        return float("nan")
+    return float(nemenyi_q(n_detectors, alpha) * np.sqrt(n_detectors * (n_detectors + 1) / (6.0 * n_datasets)))
 
 
 def friedman_p(values: pd.DataFrame) -> float:

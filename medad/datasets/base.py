@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Iterator
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -75,7 +76,7 @@ class ImageSet:
         for start in range(0, stop, batch_size):
             yield self.float_images(order[start:start + batch_size])
 
-    def subset(self, index: np.ndarray) -> "ImageSet":
+    def subset(self, index: np.ndarray) -> ImageSet:
         """The images at integer ``index``, with their labels, ids, masks and which masks are known."""
         index_t = torch.as_tensor(index, dtype=torch.long)
         return ImageSet(
@@ -88,7 +89,7 @@ class ImageSet:
         )
 
     @classmethod
-    def concat(cls, sets: list["ImageSet"]) -> "ImageSet":
+    def concat(cls, sets: list[ImageSet]) -> ImageSet:
         """One ImageSet from several of the same size and channels (masks kept only where all have them)."""
         def joined(name: str) -> torch.Tensor | None:
             parts = [getattr(s, name) for s in sets]
@@ -104,7 +105,7 @@ class ImageSet:
             mask_known=None if masks is None else np.concatenate([s.mask_known for s in sets]),
         )
 
-    def without_labels(self) -> "ImageSet":
+    def without_labels(self) -> ImageSet:
         """A copy whose labels are all -1 (unknown), for code that must not see them."""
         return ImageSet(self.images, np.full(len(self), -1), list(self.ids), None, self.roi_masks)
 
@@ -114,7 +115,9 @@ class Subset:
     """One evaluation unit of a dataset: train normals, validation normals, a labelled test set.
 
     ``anomaly_pool`` holds labelled anomalies for semi-supervised detectors only; it never overlaps
-    the test set. ``split`` maps every sample id to the part it went to (written into the run folder).
+    the test set. ``split_info`` summarises how the split was made (grouping, sizes, a fingerprint);
+    ``unused`` lists the images it left out (a published training image whose near duplicate is in the
+    test set). :meth:`split_rows` is the audit trail written into the run folder's ``splits.csv``.
     """
 
     name: str
@@ -122,7 +125,9 @@ class Subset:
     test: ImageSet
     val: ImageSet | None = None
     anomaly_pool: ImageSet | None = None
-    split_info: dict[str, str] = field(default_factory=dict)
+    split_info: dict[str, object] = field(default_factory=dict)
+    unused: list[tuple[str, int]] = field(default_factory=list)   # (id, label) of images the split left out
+    val_in_sample: bool = False   # the validation normals are the training normals (no carved validation set)
 
     def __post_init__(self) -> None:
         if np.any(self.train.labels != 0):
@@ -138,11 +143,12 @@ class Subset:
     def split_rows(self) -> list[tuple[str, str, int]]:
         """(sample_id, part, label) for every image: the audit trail of the split."""
         rows = [(i, "train", 0) for i in self.train.ids]
-        if self.val is not None:
+        if self.val is not None and not self.val_in_sample:
             rows += [(i, "val", 0) for i in self.val.ids]
         if self.anomaly_pool is not None:
             rows += [(i, "anomaly_pool", int(label)) for i, label in zip(self.anomaly_pool.ids, self.anomaly_pool.labels)]
         rows += [(i, "test", int(label)) for i, label in zip(self.test.ids, self.test.labels)]
+        rows += [(i, "unused", int(label)) for i, label in self.unused]
         return rows
 
 

@@ -11,8 +11,8 @@ seed, and builds the :class:`~medad.datasets.base.Subset`. :meth:`FileDataset.ch
 from __future__ import annotations
 
 import abc
-import json
 import os
+import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +23,20 @@ import torch
 
 from medad.datasets import cache, io
 from medad.datasets.base import Dataset, DatasetError, ImageSet, Subset
-from medad.datasets.splits import SplitPlan, assign_parts, group_labels, near_duplicate_pairs
+from medad.datasets.splits import (
+    MAX_DUPLICATE_GROUP,
+    SplitPlan,
+    assign_parts,
+    duplicate_groups,
+    group_labels,
+    near_duplicate_distances,
+)
+
+# Where the validation normals of the honest threshold come from: carved from the training normals (the
+# default), or the training normals themselves (train on a paper's exact training size; in-sample threshold).
+VAL_SOURCES = ("carved", "train")
+# Near duplicates are looked for on thumbnails of this size, whatever size a job asks for.
+HASH_THUMBNAIL_SIZE = 64
 from medad.params import HoldOutFraction, NonNegativeInt, Range
 
 
@@ -58,6 +71,20 @@ class Record:
 
 
 @dataclass
+class SplitResult:
+    """A subset's split: the decoded view it comes from, the chosen records (and their rows in the view), their
+    labels, each record's part, and the grouping summary written to the run's manifest."""
+
+    view: str
+    view_records: list[Record]
+    chosen: list[Record]
+    index: np.ndarray
+    labels: np.ndarray
+    parts: list[str]
+    info: dict
+
+
+@dataclass
 class CheckReport:
     """What ``medad datasets check`` found: printed lines and whether everything is as expected."""
 
@@ -77,8 +104,14 @@ class FileDataset(Dataset):
     training normals form the validation set used for the honest threshold; ``n_anomaly_pool``
     labelled anomalies are held out for semi-supervised detectors, never in the test set.
     ``dedupe`` groups exact and near-duplicate images (dHash within ``duplicate_distance`` of 256
-    bits, flips included) so a group stays on one side of the split. ``resize_mode`` is
-    ``stretch`` (the study: every image to a square) or ``pad`` (keep the aspect ratio).
+    bits, flips included, by complete linkage: see :mod:`medad.datasets.splits`) so a group stays on one
+    side of the split. ``resize_mode`` is ``stretch`` (the study: every image to a square) or ``pad``
+    (keep the aspect ratio). ``val_source: train`` trains on every training normal (a paper's exact
+    training size, e.g. the study's TABLE 1, which had no validation set) and fixes the honest
+    threshold on the training normals' own scores instead: still blind to the test set, but in-sample
+    (training images score lower than unseen normals, so the threshold errs towards false positives);
+    the ``val_q95`` rows say so in their note. The split never depends on ``image_size``, ``channels``
+    or ``resize_mode``: near duplicates are found on fixed-size thumbnails.
     """
 
     expected_layout: ClassVar[str] = ""
@@ -92,8 +125,8 @@ class FileDataset(Dataset):
     def __init__(self, *, root: Path | None, image_size: int, channels: int = 1, split_seed: int = 0,
                  resize_mode: Literal[io.RESIZE_MODES] = "stretch", val_fraction: HoldOutFraction = 0.1,
                  test_normal_fraction: HoldOutFraction | None = None, n_anomaly_pool: NonNegativeInt | None = None,
-                 dedupe: bool = True, duplicate_distance: Annotated[int, Range(0, 256)] = 12,
-                 strict_groups: bool | None = None) -> None:
+                 dedupe: bool = True, duplicate_distance: Annotated[int, Range(0, 256)] = 8,
+                 strict_groups: bool | None = None, val_source: Literal[VAL_SOURCES] = "carved") -> None:
         super().__init__(root=root, image_size=image_size, channels=channels, split_seed=split_seed)
         if resize_mode not in io.RESIZE_MODES:
             raise ValueError(f"resize_mode must be one of {', '.join(io.RESIZE_MODES)}, got {resize_mode!r}")
@@ -101,10 +134,13 @@ class FileDataset(Dataset):
             if value is not None and not 0.0 <= value < 1.0:
                 raise ValueError(f"{key} must be in [0, 1), got {value}")
         self.resize_mode = resize_mode
+        if val_source not in VAL_SOURCES:
+            raise ValueError(f"val_source must be one of {', '.join(VAL_SOURCES)}, got {val_source!r}")
+        self.val_source = val_source
         self.plan = SplitPlan(
             seed=self.split_seed,
             test_normal_fraction=self.default_test_normal_fraction if test_normal_fraction is None else test_normal_fraction,
-            val_fraction=val_fraction,
+            val_fraction=val_fraction if val_source == "carved" else 0.0,
             n_anomaly_pool=self.default_anomaly_pool if n_anomaly_pool is None else int(n_anomaly_pool),
             strict_groups=self.default_strict_groups if strict_groups is None else strict_groups,
         )
@@ -249,37 +285,79 @@ class FileDataset(Dataset):
             arrays["roi"] = rois
         return arrays
 
-    def cached_decode(self, view: str, records: list[Record]) -> dict[str, np.ndarray]:
-        """:meth:`decode` through the on-disk cache, keyed by the files' fingerprint and the records."""
+    def _fingerprint(self, records: list[Record]) -> str:
         root = self.data_root()
         files = [root / p for r in records for p in (r.path, *r.roi_paths)]
         try:
-            stamp = cache.fingerprint(root, files, [asdict(r) for r in records])
+            return cache.fingerprint(root, files, [asdict(r) for r in records])
         except FileNotFoundError as error:
             raise DatasetError(f"{self.name}: file listed but missing: {error.filename}") from error
+
+    def cached_decode(self, view: str, records: list[Record]) -> dict[str, np.ndarray]:
+        """:meth:`decode` through the on-disk cache, keyed by the files' fingerprint and the records."""
         return cache.cached_arrays(dataset=self.name, view=view, image_size=self.image_size, channels=self.channels,
-                                   options=self.options(), fingerprint=stamp,
+                                   options=self.options(), fingerprint=self._fingerprint(records),
                                    build=lambda: self.decode(records, self.image_size))
 
-    def load(self, subset: str) -> Subset:
+    def hash_thumbnails(self, view: str, records: list[Record]) -> np.ndarray:
+        """Grey ``HASH_THUMBNAIL_SIZE`` px thumbnails (N, 1, S, S) of ``records``, decoded the publisher's default way
+        (stretched, each record's crop window), through the cache: what near duplicates are found on. They do not
+        depend on ``image_size``, ``channels``, ``resize_mode`` or a read option, so neither does the split."""
+        root = self.data_root()
+
+        def build() -> dict[str, np.ndarray]:
+            thumbs = np.zeros((len(records), 1, HASH_THUMBNAIL_SIZE, HASH_THUMBNAIL_SIZE), dtype=np.uint8)
+            for index, record in enumerate(records):
+                pixels = io.read_image(root / record.path)
+                top, left, crop_h, crop_w = self.crop_for(record, pixels)
+                planes = io.to_channels(pixels[top:top + crop_h, left:left + crop_w], 1)
+                thumbs[index] = io.to_uint8(io.resize(planes, HASH_THUMBNAIL_SIZE, "stretch"))
+            return {"thumbs": thumbs}
+
+        return cache.cached_arrays(dataset=self.name, view=view, image_size=HASH_THUMBNAIL_SIZE, channels=1,
+                                   options="dhash-thumbnails", fingerprint=self._fingerprint(records), build=build)["thumbs"]
+
+    def split(self, subset: str) -> SplitResult:
+        """Which record of ``subset`` goes where: a function of the files, the parameters that choose images and
+        ``split_seed`` alone (never of ``image_size``, ``channels`` or ``resize_mode``)."""
         self.check_subset(subset)
         records = self.records()
         view = self.decode_view(subset)
         view_records = records if view != subset else self.select(subset, records)
-        arrays = self.cached_decode(view, view_records)
         position = {r.id: i for i, r in enumerate(view_records)}
         chosen = self.select(subset, records)
         index = np.array([position[r.id] for r in chosen], dtype=np.int64)
         if len(index) == 0:
             raise DatasetError(f"{self.name}: subset {subset!r} has no images under {self.data_root()}")
-        images = arrays["images"][index]
         labels = np.array([r.label for r in chosen], dtype=np.int64)
-        pairs = near_duplicate_pairs(images, self.duplicate_distance) if self.dedupe else []
-        groups = group_labels(len(chosen), [r.group for r in chosen], pairs)
+        duplicates = None
+        if self.dedupe:
+            thumbs = self.hash_thumbnails(view, view_records)[index]
+            duplicates = duplicate_groups(len(chosen), near_duplicate_distances(thumbs, self.duplicate_distance))
+            if duplicates.refused_by_cap:
+                warnings.warn(f"{self.name}/{subset}: {duplicates.refused_by_cap} near-duplicate merges were refused "
+                              f"because a group would exceed {MAX_DUPLICATE_GROUP} images; lower duplicate_distance or "
+                              "check the download for mass copies", stacklevel=2)
+        groups = group_labels(len(chosen), [r.group for r in chosen],
+                              duplicates=None if duplicates is None else duplicates.labels)
         parts = assign_parts(labels, groups, [r.part for r in chosen], self.plan)
-        masks = arrays["masks"][index] if "masks" in arrays else None
+        sizes = duplicates.sizes() if duplicates is not None else []
+        info = {"root": str(self.data_root()), "duplicate_distance": self.duplicate_distance if self.dedupe else None,
+                "near_duplicate_pairs": duplicates.pairs if duplicates is not None else 0,
+                "duplicate_groups": len(sizes), "images_in_duplicate_groups": sum(sizes),
+                "largest_duplicate_group": sizes[0] if sizes else 1,
+                "duplicate_merges_refused_by_cap": duplicates.refused_by_cap if duplicates is not None else 0,
+                "unused": parts.count("unused"), "split": asdict(self.plan), "val_source": self.val_source}
+        return SplitResult(view, view_records, chosen, index, labels, parts, info)
+
+    def load(self, subset: str) -> Subset:
+        split = self.split(subset)
+        chosen, parts, labels = split.chosen, split.parts, split.labels
+        arrays = self.cached_decode(split.view, split.view_records)
+        images = arrays["images"][split.index]
+        masks = arrays["masks"][split.index] if "masks" in arrays else None
         mask_known = np.array([r.mask_known for r in chosen], dtype=bool)
-        roi = arrays["roi"][index] if "roi" in arrays and arrays["has_roi"][index].all() else None
+        roi = arrays["roi"][split.index] if "roi" in arrays and arrays["has_roi"][split.index].all() else None
 
         def part(name: str) -> ImageSet | None:
             where = np.array([i for i, p in enumerate(parts) if p == name], dtype=np.int64)
@@ -297,12 +375,10 @@ class FileDataset(Dataset):
             counts = Counter(parts)
             raise DatasetError(f"{self.name}/{subset}: the split left no training normals, test images or test "
                                f"anomalies ({dict(counts)}); the download under {self.data_root()} is too small")
-        n_groups = sum(1 for _, n in Counter(groups.tolist()).items() if n > 1)
-        info = {"root": str(self.data_root()), "near_duplicate_pairs": str(len(pairs)),
-                "multi_image_groups": str(n_groups), "unused": str(parts.count("unused")),
-                "split": json.dumps(asdict(self.plan), sort_keys=True)}
-        return Subset(name=subset, train=train, test=test, val=part("val"), anomaly_pool=part("anomaly_pool"),
-                      split_info=info)
+        unused = [(chosen[i].id, int(labels[i])) for i, p in enumerate(parts) if p == "unused"]
+        in_sample = self.val_source == "train"
+        return Subset(name=subset, train=train, test=test, val=train if in_sample else part("val"),
+                      anomaly_pool=part("anomaly_pool"), split_info=split.info, unused=unused, val_in_sample=in_sample)
 
     # ---- medad datasets check -----------------------------------------------------------------
 
@@ -333,17 +409,13 @@ class FileDataset(Dataset):
                                    for name, exp in self.expected_counts.items())
                 line = f"counts differ from every known variant (expected one of: {known})"
                 report.fail(line) if strict_counts else report.lines.append(f"WARNING: {line}")
-        unreadable, thumbs = [], []
-        image_paths = {r.path for r in records}
-        paths = sorted(image_paths | {p for r in records for p in r.roi_paths})
+        unreadable = []
+        paths = sorted({r.path for r in records} | {p for r in records for p in r.roi_paths})
         for relpath in paths:
             try:
-                planes = io.to_channels(self.read(root / relpath), 1)
+                self.read(root / relpath)
             except DatasetError as error:
                 unreadable.append(str(error))
-                continue
-            if relpath in image_paths:  # masks look alike by design: only images are compared
-                thumbs.append(io.to_uint8(io.resize(planes, 32, "stretch")))
         for line in unreadable[:20]:
             report.fail(line)
         if len(unreadable) > 20:
@@ -354,12 +426,21 @@ class FileDataset(Dataset):
         if unexpected:
             report.lines.append(f"WARNING: {len(unexpected)} unexpected file(s) not read: " + ", ".join(unexpected[:10])
                                 + (" ..." if len(unexpected) > 10 else ""))
-        if thumbs and self.dedupe:
-            pairs = near_duplicate_pairs(np.stack(thumbs), self.duplicate_distance)
-            groups = group_labels(len(thumbs), [""] * len(thumbs), pairs)
-            multi = sum(1 for n in Counter(groups.tolist()).values() if n > 1)
-            report.lines.append(f"near-duplicate groups (dHash <= {self.duplicate_distance} bits, flips included): {multi}"
-                                f" holding {sum(n for n in Counter(groups.tolist()).values() if n > 1)} images;"
-                                " the default split keeps each group on one side")
+        if not unreadable:
+            for subset in self.subsets:
+                report.lines.append(self._split_line(subset))
         report.lines.append("OK" if report.ok else "NOT OK")
         return report
+
+    def _split_line(self, subset: str) -> str:
+        """What the default split of ``subset`` does: its parts, the near-duplicate groups, the images left out."""
+        try:
+            info, parts = (result := self.split(subset)).info, Counter(result.parts)
+        except DatasetError as error:
+            return f"{subset}: no split ({error})"
+        sizes = ", ".join(f"{name} {parts[name]}" for name in ("train", "val", "test", "anomaly_pool", "unused")
+                          if parts[name])
+        grouping = (f"near-duplicate groups (complete linkage, dHash <= {self.duplicate_distance} of 256 bits, flips "
+                    f"included): {info['duplicate_groups']} holding {info['images_in_duplicate_groups']} images, the "
+                    f"largest {info['largest_duplicate_group']}" if self.dedupe else "near duplicates not grouped")
+        return f"{subset}: split {sizes}; {grouping}; unused {info['unused']}"

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import Any, ClassVar, Iterable
+from collections.abc import Iterable
+from typing import Any, ClassVar
 
 import torch
 from torch import nn

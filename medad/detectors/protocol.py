@@ -10,7 +10,7 @@ through ``Detector.extra_tags``.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 from torch import nn
 

@@ -268,8 +268,10 @@ def examples_figure(data: RunData, unit: str, detector: str, seed: int, folder: 
                 f"example images for {detector} on {unit}")
 
 
-def cd_diagram(average_ranks: pd.Series, n_units: int, folder: Path, group: str) -> Figure | None:
-    """Critical-difference diagram: average ranks on an axis, the Nemenyi CD bar, cliques of not-different detectors joined."""
+def cd_diagram(average_ranks: pd.Series, n_units: int, folder: Path, group: str, friedman_p: float = float("nan"),
+               note: str = "") -> Figure | None:
+    """Critical-difference diagram (Demšar 2006): average ranks on an axis, the Nemenyi CD bar, cliques of
+    not-different detectors joined; Friedman's p-value printed under the axis and ``note`` appended to the caption."""
     k = len(average_ranks)
     cd = critical_difference(k, n_units)
     if not np.isfinite(cd) or k < 2:
@@ -285,6 +287,8 @@ def cd_diagram(average_ranks: pd.Series, n_units: int, folder: Path, group: str)
         ax.text(r, 1.2, str(r), ha="center", fontsize=8)
     ax.hlines(1.45, 1, 1 + cd, color="tab:red", lw=2)
     ax.text(1 + cd / 2, 1.52, f"CD = {cd:.2f}", ha="center", fontsize=8, color="tab:red")
+    friedman = f"Friedman p = {friedman_p:.3g}" if np.isfinite(friedman_p) else "Friedman p: not computed"
+    ax.text((k + 1) / 2, -(k // 2 + 1.6) * 0.5, friedman, ha="center", fontsize=8, color="dimgrey")
     for i, (detector, rank) in enumerate(ranks.items()):
         left = i >= (k + 1) // 2
         y = -0.5 * ((i if not left else k - 1 - i) + 1)
@@ -305,4 +309,4 @@ def cd_diagram(average_ranks: pd.Series, n_units: int, folder: Path, group: str)
             last_end = end
     return save(fig, folder, slug("cd", group), f"Critical-difference diagram ({group} detectors, {n_units} datasets/subsets): "
                 "average rank by ROC AUC (1 = best, on the right); detectors joined by a blue bar are not significantly "
-                "different (Nemenyi, alpha = 0.05).", f"critical difference diagram, {group}")
+                f"different (Nemenyi, alpha = 0.05). {note}".rstrip(), f"critical difference diagram, {group}")

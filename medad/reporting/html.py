@@ -114,14 +114,16 @@ def build_report(run_dir: str | Path, reports_dir: str | Path = "reports", paper
     overview_figures = [f for f in (fig.heatmap_figure(tab.mean_matrix(data), figures_dir),
                                     fig.sens_spec_figure(data, figures_dir)) if f is not None]
     cd_figures, cd_notes = [], []
-    for group, ranks in tab.rank_groups(data).items():
-        complete = ranks.dropna()
+    for group in tab.rank_summaries(data):
+        complete = group.complete
         if len(complete) >= 3 and complete.shape[1] >= 2:
-            figure = fig.cd_diagram(complete.mean(axis=0), len(complete), figures_dir, group)
+            completeness = tab.completeness_text(group)
+            note = f"{completeness[:1].upper()}{completeness[1:]}. {tab.friedman_text(group)}."
+            figure = fig.cd_diagram(group.average, len(complete), figures_dir, group.name, group.friedman_p_value, note)
             if figure is not None:
                 cd_figures.append(figure)
         else:
-            cd_notes.append(f"{group}: no critical-difference diagram ({len(complete)} complete dataset/subset "
+            cd_notes.append(f"{group.name}: no critical-difference diagram ({len(complete)} complete dataset/subset "
                             f"unit(s) and {complete.shape[1]} detector(s); it needs at least 3 and 2)")
 
     table3 = tab.study_table(data, "val_q95")

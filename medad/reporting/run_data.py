@@ -43,6 +43,17 @@ def _standard(frame: pd.DataFrame, name: str, path: Path) -> pd.DataFrame:
     return frame.reindex(columns=list(COLUMNS[name]) + [c for c in frame.columns if c not in COLUMNS[name]])
 
 
+# tag columns whose value names the test set when the labelled test images chose the model or scaled its scores
+TEST_SELECTION_TAGS = ("selection", "score_scaling")
+
+
+def tags_using_test_labels(extra: dict[str, str]) -> dict[str, str]:
+    """The tags that say a detector's model selection or score scaling used the labelled test set: a ``selection``
+    or ``score_scaling`` tag whose value contains "test" (GANomaly's ``selection: best-test-epoch`` of the reference
+    protocol, ``score_scaling: test-minmax``). Such rows are optimistic in the way an oracle threshold is."""
+    return {tag: str(extra[tag]) for tag in TEST_SELECTION_TAGS if "test" in str(extra.get(tag, "")).lower()}
+
+
 @dataclass
 class DetectorTags:
     """What kind of result a detector's rows are: supervision, weights and extra tags such as ``protocol``."""
@@ -54,6 +65,11 @@ class DetectorTags:
     @property
     def semi_supervised(self) -> bool:
         return self.supervision != "unsupervised"
+
+    @property
+    def selected_on_test(self) -> bool:
+        """Whether the labelled test set chose the model or scaled its scores (see :func:`tags_using_test_labels`)."""
+        return bool(tags_using_test_labels(self.extra))
 
 
 @dataclass
@@ -71,6 +87,8 @@ class RunData:
     tag_columns: list[str]
     notice: str = ""   # why the tables were read from the job folders (a run in progress, missing CSVs)
     _metric_index: dict | None = field(default=None, repr=False)
+    # values derived from the tables once per report (e.g. seed-mean bootstrap intervals), by key
+    derived: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     @property
     def units(self) -> list[str]:

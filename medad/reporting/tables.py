@@ -6,6 +6,7 @@ sort key per cell; the TABLE 3 layout is also exported as CSV and LaTeX.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +15,16 @@ import numpy as np
 import pandas as pd
 
 from medad.benchmark.metrics import ORACLE_POLICIES
-from medad.benchmark.statistics import critical_difference, delong_test, friedman_p, holm, rank_table
-from medad.reporting.run_data import DetectorTags, RunData, unit_name
+from medad.benchmark.statistics import (
+    METRIC_FUNCTIONS,
+    critical_difference,
+    delong_test,
+    friedman_p,
+    holm,
+    rank_table,
+    seed_mean_bootstrap,
+)
+from medad.reporting.run_data import DetectorTags, RunData, tags_using_test_labels, unit_name
 
 STUDY_METRICS = ("precision", "recall", "f1")
 CURVE_METRICS = ("roc_auc", "pr_auc")
@@ -30,6 +39,12 @@ LABELS = {"precision": "Precision", "recall": "Recall", "f1": "F1", "roc_auc": "
 POLICY_TEXT = {"val_q95": "val_q95: 95th percentile of normal validation scores (honest, fixed before the test set)",
                "best_f1": "best_f1: the test threshold that maximises F1 (ORACLE: chosen on test labels, as in the study)",
                "youden": "youden: the test threshold maximising sensitivity + specificity - 1 (ORACLE)"}
+TEST_SELECTED = "test-selected"
+TEST_SELECTED_BADGE = "model selection used test labels"
+SEED_MEAN_RESAMPLES = 1000
+INTERVAL_TEXT = ("95% CI: per-seed stratified bootstrap with one seed; over several seeds, a stratified bootstrap "
+                 f"of the seed-mean resampling test images jointly across seeds ({SEED_MEAN_RESAMPLES} resamples)")
+ONE_SEED_INTERVAL = "stratified bootstrap of this seed's test set (from metrics.csv)"
 
 
 @dataclass
@@ -64,16 +79,33 @@ def fmt(value: float, digits: int = 3) -> str:
     return "–" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
 
 
-def number_cell(values: pd.Series, digits: int = 3, ci: tuple[float, float] | None = None) -> Cell:
-    """Mean ± std over seeds (the mean sorts); the bootstrap interval beside it when given."""
+@dataclass
+class Interval:
+    """A 95% interval shown beside a mean, and how it was built or why there is none (the cell's tooltip)."""
+
+    low: float
+    high: float
+    how: str
+
+    @property
+    def found(self) -> bool:
+        return bool(np.isfinite(self.low) and np.isfinite(self.high))
+
+
+def number_cell(values: pd.Series, digits: int = 3, ci: Interval | None = None) -> Cell:
+    """Mean ± std over seeds (the mean sorts); the interval beside it when given, its construction in the tooltip."""
     values = pd.to_numeric(values, errors="coerce").dropna()
     if values.empty:
         return Cell("–", None, "num")
     mean = float(values.mean())
     text = fmt(mean, digits) if len(values) == 1 else f"{fmt(mean, digits)} ± {fmt(float(values.std()), digits)}"
-    if ci is not None and np.isfinite(ci[0]):
-        text += f" [{fmt(ci[0], digits)}, {fmt(ci[1], digits)}]"
-    return Cell(text, mean, "num", f"{len(values)} seed(s)")
+    title = f"{len(values)} seed(s)"
+    if ci is not None and ci.found:
+        text += f" [{fmt(ci.low, digits)}, {fmt(ci.high, digits)}]"
+        title += f"; 95% CI: {ci.how}"
+    elif ci is not None:
+        title += f"; no interval: {ci.how}"
+    return Cell(text, mean, "num", title)
 
 
 def tag_badges(tags: DetectorTags | None) -> list[Badge]:
@@ -81,6 +113,10 @@ def tag_badges(tags: DetectorTags | None) -> list[Badge]:
     if tags is None:
         return []
     badges = []
+    if tags.selected_on_test:
+        used = ", ".join(f"{tag}: {value}" for tag, value in tags_using_test_labels(tags.extra).items())
+        badges.append(Badge(TEST_SELECTED_BADGE, "oracle", f"{used}: the labelled test set chose the model or scaled "
+                            "its scores, optimistic like an oracle threshold; ranked in its own group"))
     if tags.semi_supervised:
         badges.append(Badge(tags.supervision, "warn", "trained with labelled anomalies: ranked apart from unsupervised"))
     if tags.weights not in ("none", ""):
@@ -99,14 +135,87 @@ def _select(data: RunData, unit: str, detector: str, metric: str, policy: str = 
     return data.metric_rows(unit, detector, metric, policy)
 
 
-def _ci(rows: pd.DataFrame) -> tuple[float, float] | None:
-    low, high = pd.to_numeric(rows["ci_low"], errors="coerce"), pd.to_numeric(rows["ci_high"], errors="coerce")
-    return (float(low.mean()), float(high.mean())) if low.notna().any() else None
-
-
 def detector_group(data: RunData, detector: str) -> str:
-    tags = data.tags.get(detector)
-    return tags.supervision if tags else "unsupervised"
+    """The group a detector is ranked and compared in: its supervision, with ", test-selected" appended when the
+    labelled test set chose its model or scaled its scores, so such rows never stand beside honest ones."""
+    tags = data.tags.get(detector) or DetectorTags()
+    return f"{tags.supervision}, {TEST_SELECTED}" if tags.selected_on_test else tags.supervision
+
+
+# --- intervals over seeds -----------------------------------------------------------------------
+class NoJointScores(ValueError):
+    """The seeds' test scores cannot be joined image by image (the message says why)."""
+
+
+def _numbers(values: pd.Series) -> pd.Series:
+    return pd.to_numeric(values, errors="coerce")
+
+
+def seed_scores(data: RunData, unit: str, detector: str, seeds: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The test labels (n,) and scores (n, seeds) of ``detector`` on ``unit``, the seeds joined by sample_id."""
+    scores = data.unit_rows(data.scores, unit)
+    rows = scores[(scores["part"] == "test") & (scores["detector"] == detector)] if not scores.empty else scores
+    if rows.empty:
+        raise NoJointScores("scores.csv has no test scores of this detector and unit")
+    rows = rows.assign(seed=_numbers(rows["seed"]))
+    by_seed = {seed: rows[rows["seed"] == seed] for seed in seeds}
+    missing = [seed for seed, seed_rows in by_seed.items() if seed_rows.empty]
+    if missing:
+        raise NoJointScores(f"scores.csv has no test scores of seed(s) {missing}")
+    if any(seed_rows["sample_id"].duplicated().any() for seed_rows in by_seed.values()):
+        raise NoJointScores("a test sample_id repeats within a seed")
+    first_ids = set(by_seed[seeds[0]]["sample_id"])
+    if any(set(seed_rows["sample_id"]) != first_ids for seed_rows in by_seed.values()):
+        raise NoJointScores("the seeds' test sample_ids differ, so the images cannot be resampled jointly")
+    joined = rows[rows["seed"].isin(seeds)]
+    labels = joined.pivot(index="sample_id", columns="seed", values="label")
+    if (labels.nunique(axis=1) > 1).any():
+        raise NoJointScores("the seeds disagree on a test image's label")
+    table = joined.pivot(index="sample_id", columns="seed", values="score")[list(seeds)]
+    return labels.iloc[:, 0].to_numpy(dtype=np.int64), table.to_numpy(dtype=np.float64)
+
+
+def _stable_seed(*parts: str) -> int:
+    """A resampling seed from ``parts`` that is the same in every process (``hash`` of a str is salted)."""
+    return int.from_bytes(hashlib.sha256("\0".join(parts).encode()).digest()[:4], "little")
+
+
+def seed_mean_intervals(data: RunData, unit: str, detector: str,
+                        seeds: tuple[int, ...]) -> tuple[dict[str, tuple[float, float]], str]:
+    """The stratified bootstrap intervals of the seed-mean ROC/PR AUC of ``detector`` on ``unit`` over ``seeds``
+    (:func:`~medad.benchmark.statistics.seed_mean_bootstrap`, seeded by unit and detector), or no interval and
+    why; computed once per report."""
+    key = ("seed-mean-intervals", unit, detector, seeds)
+    if key not in data.derived:
+        try:
+            labels, scores = seed_scores(data, unit, detector, seeds)
+            data.derived[key] = (seed_mean_bootstrap(labels, scores, n_resamples=SEED_MEAN_RESAMPLES,
+                                                     seed=_stable_seed(unit, detector)), "")
+        except NoJointScores as reason:
+            data.derived[key] = ({}, str(reason))
+    return data.derived[key]
+
+
+def metric_interval(data: RunData, unit: str, detector: str, rows: pd.DataFrame) -> Interval | None:
+    """The 95% interval of one cell's rows (one unit, detector, metric and policy; a row per seed): with one seed,
+    that seed's stratified bootstrap interval from metrics.csv; over several, the stratified bootstrap of the
+    seed-mean ROC/PR AUC (:func:`seed_mean_intervals`). An average of interval ends is no interval of anything, so
+    where the seed-mean cannot be resampled the cell gets none, with the reason. None for a metric without one."""
+    rows = rows[_numbers(rows["value"]).notna()]
+    has_csv_interval = _numbers(rows["ci_low"]).notna().any()
+    if len(rows) == 1:
+        low, high = float(_numbers(rows["ci_low"]).iloc[0]), float(_numbers(rows["ci_high"]).iloc[0])
+        return Interval(low, high, ONE_SEED_INTERVAL) if has_csv_interval else None
+    metric = str(rows["metric"].iloc[0]) if len(rows) else ""
+    if metric not in METRIC_FUNCTIONS or str(rows["threshold_policy"].iloc[0]) != "none":
+        return Interval(float("nan"), float("nan"), f"no seed-mean bootstrap of {metric}") if has_csv_interval else None
+    seeds = tuple(sorted(int(seed) for seed in _numbers(rows["seed"])))
+    intervals, why_not = seed_mean_intervals(data, unit, detector, seeds)
+    if metric not in intervals:
+        return Interval(float("nan"), float("nan"), why_not)
+    low, high = intervals[metric]
+    return Interval(low, high, f"stratified bootstrap of the mean over {len(seeds)} seeds, test images resampled "
+                               f"jointly across seeds ({SEED_MEAN_RESAMPLES} resamples)")
 
 
 # --- TABLE 3 layout -----------------------------------------------------------------------------
@@ -133,14 +242,14 @@ def study_table(data: RunData, policy: str, units: list[str] | None = None, tabl
                 cells.append(cell)
             for metric in CURVE_METRICS:
                 selected = _select(data, unit, detector, metric)
-                cells.append(number_cell(selected["value"], ci=_ci(selected)))
+                cells.append(number_cell(selected["value"], ci=metric_interval(data, unit, detector, selected)))
             cells += [number_cell(_select(data, unit, detector, m)["value"]) for m in OPERATING_METRICS]
             cells += [number_cell(_select(data, unit, detector, m, p)["value"]) for m, p in pixel]
             rows.append(cells)
-    caption = f"TABLE 3 layout at threshold policy {policy}" + (" (ORACLE)" if oracle else " (honest)")
-    note = (POLICY_TEXT.get(policy, policy) + ". ROC/PR AUC: mean ± std over seeds, with the stratified bootstrap "
-            "95% interval (1000 resamples; averaged over seeds). Operating points: best value on the test ROC curve "
-            "under the constraint.")
+    caption = (f"TABLE 3 layout at threshold policy {policy}" + (" (ORACLE)" if oracle else " (honest)")
+               + f"; ROC/PR AUC {INTERVAL_TEXT}")
+    note = (POLICY_TEXT.get(policy, policy) + ". ROC/PR AUC: mean ± std over seeds [95% interval]; a cell without an "
+            "interval says why in its tooltip. Operating points: best value on the test ROC curve under the constraint.")
     return Table(table_id or f"table3-{policy}", caption, columns, rows, note)
 
 
@@ -188,35 +297,99 @@ def mean_matrix(data: RunData, metric: str = "roc_auc") -> pd.DataFrame:
 
 
 def rank_groups(data: RunData, metric: str = "roc_auc") -> dict[str, pd.DataFrame]:
-    """Ranks by ROC AUC per unit, computed separately for each supervision group (never mixed)."""
+    """Ranks by ``metric`` per unit, computed separately for each group of :func:`detector_group` (never mixed)."""
     matrix = mean_matrix(data, metric)
-    groups: dict[str, pd.DataFrame] = {}
+    groups: dict[str, list[str]] = {}
     for detector in matrix.columns:
         groups.setdefault(detector_group(data, detector), []).append(detector)
     return {group: rank_table(matrix[detectors]) for group, detectors in groups.items()}
 
 
+@dataclass
+class RankGroup:
+    """One group's ranks per unit, and the complete units (every detector of the group has a result there) that its
+    average ranks, Friedman's test and the Nemenyi critical difference all use (Demšar 2006 ranks complete data)."""
+
+    name: str
+    ranks: pd.DataFrame          # units where any detector of the group has a result x the group's detectors
+    complete_units: list[str]
+    left_out: list[str]          # units where some detector of the group has no result
+
+    @property
+    def complete(self) -> pd.DataFrame:
+        return self.ranks.loc[self.complete_units]
+
+    @property
+    def average(self) -> pd.Series:
+        return self.complete.mean(axis=0)
+
+    @property
+    def friedman_p_value(self) -> float:
+        return friedman_p(self.complete)
+
+    @property
+    def nemenyi_cd(self) -> float:
+        return critical_difference(self.ranks.shape[1], len(self.complete_units))
+
+
+def rank_summaries(data: RunData, metric: str = "roc_auc") -> list[RankGroup]:
+    """Every group of :func:`rank_groups` with its complete and left-out units."""
+    summaries = []
+    for name, ranks in rank_groups(data, metric).items():
+        ranks = ranks.dropna(how="all")   # a unit where none of the group ran is no unit of this group
+        complete = list(ranks.dropna().index)
+        summaries.append(RankGroup(name, ranks, complete, [u for u in ranks.index if u not in complete]))
+    return summaries
+
+
+def p_text(p: float) -> str:
+    return "–" if not np.isfinite(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def completeness_text(group: RankGroup) -> str:
+    """Which units a group's average ranks use and which were left out."""
+    text = f"average ranks over the {len(group.complete_units)} unit(s) where every detector of the group has a result"
+    if group.left_out:
+        text += f"; left out (some detector has no result): {', '.join(group.left_out)}"
+    return text
+
+
+def friedman_text(group: RankGroup) -> str:
+    """Friedman's test over the group's complete units, and what it allows to read from the average ranks."""
+    p = group.friedman_p_value
+    if not np.isfinite(p):
+        return "Friedman's test: no p-value (it needs 3 detectors, 2 complete units and ranks not all tied)"
+    if p < 0.05:
+        return f"Friedman's test over the same units: p = {p_text(p)} < 0.05, the ranks differ significantly"
+    return (f"Friedman's test over the same units: p = {p_text(p)} ≥ 0.05, the ranks do not differ significantly "
+            "(no pair of detectors should be read as different)")
+
+
+def _rank_row(data: RunData, group: RankGroup, detector: str, units: list[str]) -> list[Cell]:
+    average = float(group.average[detector])
+    with_result = int(group.ranks[detector].notna().sum())
+    cells = [detector_cell(data, detector), Cell(group.name, group.name),
+             Cell(fmt(average, 2), average, "num", f"mean rank over {len(group.complete_units)} complete unit(s)"),
+             Cell(str(with_result), with_result, "num")]
+    for unit in units:
+        rank = float(group.ranks.at[unit, detector]) if unit in group.ranks.index else float("nan")
+        left_out = "left out of the average rank: not every detector of the group has a result here"
+        cells.append(Cell(fmt(rank, 1), rank, "num", left_out if unit in group.left_out else ""))
+    return cells
+
+
 def ranks_table(data: RunData, metric: str = "roc_auc") -> Table:
-    """Average rank across units per detector, ranked within its supervision group."""
+    """Average rank over the complete units per detector, ranked within its group (supervision, test-set selection)."""
     units = data.units
-    columns = ["Detector", "Group", "Average rank", "Units"] + units
-    rows = []
-    notes = []
-    for group, ranks in rank_groups(data, metric).items():
-        complete = ranks.dropna()
-        average = ranks.mean(axis=0)
-        for detector in average.sort_values().index:
-            cells = [detector_cell(data, detector), Cell(group, group), Cell(fmt(average[detector], 2), float(average[detector]), "num"),
-                     Cell(str(int(ranks[detector].notna().sum())), int(ranks[detector].notna().sum()), "num")]
-            cells += [Cell(fmt(ranks.at[u, detector], 1) if u in ranks.index else "–",
-                           float(ranks.at[u, detector]) if u in ranks.index else None, "num") for u in units]
-            rows.append(cells)
-        k, n = ranks.shape[1], len(complete)
-        p = friedman_p(mean_matrix(data, metric)[ranks.columns])
-        notes.append(f"{group}: {k} detectors over {n} complete units; Nemenyi critical difference (alpha 0.05) "
-                     f"{fmt(critical_difference(k, n), 2)}; Friedman p = {fmt(p, 4)}")
+    columns = ["Detector", "Group", "Average rank", "Units with a result"] + units
+    rows, notes = [], []
+    for group in rank_summaries(data, metric):
+        rows += [_rank_row(data, group, detector, units) for detector in group.average.sort_values().index]
+        notes.append(f"{group.name}: {group.ranks.shape[1]} detector(s); {completeness_text(group)}; Nemenyi critical "
+                     f"difference (alpha 0.05) {fmt(group.nemenyi_cd, 2)}; {friedman_text(group)}")
     note = (f"Rank 1 = highest mean {LABELS.get(metric, metric)} over seeds within the unit; ties share the average rank. "
-            "Semi-supervised detectors (trained with labelled anomalies) are ranked in their own group. " + "; ".join(notes))
+            "Semi-supervised detectors (trained with labelled anomalies) and test-selected ones (model selection or "
+            "score scaling on the test labels) are ranked in their own groups. " + "; ".join(notes) + ".")
     return Table(f"ranks-{metric}", f"Ranks by {LABELS.get(metric, metric)} across datasets", columns, rows, note)
 
 
@@ -250,27 +423,36 @@ def delong_frame(data: RunData) -> pd.DataFrame:
 
 
 def p_cell(p: float) -> Cell:
-    text = "–" if not np.isfinite(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
-    return Cell(text, float(p) if np.isfinite(p) else None, "num sig" if np.isfinite(p) and p < 0.05 else "num")
+    return Cell(p_text(p), float(p) if np.isfinite(p) else None, "num sig" if np.isfinite(p) and p < 0.05 else "num")
+
+
+def across_groups_badge(data: RunData, a: str, b: str) -> Badge:
+    return Badge("across groups", "warn", f"{detector_group(data, a)} vs {detector_group(data, b)}: "
+                                          "not a like-for-like comparison")
 
 
 def delong_table(data: RunData, frame: pd.DataFrame, unit: str) -> Table:
+    """DeLong's pairs of one unit; a pair whose detectors are in different groups is marked on its p-value."""
     rows = []
     for r in frame[frame["unit"] == unit].itertuples(index=False):
+        p = p_cell(r.p_value)
+        if not r.same_group:
+            p.badges.append(across_groups_badge(data, r.detector_a, r.detector_b))
         rows.append([detector_cell(data, r.detector_a), detector_cell(data, r.detector_b), Cell(str(r.seed), r.seed, "num"),
                      Cell(fmt(r.auc_a), r.auc_a, "num"), Cell(fmt(r.auc_b), r.auc_b, "num"),
                      Cell(f"{r.difference:+.3f}", r.difference, "num"), Cell(fmt(r.standard_error), r.standard_error, "num"),
-                     Cell(f"{r.z:.2f}", r.z if np.isfinite(r.z) else None, "num"), p_cell(r.p_value), p_cell(r.p_holm)])
+                     Cell(f"{r.z:.2f}", r.z if np.isfinite(r.z) else None, "num"), p, p_cell(r.p_holm)])
     note = ("DeLong's test of equal ROC AUC on the same test images (two-sided; fast algorithm of Sun & Xu 2014); "
             "Holm-adjusted over the pairs of this unit and seed. p < 0.05 in bold.")
     if not frame[(frame["unit"] == unit) & ~frame["same_group"]].empty:
-        note += " Pairs across supervision groups compare a semi-supervised with an unsupervised detector."
+        note += (" Pairs marked 'across groups' compare detectors of different groups (semi-supervised or test-selected "
+                 "against another group): not a like-for-like comparison.")
     return Table(f"delong-{unit}", f"DeLong's test, {unit}", ["Detector A", "Detector B", "Seed", "AUC A", "AUC B",
                                                                 "A − B", "SE", "z", "p", "p (Holm)"], rows, note)
 
 
 def summary_table(data: RunData, frame: pd.DataFrame) -> Table:
-    """Per unit and supervision group: the best detector, the runner-up, the gap and its DeLong p-values."""
+    """Per unit and group (:func:`detector_group`): the best detector, the runner-up, the gap and its DeLong p-values."""
     matrix = mean_matrix(data)
     rows = []
     for unit in matrix.index:
@@ -293,7 +475,9 @@ def summary_table(data: RunData, frame: pd.DataFrame) -> Table:
             else:
                 cells += [Cell("–"), Cell("–"), Cell("–"), Cell("–"), Cell("only one detector")]
             rows.append(cells)
-    note = ("Best = highest mean ROC AUC over seeds; supervision groups are compared separately. "
+    note = ("Best = highest mean ROC AUC over seeds within a group: supervision groups and test-selected detectors "
+            "(model selection or score scaling on the test labels) are compared separately, never named best beside "
+            "honest ones. "
             "p: DeLong's test of best vs runner-up on the same test images, the largest p over seeds (unadjusted).")
     return Table("summary", "Which detector is best on which dataset, by how much, and is it significant",
                  ["Dataset/subset", "Group", "Best", "ROC AUC", "Runner-up", "ROC AUC", "Gap", "p (DeLong)",
@@ -301,6 +485,19 @@ def summary_table(data: RunData, frame: pd.DataFrame) -> Table:
 
 
 # --- paper vs reproduced, failed jobs ------------------------------------------------------------
+def split_cell(split_match: str, split_info: dict | None) -> Cell:
+    """The paper row's ``split_match``, checked against how this run split the unit: ``sizes`` holds only when
+    the training normals were not reduced by a carved validation set (``val_source: train``)."""
+    if split_match != "sizes" or not split_info:
+        return Cell(split_match, split_match)
+    val_fraction = (split_info.get("split") or {}).get("val_fraction", 0.0)
+    if split_info.get("val_source", "carved") == "carved" and val_fraction:
+        text = "test sizes only"
+        return Cell(text, text, title=f"the test set has the paper's sizes, but {val_fraction:.0%} of its training "
+                                      "normals were carved off as validation (val_source: train trains on all)")
+    return Cell(split_match, split_match)
+
+
 def paper_table(data: RunData, comparison: pd.DataFrame) -> Table:
     rows = []
     for r in comparison.itertuples(index=False):
@@ -314,9 +511,12 @@ def paper_table(data: RunData, comparison: pd.DataFrame) -> Table:
                      policy, Cell(fmt(r.value), r.value, "num"), reproduced,
                      Cell("–" if not np.isfinite(r.difference) else f"{r.difference:+.3f}",
                           r.difference if np.isfinite(r.difference) else None, "num"),
-                     Cell(r.split_match, r.split_match), Cell(r.paper, r.paper, title=r.note)])
+                     split_cell(r.split_match, data.manifest.get("splits", {}).get(r.unit)),
+                     Cell(r.paper, r.paper, title=r.note)])
     note = ("Paper numbers ship in medad/data/paper_results*.csv. Difference = reproduced − paper. "
-            "split_match: yes = the paper's own file lists, sizes = the same split sizes drawn with our seed, no = a different split.")
+            "split_match: yes = the paper's own file lists, sizes = the same split sizes drawn with our seed (checked "
+            "against this run: 'test sizes only' when part of the training normals was carved off for validation), "
+            "no = a different split.")
     return Table("paper-vs-reproduced", "Paper vs reproduced", ["Dataset/subset", "Detector", "Metric", "Policy", "Paper",
                                                                "Reproduced", "Difference", "Split", "Paper source"], rows, note)
 
@@ -352,6 +552,8 @@ def all_metrics_table(data: RunData, unit: str, table_id: str) -> Table:
             policy_cell.badges.append(Badge("oracle", "oracle", POLICY_TEXT.get(policy, "chosen on test labels")))
         notes = sorted({str(n) for n in group["note"].dropna() if str(n)})
         table_rows.append([detector_cell(data, str(detector)), Cell(LABELS.get(metric, metric), metric), policy_cell,
-                           number_cell(group["value"], ci=_ci(group)), Cell("; ".join(notes))])
-    return Table(table_id, f"Every metric, {unit}", ["Detector", "Metric", "Threshold policy", "Value", "Note"],
-                 table_rows, "Mean ± std over seeds; [bootstrap 95% interval] where metrics.csv has one.")
+                           number_cell(group["value"], ci=metric_interval(data, unit, str(detector), group)),
+                           Cell("; ".join(notes))])
+    return Table(table_id, f"Every metric, {unit}; {INTERVAL_TEXT}", ["Detector", "Metric", "Threshold policy", "Value",
+                                                                       "Note"], table_rows,
+                 "Mean ± std over seeds; [95% interval] where metrics.csv has a bootstrap interval for the metric.")

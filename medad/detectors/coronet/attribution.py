@@ -13,7 +13,7 @@ with the side) follow common re-implementations (spec §4, A17).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

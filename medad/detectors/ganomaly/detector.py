@@ -19,7 +19,8 @@ Protocols (``protocol``):
 - ``clean`` (default): eval-mode BatchNorm at test time, final-epoch weights, raw scores.
 - ``reference``: the reference's ``test()`` never calls ``eval()``: BatchNorm normalises each test
   batch by its own statistics, so a score depends on the other images of its batch (scored here in
-  chunks of ``batch_size`` of what the harness passes). After every epoch the reference scores the
+  chunks of ``batch_size`` of what the harness passes; the harness passes the test set in a seeded
+  random order, as the reference's shuffled test loader does, so a chunk is never one class only). After every epoch the reference scores the
   labelled test set (shuffled batches) and keeps the weights of the best test AUC: reproduced when the
   harness hands the test set to ``fit`` (``sees_test_set``), and the rows say ``selection:
   best-test-epoch``; the per-epoch test AUC goes to the history as ``test_roc_auc``.
@@ -47,6 +48,7 @@ from medad.detectors.base import Detector, TrainLog
 from medad.detectors.ganomaly.losses import discriminator_loss, generator_losses, latent_score
 from medad.detectors.ganomaly.networks import GanomalyDiscriminator, GanomalyGenerator
 from medad.detectors.protocol import PROTOCOLS, batch_statistics, check_protocol
+from medad.detectors.scoring import scores_in_random_order
 from medad.detectors.study_inputs import INPUT_RANGES, check_choice, from_network, network_channels_for, to_network
 from medad.params import Beta, NonNegativeFloat, PositiveFloat, PositiveInt
 
@@ -121,9 +123,9 @@ class GanomalyDetector(Detector):
                     D.reinitialise()
                 log.log(epoch, step, generator=loss_g, discriminator=loss_d, **parts)
                 step += 1
-            if select_on_test:
-                order = torch.randperm(len(test), generator=self.generator).numpy()
-                auc = roc_auc_score(test.labels[order], self._raw_scores(test.float_images(order)).numpy())
+            if select_on_test:  # scored as the harness scores the final model: batches of a random order
+                scores = scores_in_random_order(self._raw_scores, test, self.batch_size, self.generator)
+                auc = roc_auc_score(test.labels, scores.numpy())
                 log.log(epoch, step, test_roc_auc=auc)
                 if auc > best_auc:
                     best_auc, best_state = auc, copy.deepcopy(G.state_dict())
@@ -132,7 +134,7 @@ class GanomalyDetector(Detector):
             self.selection = "best-test-epoch"
         self.eval_mode()
         if self.test_minmax:
-            scores = torch.cat([self._raw_scores(batch) for batch in test.batches(self.batch_size)])
+            scores = scores_in_random_order(self._raw_scores, test, self.batch_size, self.generator)
             self.score_range = (float(scores.min()), float(scores.max()))
 
     # --- scoring -------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from skimage.segmentation import slic
 
-_CACHE: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
+_CACHE: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 _CACHE_SIZE = 8
 
 

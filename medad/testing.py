@@ -1,0 +1,219 @@
+"""The detector conformance kit: the checks every detector must pass, for medad's own tests and for plugin authors.
+
+Each check fits the detector with its ``smoke_params`` on a tiny synthetic set of very obvious
+anomalies (``smoke_image_size`` px) and asserts one property of the contract:
+
+- ``scores_finite_and_separating``: one finite score per image, a logged training loss, ROC AUC >= 0.7;
+- ``batch_independent``: an image's score does not depend on the other images of its batch or their order;
+- ``seeded``: the same seed gives the same scores;
+- ``checkpoint_round_trip``: save then load (weights only) into a differently seeded detector, same scores;
+- ``no_test_labels_in_fit``: ``fit`` receives no label, no test image, and no anomaly unless semi-supervised;
+- ``channels_last_same_numbers``: ``channels_last`` changes the layout, not the scores or maps;
+- ``bf16_channels_last_runs``: fit and scoring run under bf16 autocast in ``channels_last``.
+
+Use it from a test::
+
+    from medad.testing import check_detector, parametrize_with_checks
+
+    def test_my_detector():
+        check_detector(MyDetector)            # runs every check; raises with a readable report
+
+    @parametrize_with_checks([MyDetector])    # one pytest test per check, like scikit-learn's
+    def test_conformance(detector, check):
+        check(detector)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from medad.benchmark.acceleration import autocast
+from medad.benchmark.job_runner import fit_detector, score_in_batches
+from medad.datasets.base import Subset
+from medad.detectors.base import Detector, TrainLog
+from medad.evaluation.metrics import roc_auc
+from medad.registry import DETECTORS
+
+SEPARATION_BAR = 0.7
+
+
+class ConformanceError(AssertionError):
+    """A detector failed one or more conformance checks; the message lists each failure."""
+
+
+def smoke_subset(image_size: int = 32, subset: str = "obvious", **params: Any) -> Subset:
+    """A small synthetic subset whose anomalies are large and bright: what smoke fits are judged on."""
+    from medad.datasets.synthetic import SyntheticHeadCT
+
+    defaults = dict(n_train=64, n_val=16, n_test=40, n_anomaly_pool=8,
+                    lesion_radius=[0.14, 0.18], lesion_contrast=[0.25, 0.3])
+    return SyntheticHeadCT(image_size=image_size, **{**defaults, **params}).load(subset)
+
+
+def resolve(detector: type[Detector] | str) -> type[Detector]:
+    """A registered name or dotted ``module:Class`` path, or the class itself."""
+    return DETECTORS.get(detector) if isinstance(detector, str) else detector
+
+
+@dataclass
+class DetectorUnderTest:
+    """One detector class with its smoke subset and one fitted instance, shared by the checks (fitted once)."""
+
+    cls: type[Detector]
+    _subsets: dict[int, Subset] = field(default_factory=dict, repr=False)
+    _fitted: tuple[Detector, TrainLog] | None = field(default=None, repr=False)
+
+    @property
+    def label(self) -> str:
+        return self.cls.name or f"{self.cls.__module__}:{self.cls.__qualname__}"
+
+    def build(self, seed: int = 0) -> Detector:
+        return self.cls(image_size=self.cls.smoke_image_size, channels=1, device="cpu", seed=seed, **self.cls.smoke_params)
+
+    def subset(self) -> Subset:
+        size = self.cls.smoke_image_size
+        if size not in self._subsets:
+            self._subsets[size] = smoke_subset(image_size=size)
+        return self._subsets[size]
+
+    def fitted(self) -> tuple[Detector, TrainLog]:
+        if self._fitted is None:
+            detector, log = self.build(), TrainLog()
+            fit_detector(detector, self.subset(), log)
+            self._fitted = detector, log
+        return self._fitted
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor, what: str, rtol: float = 1e-4, atol: float = 1e-5) -> None:
+    try:
+        torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
+    except AssertionError as error:
+        raise ConformanceError(f"{what}: {str(error).splitlines()[0]}") from None
+
+
+def scores_finite_and_separating(kit: DetectorUnderTest) -> None:
+    """One finite score per test image, a logged loss, and obvious anomalies scored higher (ROC AUC >= 0.7)."""
+    detector, log = kit.fitted()
+    test = kit.subset().test
+    scores = score_in_batches(detector, test, 16, kit.label)
+    if not np.isfinite(scores).all():
+        raise ConformanceError(f"{int((~np.isfinite(scores)).sum())} of {len(scores)} scores are not finite")
+    if not log.rows:
+        raise ConformanceError("fit logged no training loss (call log.log(epoch, step, loss=...))")
+    auc = roc_auc(test.labels, scores)
+    if auc < SEPARATION_BAR:
+        raise ConformanceError(f"ROC AUC {auc:.3f} on very obvious anomalies, expected >= {SEPARATION_BAR}")
+
+
+def batch_independent(kit: DetectorUnderTest) -> None:
+    """An image's score is the same whatever else is in its batch, in any order."""
+    detector, _ = kit.fitted()
+    images = kit.subset().test.float_images()
+    together = detector.score(images).double()
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(1))
+    shuffled = torch.cat([detector.score(images[order[i:i + 5]]).double() for i in range(0, len(images), 5)])
+    _close(shuffled, together[order], "scores in shuffled batches of 5 differ from scores of the whole set")
+
+
+def seeded(kit: DetectorUnderTest) -> None:
+    """Two fits with the same seed give the same scores."""
+    detector, _ = kit.fitted()
+    again = kit.build()
+    fit_detector(again, kit.subset(), TrainLog())
+    images = kit.subset().test.float_images()
+    _close(again.score(images), detector.score(images), "a second fit with the same seed scores differently")
+
+
+def checkpoint_round_trip(kit: DetectorUnderTest) -> None:
+    """``save`` then ``load`` (weights only) into a detector built with another seed gives the same scores."""
+    import tempfile
+    from pathlib import Path
+
+    detector, _ = kit.fitted()
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "model.pt"
+        detector.save(path)
+        restored = kit.build(seed=123)  # other initial weights: everything must come from the checkpoint
+        restored.load(path)
+    images = kit.subset().test.float_images()
+    _close(restored.score(images), detector.score(images), "scores after save/load differ", rtol=1e-5, atol=1e-6)
+
+
+def no_test_labels_in_fit(kit: DetectorUnderTest) -> None:
+    """``fit`` gets unlabelled training normals, validation normals and (semi-supervised only) the anomaly pool."""
+    detector, subset, seen = kit.build(), kit.subset(), {}
+
+    def spy(train, val=None, log=None, **extra):
+        seen.update(train=train, val=val, extra=extra)
+
+    detector.fit = spy
+    fit_detector(detector, subset, TrainLog())
+    test_ids = set(subset.test.ids)
+    if not (seen["train"].labels == -1).all():
+        raise ConformanceError("training labels reached fit")
+    parts = [seen["train"], *([seen["val"]] if seen["val"] is not None else []), *seen["extra"].values()]
+    if any(test_ids & set(part.ids) for part in parts):
+        raise ConformanceError("a test image reached fit")
+    if kit.cls.supervision != "semi-supervised" and seen["extra"]:
+        raise ConformanceError(f"an unsupervised detector was given {sorted(seen['extra'])}")
+
+
+def channels_last_same_numbers(kit: DetectorUnderTest) -> None:
+    """``memory_format: channels_last`` (the CUDA default) changes the tensor layout, not the scores or maps."""
+    detector, _ = kit.fitted()
+    images = kit.subset().test.float_images()[:8]
+    scores, maps = detector.score(images), detector.score_map(images)
+    try:
+        detector.use_memory_format(torch.channels_last)
+        _close(detector.score(images), scores, "channels_last scores differ")
+        if maps is not None:
+            _close(detector.score_map(images), maps, "channels_last maps differ")
+    finally:
+        detector.use_memory_format(torch.contiguous_format)
+
+
+def bf16_channels_last_runs(kit: DetectorUnderTest) -> None:
+    """``precision: bf16`` with ``memory_format: channels_last`` trains and scores, giving finite scores."""
+    detector, subset = kit.build(), kit.subset()
+    detector.use_memory_format(torch.channels_last)
+    with autocast(torch.device("cpu"), "bf16"):
+        fit_detector(detector, subset, TrainLog())
+        scores = score_in_batches(detector, subset.test, 16, kit.label)
+    if not np.isfinite(scores).all():
+        raise ConformanceError(f"{int((~np.isfinite(scores)).sum())} scores are not finite under bf16")
+
+
+CHECKS: dict[str, Callable[[DetectorUnderTest], None]] = {
+    check.__name__: check for check in (scores_finite_and_separating, batch_independent, seeded, checkpoint_round_trip,
+                                        no_test_labels_in_fit, channels_last_same_numbers, bf16_channels_last_runs)
+}
+
+
+def check_detector(detector: type[Detector] | str, checks: Iterable[str] | None = None) -> None:
+    """Run every conformance check (or those named) on a detector class; raise :class:`ConformanceError` listing
+    each failed check with its reason."""
+    kit = DetectorUnderTest(resolve(detector))
+    failures = []
+    for name in checks or CHECKS:
+        try:
+            CHECKS[name](kit)
+        except Exception as error:  # every failure is reported, not only the first
+            failures.append(f"  {name}: {type(error).__name__}: {error}")
+    if failures:
+        raise ConformanceError(f"{kit.label} fails {len(failures)} of {len(list(checks or CHECKS))} conformance "
+                               "checks:\n" + "\n".join(failures))
+
+
+def parametrize_with_checks(detectors: Iterable[type[Detector] | str]):
+    """A pytest decorator giving one test per (detector, check): the test receives ``detector`` (a shared
+    :class:`DetectorUnderTest`, fitted once per class) and ``check`` (call ``check(detector)``)."""
+    import pytest
+
+    kits = [DetectorUnderTest(resolve(d)) for d in detectors]
+    cases = [pytest.param(kit, check, id=f"{kit.label}-{name}") for kit in kits for name, check in CHECKS.items()]
+    return pytest.mark.parametrize(("detector", "check"), cases)
