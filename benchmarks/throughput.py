@@ -35,16 +35,15 @@ from collections import defaultdict
 import numpy as np
 import torch
 import yaml
-
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from medad.benchmark.acceleration import MEMORY_FORMATS, PRECISIONS, autocast, resolve_memory_format
 from medad.benchmark.config import hyperparameters
-from medad.benchmark.registry import DETECTORS
 from medad.benchmark.resources import resolve_device
 from medad.datasets.base import ImageSet
 from medad.detectors.base import TrainLog
+from medad.registry import DETECTORS
 
 
 class FlopCount(TorchDispatchMode):

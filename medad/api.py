@@ -4,7 +4,7 @@
 
     import medad
 
-    run = medad.run("configs/default.yaml", detectors=["ae"], seeds=[0, 1], results="results")
+    run = medad.run("default", detectors=["ae"], seeds=[0, 1], results="results")
     run.metrics.query("metric == 'roc_auc'").groupby("detector", observed=True)["value"].mean()
     again = medad.load_run(run.path)
 
@@ -25,7 +25,7 @@ from typing import Any
 
 import pandas as pd
 
-from medad.benchmark.config import RunConfig, check_run_id, load_config, narrow, parse_config
+from medad.benchmark.config import DEFAULT_CONFIG, RunConfig, check_run_id, load_config, narrow, parse_config
 from medad.benchmark.run_folder import COLUMNS, RunFolder
 from medad.registry import DATASETS, DETECTORS
 
@@ -99,8 +99,6 @@ def load_run(path: str | Path) -> Run:
 
 def _config(config: str | Path | dict | RunConfig | None) -> RunConfig:
     if config is None:
-        from medad.cli import DEFAULT_CONFIG
-
         return load_config(DEFAULT_CONFIG)
     if isinstance(config, RunConfig):
         return copy.deepcopy(config)
@@ -117,7 +115,8 @@ def run(config: str | Path | dict | RunConfig | None = None, *, data_root: str |
         executor_options: dict[str, Any] | None = None) -> Run:
     """Run a benchmark matrix, as ``medad run`` does; return the run (folder, frames, report).
 
-    ``config``: a YAML path, a mapping in the same shape, a :class:`RunConfig` or None (the embedded default).
+    ``config``: a YAML path or a shipped config's name (``default``, ``study``, ``papers``), a mapping in the
+    same shape, a :class:`RunConfig`, or None (the embedded default).
     The keywords are the command line's options; ``reports=None`` skips the HTML report.
     """
     from medad.benchmark.engine import run_matrix

@@ -10,10 +10,7 @@ from pathlib import Path
 
 from medad.atomic_files import WriteError
 from medad.benchmark.acceleration import MEMORY_FORMATS, PRECISIONS
-from medad.benchmark.config import ConfigError, check_run_id, load_config, narrow
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
+from medad.benchmark.config import DEFAULT_CONFIG, ConfigError, check_run_id, load_config, narrow
 
 
 def _csv(value: str) -> list[str]:
@@ -29,7 +26,8 @@ def _seeds(value: str) -> list[int]:
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``medad run`` (also those of ``python run_benchmark.py``)."""
-    parser.add_argument("--config", type=Path, default=None, help="YAML matrix (default: configs/default.yaml)")
+    parser.add_argument("--config", default=None,
+                        help="YAML matrix: a path, or a shipped config's name: default (the embedded CPU run), study, papers")
     parser.add_argument("--data-root", default=None, help="where real datasets live (default: $MEDAD_DATA)")
     parser.add_argument("--results", type=Path, default=Path("results"), help="output root for run folders")
     parser.add_argument("--reports", type=Path, default=Path("reports"), help="output root for HTML reports")
@@ -93,7 +91,7 @@ def command_run(args: argparse.Namespace) -> int:
         raise ConfigError("--ray-address needs --executor ray")
     if args.slurm_param and args.executor != "slurm":
         raise ConfigError("--slurm-param needs --executor slurm")
-    from medad.benchmark.slurm_executor import parse_slurm_params
+    from medad.benchmark.executors.slurm import parse_slurm_params
 
     options = {"ray_address": args.ray_address, "max_retries": args.max_retries,
                "slurm_params": parse_slurm_params(args.slurm_param)}
@@ -139,7 +137,7 @@ def command_report(args: argparse.Namespace) -> int:
 
 
 def command_list(args: argparse.Namespace) -> int:
-    from medad.benchmark.registry import DATASETS, DETECTORS
+    from medad.registry import DATASETS, DETECTORS
 
     print("detectors:")
     for name, cls in DETECTORS.items():
@@ -153,8 +151,8 @@ def command_list(args: argparse.Namespace) -> int:
 
 
 def command_datasets_check(args: argparse.Namespace) -> int:
-    from medad.benchmark.registry import DATASETS
     from medad.datasets.files import FileDataset
+    from medad.registry import DATASETS
 
     cls = DATASETS.get(args.name)
     if not issubclass(cls, FileDataset):

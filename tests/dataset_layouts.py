@@ -198,7 +198,7 @@ def covidx(root: Path, binary: bool = False) -> Path:
     files = {"train": [], "test": []}
     classes = ("negative", "positive") if binary else ("normal", "pneumonia", "COVID-19")
     for part, per_class in (("train", 8), ("test", 3)):
-        for c, kind in enumerate(classes):
+        for kind in classes:
             for i in range(per_class):
                 name = f"{part}-{kind}-{i}.{'png' if i % 2 else 'jpg'}"
                 save(root / part / name, noise(rng, 28, 32), fmt="PNG" if i % 2 else "JPEG")
@@ -236,7 +236,8 @@ def montgomery_shenzhen(root: Path, n: int = 8) -> Path:
 
 def rider(root: Path, n_patients: int = 4, per_patient: int = 4, by_uid: bool = False) -> Path:
     """NBIA "descriptive" folders of 16-bit MR DICOM (rescale slope/intercept, window) + rider_slices.csv."""
-    from pydicom.dataset import FileDataset as DicomFile, FileMetaDataset
+    from pydicom.dataset import FileDataset as DicomFile
+    from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
     rng = np.random.default_rng(11)

@@ -11,11 +11,10 @@ from medad.benchmark.run_folder import RunFolder
 from medad.detectors.ae import AEDetector
 from medad.detectors.nets import count_parameters
 from medad.detectors.scoring import gaussian_blur, top_fraction_mean
-from tests.conftest import REPO_ROOT
 
 
 def test_ae_reaches_roc_auc_090_on_obvious_with_the_default_config(tmp_path):
-    config = narrow(load_config(REPO_ROOT / "configs" / "default.yaml"), detectors=["ae"], datasets=["synthetic"],
+    config = narrow(load_config("default"), detectors=["ae"], datasets=["synthetic"],
                     device="cpu")
     config.datasets[0].subsets = ["obvious"]
     assert config.image_size == 64

@@ -20,8 +20,8 @@ import torch
 from medad.benchmark.config import ConfigError, load_config, parse_config
 from medad.benchmark.engine import config_from_manifest, run_matrix
 from medad.benchmark.executors import ProcessPoolExecutor, make_executor, visible_gpu_ids
+from medad.benchmark.executors.remote import JobResources, job_resources
 from medad.benchmark.jobs import expand_jobs
-from medad.benchmark.remote import JobResources, job_resources
 from medad.benchmark.run_folder import RunFolder
 from medad.cli import main
 from tests.conftest import REPO_ROOT, write_config
@@ -210,7 +210,7 @@ class _RecordingTask:
 
 
 def test_a_ray_task_asks_for_the_resources_its_config_states(tmp_path):
-    from medad.benchmark.ray_executor import RayExecutor
+    from medad.benchmark.executors.ray import RayExecutor
 
     raw = {"name": "r", "image_size": 32, "device": "auto", "resources": {"cpus": 2, "memory_gb": 1.5},
            "datasets": [{"name": "synthetic", "subsets": ["obvious"]}],
@@ -279,7 +279,7 @@ class _LostHandle:
 
 def test_a_slurm_task_lost_is_submitted_again_then_recorded_failed(ae_config, tmp_path):
     submitit = pytest.importorskip("submitit")
-    from medad.benchmark.slurm_executor import SlurmExecutor
+    from medad.benchmark.executors.slurm import SlurmExecutor
 
     job = expand_jobs(load_config(ae_config))[0]
     run_folder, records = RunFolder(tmp_path / "tiny"), []

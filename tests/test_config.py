@@ -7,7 +7,6 @@ import re
 import pytest
 
 from medad.benchmark.config import ConfigError, load_config, narrow, parse_config
-from tests.conftest import REPO_ROOT
 
 
 def base(**changes):
@@ -24,7 +23,7 @@ def test_defaults_are_filled_and_all_subsets_taken():
 
 
 def test_shipped_default_config_is_valid():
-    config = load_config(REPO_ROOT / "configs" / "default.yaml")
+    config = load_config("default")
     assert config.name == "default" and any(d.name == "synthetic" for d in config.datasets)
 
 
@@ -73,7 +72,7 @@ def test_detector_entries_pick_their_datasets_and_input_size():
 def test_papers_config_runs_each_paper_on_its_own_datasets():
     from medad.benchmark.jobs import expand_jobs
 
-    jobs = expand_jobs(load_config(REPO_ROOT / "configs" / "papers.yaml"), "/data")
+    jobs = expand_jobs(load_config("papers"), "/data")
     pairs = {(job.detector, job.dataset) for job in jobs}
     assert ("mama-net", "rider") in pairs and ("proxyano", "brain-tumor-mri") in pairs
     assert not {pair for pair in pairs if pair[0].startswith("sure-roi") and pair[1] != "montgomery-shenzhen"}

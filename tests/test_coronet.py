@@ -10,7 +10,6 @@ from sklearn.metrics import roc_auc_score
 from torchvision.models import resnet18
 
 from medad.benchmark.job_runner import detector_tags, fit_detector, score_in_batches
-from medad.benchmark.registry import DETECTORS
 from medad.datasets.base import DatasetError
 from medad.detectors.base import TrainLog
 from medad.detectors.coronet import FPAE, CoroNetAE, CoroNetSemi
@@ -18,6 +17,7 @@ from medad.detectors.coronet.cin import build_cin
 from medad.detectors.coronet.fpae import residual_tensor
 from medad.detectors.nets import count_parameters
 from medad.detectors.pretrained import PretrainedWeightsError
+from medad.registry import DETECTORS
 from tests.conftest import tiny_synthetic
 
 SEMI_FAST = dict(epochs=0, batch_size=16, anomaly_ae_steps=0, cin_epochs=0, cin_weights="none")  # fit draws the pool only

@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from medad.benchmark.jobs import Job
 from medad.benchmark.job_runner import execute, load_subset
-from medad.benchmark.registry import DATASETS
+from medad.benchmark.jobs import Job
 from medad.cli import main
 from medad.datasets import io
 from medad.datasets.base import DatasetError
 from medad.datasets.splits import SplitPlan, assign_parts, group_labels
+from medad.registry import DATASETS
 from tests import dataset_layouts as layouts
 from tests.conftest import write_config
 from tests.support.detectors import TemplateDistance

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medad.benchmark.registry import DATASETS
 from medad.datasets import io
 from medad.datasets.base import DatasetError
+from medad.registry import DATASETS
 from tests import dataset_layouts as layouts
 
 SIZE = 32

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medad.benchmark.pixel_metrics import aupro, best_dice, dice, pixel_threshold_val
-from medad.benchmark.metrics import roc_auc
+from medad.evaluation.metrics import roc_auc
+from medad.evaluation.pixel_metrics import aupro, best_dice, dice, pixel_threshold_val
 
 
 def _two_regions() -> np.ndarray:

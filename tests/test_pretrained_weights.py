@@ -12,8 +12,13 @@ from torchvision.models import resnet18
 from medad.detectors.coronet.cin import build_cin
 from medad.detectors.multikd import MultiKDDetector
 from medad.detectors.multikd.source import IMAGENET_FILE, IMAGENET_URL
-from medad.detectors.pretrained import (PretrainedWeightsError, load_state_dict_file, local_state_dict, release_hash,
-                                        torchvision_state_dict)
+from medad.detectors.pretrained import (
+    PretrainedWeightsError,
+    load_state_dict_file,
+    local_state_dict,
+    release_hash,
+    torchvision_state_dict,
+)
 
 
 class _Payload:

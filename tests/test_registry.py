@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from medad.benchmark.registry import DATASETS, DETECTORS, Registry, RegistryError, register_detector
 from medad.detectors.ae import AEDetector
+from medad.registry import DATASETS, DETECTORS, Registry, RegistryError, register_detector
 from tests.conftest import REPO_ROOT, write_config
 
 
@@ -67,3 +67,7 @@ def test_plugin_package_registers_through_entry_point_and_runs(tmp_path):
     assert run.returncode == 0, run.stderr
     metrics = (tmp_path / "r" / "plugin" / "metrics.csv").read_text()
     assert "mean-deviation" in metrics and "roc_auc" in metrics
+    own = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          str(REPO_ROOT / "examples" / "plugin_detector" / "tests")],
+                         capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert own.returncode == 0 and "8 passed" in own.stdout, own.stdout + own.stderr

@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 
 from medad.benchmark.examples import EXAMPLES_FILE
-from medad.benchmark.metrics import image_metrics
 from medad.benchmark.run_folder import RunFolder, now
-from medad.benchmark.statistics import bootstrap_intervals
 from medad.cli import main
+from medad.evaluation.metrics import image_metrics
+from medad.evaluation.statistics import bootstrap_intervals
 from medad.reporting.paper_results import compare, load_paper_results, read_paper_results
 
 EVIL_ID = "<script>alert(1)</script>"
@@ -132,7 +132,7 @@ def test_rows_are_labelled_oracle_semi_supervised_weights_and_protocol(report):
 
 def test_semi_supervised_detectors_are_ranked_apart(run_folder):
     from medad.reporting.run_data import load_run
-    from medad.reporting.tables import rank_groups, summary_table, delong_frame
+    from medad.reporting.tables import delong_frame, rank_groups, summary_table
 
     data = load_run(run_folder.path)
     groups = rank_groups(data)
@@ -208,7 +208,7 @@ def test_cli_report_command(cli_output, tmp_path, capsys):
 def test_job_examples_artefact_keeps_first_images_with_maps_at_image_size(tmp_path):
     import torch
 
-    from medad.benchmark.examples import read_examples, examples_npz
+    from medad.benchmark.examples import examples_npz, read_examples
     from medad.datasets.base import ImageSet
 
     class HalfSizeMaps:  # a detector whose maps are half the image size and which has no reconstruction

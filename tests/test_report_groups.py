@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from medad.benchmark.metrics import image_metrics
 from medad.benchmark.run_folder import RunFolder, now
-from medad.benchmark.statistics import bootstrap_intervals, seed_mean_bootstrap
+from medad.evaluation.metrics import image_metrics
+from medad.evaluation.statistics import bootstrap_intervals, seed_mean_bootstrap
 from medad.reporting import figures as fig
 from medad.reporting import tables as tab
 from medad.reporting.html import build_report

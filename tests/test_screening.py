@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medad.benchmark.metrics import screening_metrics, screening_policy, threshold_screen
 from medad.cli import main
+from medad.evaluation.metrics import screening_metrics, screening_policy, threshold_screen
 from tests.conftest import write_config
 
 

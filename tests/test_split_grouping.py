@@ -5,14 +5,18 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-import numpy as np
 import pandas as pd
 import pytest
 
-from medad.benchmark.registry import DATASETS
 from medad.cli import main
-from medad.datasets.splits import (MAX_DUPLICATE_GROUP, duplicate_groups, group_labels, near_duplicate_distances,
-                                   near_duplicate_pairs)
+from medad.datasets.splits import (
+    MAX_DUPLICATE_GROUP,
+    duplicate_groups,
+    group_labels,
+    near_duplicate_distances,
+    near_duplicate_pairs,
+)
+from medad.registry import DATASETS
 from tests import dataset_layouts as layouts
 
 FIXTURES = {  # dataset -> (builder, subsets)
@@ -107,7 +111,7 @@ def test_val_source_train_trains_on_table_1_sizes_with_an_in_sample_threshold(tm
     assert len(exact.train) == 80 and exact.val is exact.train and exact.val_in_sample
     assert sorted(exact.test.ids) == sorted(carved.test.ids)           # the test set is the same
     assert {part for _, part, _ in exact.split_rows()} == {"train", "test"}
-    study = load_config("configs/study.yaml")
+    study = load_config("study")
     assert all(d.params.get("val_source") == "train" for d in study.datasets)
     assert split_cell("sizes", {"val_source": "carved", "split": {"val_fraction": 0.1}}).text == "test sizes only"
     assert split_cell("sizes", {"val_source": "train", "split": {"val_fraction": 0.0}}).text == "sizes"

@@ -268,7 +268,7 @@ def obvious_64(n_train: int, n_test: int) -> Subset:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SEPARATION))
 def test_separates_obvious_synthetic_anomalies_at_64_px(name):
-    from medad.benchmark.registry import DETECTORS
+    from medad.registry import DETECTORS
 
     params, sizes, bar = SEPARATION[name]
     subset = obvious_64(*sizes)

@@ -13,13 +13,7 @@ from medad.benchmark.job_runner import check_needs, fit_detector, score_in_batch
 from medad.datasets.base import DatasetError, ImageSet, Subset
 from medad.datasets.synthetic import SyntheticHeadCT
 from medad.detectors.base import TrainLog
-from medad.detectors.sure_roi import (
-    SureROIDetector,
-    estimate_noise_sigma,
-    mc_divergence,
-    roi_target,
-    sure_loss,
-)
+from medad.detectors.sure_roi import SureROIDetector, estimate_noise_sigma, mc_divergence, roi_target, sure_loss
 from tests.conftest import tiny_synthetic
 
 

@@ -41,9 +41,9 @@ from typing import Annotated, Any, Literal
 
 from medad.benchmark.acceleration import MEMORY_FORMATS, PRECISIONS
 from medad.benchmark.config_file import ConfigFileError, read_yaml_file, short_repr
-from medad.benchmark.registry import DATASETS, DETECTORS, RegistryError
 from medad.benchmark.run_folder import run_id_problem
 from medad.params import PositiveInt, Range
+from medad.registry import DATASETS, DETECTORS, RegistryError
 
 
 class ConfigError(ValueError):
@@ -393,8 +393,31 @@ def _parse(raw: Any) -> RunConfig:
     )
 
 
-def load_config(path: str | Path) -> RunConfig:
-    """Read (bounded, see :mod:`medad.benchmark.config_file`) and validate a YAML config file."""
+SHIPPED_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_CONFIG = "default"
+
+
+def shipped_configs() -> list[str]:
+    """The names of the configs shipped with medad (``default``, ``study``, ``papers``)."""
+    return sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.yaml"))
+
+
+def config_path(name_or_path: str | Path) -> Path:
+    """A config file: a path that exists, or the name of a shipped config (``study`` or ``study.yaml``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = SHIPPED_CONFIGS / f"{path.name.removesuffix('.yaml')}.yaml"
+    if len(path.parts) <= 2 and shipped.is_file():  # "study", "study.yaml", the old "configs/study.yaml"
+        return shipped
+    raise ConfigError(f"config file {str(name_or_path)!r} does not exist; give a YAML file's path or a shipped "
+                      f"config's name ({', '.join(shipped_configs())})")
+
+
+def load_config(path: str | Path = DEFAULT_CONFIG) -> RunConfig:
+    """Read (bounded, see :mod:`medad.benchmark.config_file`) and validate a YAML config: a path, or a shipped
+    config's name (:func:`config_path`)."""
+    path = config_path(path)
     try:
         raw = read_yaml_file(path)
     except ConfigFileError as error:

@@ -25,15 +25,15 @@ import torch.nn.functional as F
 from medad.benchmark.acceleration import autocast, precision_tags, resolve_memory_format
 from medad.benchmark.examples import EXAMPLES_FILE, examples_npz
 from medad.benchmark.jobs import Job
-from medad.benchmark.metrics import MetricRow, image_metrics, pixel_metrics, screening_metrics, threshold_val_q95
-from medad.benchmark.registry import DATASETS, DETECTORS
 from medad.benchmark.resources import PeakMemory, resolve_device, seed_everything
 from medad.benchmark.run_folder import RunFolder, now
-from medad.benchmark.statistics import bootstrap_intervals
 from medad.datasets.base import DatasetError, ImageSet, Subset
 from medad.datasets.splits import split_fingerprint
 from medad.detectors.base import Detector, TrainLog
 from medad.detectors.scoring import scores_in_random_order
+from medad.evaluation.metrics import MetricRow, image_metrics, pixel_metrics, screening_metrics, threshold_val_q95
+from medad.evaluation.statistics import bootstrap_intervals
+from medad.registry import DATASETS, DETECTORS
 
 _SUBSET_CACHE: OrderedDict[tuple, Subset] = OrderedDict()
 _SUBSET_CACHE_SIZE = 2

@@ -18,10 +18,10 @@ import re
 from io import StringIO
 from pathlib import Path
 
-from medad.benchmark.registry import register_dataset
 from medad.datasets import io
 from medad.datasets.base import DatasetError
 from medad.datasets.files import FileDataset, Record
+from medad.registry import register_dataset
 
 _FOLD = re.compile(r"^fold_\d+$", re.IGNORECASE)
 _PRELIM = "c-nmc_test_prelim_phase_data"

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medad.benchmark.registry import register_dataset
 from medad.datasets import io
 from medad.datasets.base import DatasetError
 from medad.datasets.files import FileDataset, Record
+from medad.registry import register_dataset
 
 FOLDERS = {"CT_COVID": 1, "CT_NonCOVID": 0}
 

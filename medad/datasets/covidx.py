@@ -21,10 +21,10 @@ import os
 import re
 from pathlib import Path
 
-from medad.benchmark.registry import register_dataset
 from medad.datasets import io
 from medad.datasets.base import DatasetError
 from medad.datasets.files import FileDataset, Record
+from medad.registry import register_dataset
 
 CLASSES = {"normal": "normal", "pneumonia": "pneumonia", "covid-19": "COVID-19", "covid": "COVID-19",
            "negative": "negative", "positive": "positive"}

@@ -12,10 +12,10 @@ import re
 from io import StringIO
 from pathlib import Path
 
-from medad.benchmark.registry import register_dataset
 from medad.datasets import io
 from medad.datasets.base import DatasetError
 from medad.datasets.files import FileDataset, Record
+from medad.registry import register_dataset
 
 _SLICE = re.compile(r"^\d{3}\.png$", re.IGNORECASE)
 

@@ -31,11 +31,11 @@ from typing import Annotated
 import numpy as np
 from skimage.filters import threshold_otsu
 
-from medad.benchmark.registry import register_dataset
 from medad.datasets import io
 from medad.datasets.base import DatasetError
 from medad.datasets.files import FileDataset, Record
 from medad.params import Range
+from medad.registry import register_dataset
 
 _REF = re.compile(r"^mdb(\d{3})$", re.IGNORECASE)
 SIDE = 1024  # mini-MIAS images are 1024 x 1024

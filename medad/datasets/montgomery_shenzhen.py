@@ -20,10 +20,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from medad.benchmark.registry import register_dataset
 from medad.datasets import io
 from medad.datasets.base import DatasetError
 from medad.datasets.files import FileDataset, Record
+from medad.registry import register_dataset
 
 SOURCES = {"montgomery": ("MCUCXR", "MontgomerySet"), "shenzhen": ("CHNCXR", "ChinaSet_AllFiles")}
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medad.benchmark.registry import register_dataset
 from medad.datasets import io
 from medad.datasets.files import FileDataset, Record
+from medad.registry import register_dataset
 
 CLASSES = ("NORMAL", "CNV", "DME", "DRUSEN")
 

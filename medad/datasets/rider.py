@@ -26,10 +26,10 @@ from typing import Literal
 
 import numpy as np
 
-from medad.benchmark.registry import register_dataset
 from medad.datasets import io
 from medad.datasets.base import DatasetError
 from medad.datasets.files import FileDataset, Record
+from medad.registry import register_dataset
 
 MANIFEST = "rider_slices.csv"
 WINDOWS = ("dicom", "percentile")

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
 
-from medad.benchmark.registry import register_dataset
 from medad.datasets.base import Dataset, ImageSet, Subset
 from medad.params import NonNegativeInt, PositiveFloat, PositiveInt, Range
+from medad.registry import register_dataset
 
 # (intensity, semi-axis a, semi-axis b, centre x, centre y, angle in degrees): modified Shepp-Logan.
 SHEPP_LOGAN_ELLIPSES = np.array([

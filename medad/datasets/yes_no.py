@@ -15,10 +15,10 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from medad.benchmark.registry import register_dataset
 from medad.datasets import io
 from medad.datasets.base import DatasetError
 from medad.datasets.files import FileDataset, Record
+from medad.registry import register_dataset
 
 Polygon = tuple[tuple[float, float], ...]   # (row, col) vertices in source pixels
 BR35H_MASK_FOLDER = "Br35H-Mask-RCNN"         # later releases: VIA polygons + byte copies of yes/ images

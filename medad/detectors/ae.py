@@ -14,12 +14,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medad.benchmark.registry import register_detector
 from medad.datasets.base import ImageSet
 from medad.detectors.base import Detector, TrainLog
 from medad.detectors.nets import DCGANDecoder, DCGANEncoder, dcgan_init
 from medad.detectors.scoring import gaussian_blur, top_fraction_mean
 from medad.params import NonNegativeFloat, PositiveFloat, PositiveInt, UnitFraction
+from medad.registry import register_detector
 
 
 class AutoEncoder(nn.Module):

@@ -46,11 +46,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medad.benchmark.registry import register_detector
 from medad.datasets.base import DatasetError, ImageSet
 from medad.detectors.base import Detector, TrainLog
 from medad.detectors.nets import DCGANDecoder, DCGANDiscriminator, DCGANEncoder, dcgan_init
 from medad.params import Beta, NonNegativeFloat, PositiveFloat, PositiveInt
+from medad.registry import register_detector
 
 LOSSES = ("sure", "l2")
 

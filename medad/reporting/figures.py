@@ -24,7 +24,7 @@ import pandas as pd  # noqa: E402
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve  # noqa: E402
 
 from medad.benchmark.examples import read_examples  # noqa: E402
-from medad.benchmark.statistics import critical_difference  # noqa: E402
+from medad.evaluation.statistics import critical_difference  # noqa: E402
 from medad.reporting.run_data import RunData  # noqa: E402
 
 DPI = 200  # figures are laid out at 100 dpi, so PNGs are twice the displayed size (sharp on HiDPI screens)

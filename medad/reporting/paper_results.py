@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medad.benchmark.metrics import ORACLE_POLICIES
+from medad.evaluation.metrics import ORACLE_POLICIES
 
 PAPER_COLUMNS = ["source", "paper", "dataset", "subset", "detector", "metric", "value", "threshold_policy",
                  "split_match", "note"]

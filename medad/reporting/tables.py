@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medad.benchmark.metrics import ORACLE_POLICIES
-from medad.benchmark.statistics import (
+from medad.evaluation.metrics import ORACLE_POLICIES
+from medad.evaluation.statistics import (
     METRIC_FUNCTIONS,
     critical_difference,
     delong_test,
@@ -183,7 +183,7 @@ def _stable_seed(*parts: str) -> int:
 def seed_mean_intervals(data: RunData, unit: str, detector: str,
                         seeds: tuple[int, ...]) -> tuple[dict[str, tuple[float, float]], str]:
     """The stratified bootstrap intervals of the seed-mean ROC/PR AUC of ``detector`` on ``unit`` over ``seeds``
-    (:func:`~medad.benchmark.statistics.seed_mean_bootstrap`, seeded by unit and detector), or no interval and
+    (:func:`~medad.evaluation.statistics.seed_mean_bootstrap`, seeded by unit and detector), or no interval and
     why; computed once per report."""
     key = ("seed-mean-intervals", unit, detector, seeds)
     if key not in data.derived:

@@ -44,7 +44,6 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from medad.benchmark.registry import register_detector
 from medad.datasets.base import DatasetError, ImageSet
 from medad.detectors.base import Detector, TrainLog
 from medad.detectors.coronet.attribution import meaningful_perturbation
@@ -52,6 +51,7 @@ from medad.detectors.coronet.cin import WEIGHT_CHOICES, build_cin
 from medad.detectors.coronet.fpae import FPAE, fpae_loss, residual_tensor
 from medad.detectors.scoring import gaussian_blur, top_fraction_mean
 from medad.params import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, UnitFraction
+from medad.registry import register_detector
 
 PAPER = ("Khobahi, Agarwal & Soltanalian, CoroNet: A Deep Network Architecture for Semi-Supervised Task-Based "
          "Identification of COVID-19 from Chest X-ray Images (2020)")

@@ -40,7 +40,6 @@ from typing import Literal
 
 import torch
 
-from medad.benchmark.registry import register_detector
 from medad.datasets.base import ImageSet
 from medad.detectors.base import Detector, TrainLog
 from medad.detectors.fanogan.losses import gradient_penalty, izif_terms
@@ -55,6 +54,7 @@ from medad.detectors.study_inputs import (
     to_network,
 )
 from medad.params import Beta, NonNegativeFloat, PositiveFloat, PositiveInt
+from medad.registry import register_detector
 
 
 @register_detector("f-anogan")

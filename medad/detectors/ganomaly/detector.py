@@ -42,7 +42,6 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from medad.benchmark.registry import register_detector
 from medad.datasets.base import ImageSet
 from medad.detectors.base import Detector, TrainLog
 from medad.detectors.ganomaly.losses import discriminator_loss, generator_losses, latent_score
@@ -51,6 +50,7 @@ from medad.detectors.protocol import PROTOCOLS, batch_statistics, check_protocol
 from medad.detectors.scoring import scores_in_random_order
 from medad.detectors.study_inputs import INPUT_RANGES, check_choice, from_network, network_channels_for, to_network
 from medad.params import Beta, NonNegativeFloat, PositiveFloat, PositiveInt
+from medad.registry import register_detector
 
 D_COLLAPSE = 1e-5  # the reference re-initialises D below this loss
 

@@ -37,13 +37,13 @@ from typing import Literal
 
 import torch
 
-from medad.benchmark.registry import register_detector
 from medad.datasets.base import ImageSet
 from medad.detectors.base import Detector, TrainLog
 from medad.detectors.mamanet.losses import EM_MODES, mama_loss
 from medad.detectors.mamanet.networks import MEM_UPDATES, MamaNetwork
 from medad.detectors.scoring import gaussian_blur, top_fraction_mean
 from medad.params import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, UnitFraction
+from medad.registry import register_detector
 
 PAPER_WIDTHS = (64, 256, 512)
 PAPER_DEC_SA3_OUT = 1024

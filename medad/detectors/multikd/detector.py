@@ -32,7 +32,6 @@ from typing import Literal
 
 import torch
 
-from medad.benchmark.registry import register_detector
 from medad.datasets.base import ImageSet
 from medad.detectors.base import Detector, TrainLog
 from medad.detectors.multikd.losses import distillation_terms
@@ -42,6 +41,7 @@ from medad.detectors.protocol import PROTOCOLS, check_protocol
 from medad.detectors.scoring import gaussian_blur
 from medad.detectors.study_inputs import check_choice, to_network
 from medad.params import NonNegativeFloat, PositiveFloat, PositiveInt
+from medad.registry import register_detector
 
 LOCALIZATIONS = ("gbp", "gradients", "none")
 

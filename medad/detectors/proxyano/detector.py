@@ -32,7 +32,6 @@ from typing import Literal
 
 import torch
 
-from medad.benchmark.registry import register_detector
 from medad.datasets.base import ImageSet
 from medad.detectors.base import Detector, TrainLog
 from medad.detectors.blocks.conv import PatchDiscriminator
@@ -42,6 +41,7 @@ from medad.detectors.proxyano.pseudo_anomaly import paste_random_patches
 from medad.detectors.proxyano.superpixels import scaled_segments, superpixel_images
 from medad.detectors.scoring import gaussian_blur, top_fraction_mean
 from medad.params import Beta, Decay, NonNegativeFloat, PositiveFloat, PositiveInt, UnitFraction
+from medad.registry import register_detector
 
 
 @register_detector("proxyano")

@@ -1,4 +1,4 @@
-"""Executors hand jobs to workers: in this process, or a pool of worker processes (one per GPU).
+"""The local executors: jobs in this process, or a pool of worker processes (one per GPU, or per CPU core).
 
 The pool follows anomalib's runner split: the engine expands jobs, an executor runs them and calls
 back with each job's record. On a machine with GPUs, worker ``i`` is started with
@@ -27,7 +27,7 @@ from medad.benchmark.job_runner import run_job, write_lost_job
 from medad.benchmark.jobs import Job
 from medad.benchmark.run_folder import RunFolder
 
-OnRecord = Callable[[dict[str, Any]], None]
+OnRecord = Callable[[dict[str, Any]], None]  # called with each finished job's record
 
 
 class InProcessExecutor:
@@ -197,36 +197,3 @@ def visible_gpu_ids() -> list[str]:
         ids = [i.strip() for i in listed.split(",") if i.strip()]
         return ids[:count] if count else []
     return [str(i) for i in range(count)]
-
-
-EXECUTORS = ("local", "ray", "slurm")
-
-
-def make_executor(name: str, device: str, workers: int | None, *, ray_address: str | None = None,
-                  max_retries: int = 2, slurm_cluster: str = "slurm", slurm_params: dict[str, Any] | None = None):
-    """The executor for ``--executor name``.
-
-    ``local``: GPUs get one worker each; CPU runs in-process unless --workers > 1. ``ray`` and ``slurm``
-    run each job remotely (``workers``: at most that many at once); a lost task runs again up to
-    ``max_retries`` times.
-    """
-    if name == "ray":
-        from medad.benchmark.ray_executor import RayExecutor
-
-        return RayExecutor(address=ray_address, max_retries=max_retries, max_in_flight=workers)
-    if name == "slurm":
-        from medad.benchmark.slurm_executor import SlurmExecutor
-
-        return SlurmExecutor(cluster=slurm_cluster, max_retries=max_retries, max_in_flight=workers,
-                             slurm_params=slurm_params)
-    if name != "local":
-        raise ValueError(f"unknown executor {name!r}; available: {', '.join(EXECUTORS)}")
-    gpus = visible_gpu_ids() if device != "cpu" else []
-    if gpus:
-        count = workers or len(gpus)
-        if count > len(gpus):
-            raise ValueError(f"--workers {count} but only {len(gpus)} GPUs are visible ({', '.join(gpus)})")
-        return ProcessPoolExecutor(count, gpu_ids=gpus)
-    if workers and workers > 1:
-        return ProcessPoolExecutor(workers, threads_per_worker=max(1, (os.cpu_count() or 1) // workers))
-    return InProcessExecutor()

@@ -1,6 +1,6 @@
 """``--executor ray``: each job is a Ray task; its output comes back to the driver, which writes the run folder.
 
-Each task asks for the resources its job's config states (:func:`medad.benchmark.remote.job_resources`:
+Each task asks for the resources its job's config states (:func:`medad.benchmark.executors.remote.job_resources`:
 by default 1 CPU, and 1 GPU when the cluster has GPUs). Ray sets ``CUDA_VISIBLE_DEVICES`` for the task,
 so device ``auto`` uses the GPU it was given.
 
@@ -20,10 +20,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from medad.benchmark.executors import OnRecord
+from medad.benchmark.executors.local import OnRecord
+from medad.benchmark.executors.remote import error_line, job_resources, missing_extra, remote_job
 from medad.benchmark.job_runner import write_lost_job, write_output
 from medad.benchmark.jobs import Job
-from medad.benchmark.remote import error_line, job_resources, missing_extra, remote_job
 from medad.benchmark.run_folder import RunFolder
 
 

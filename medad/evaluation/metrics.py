@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
-from medad.benchmark.pixel_metrics import aupro, best_dice, dice, pixel_threshold_val
+from medad.evaluation.pixel_metrics import aupro, best_dice, dice, pixel_threshold_val
 
 ORACLE_POLICIES = frozenset({"youden", "best_f1", "best_dice"})
 THRESHOLD_METRICS = ("threshold", "precision", "recall", "specificity", "f1", "accuracy")

@@ -1,6 +1,6 @@
 """``--executor slurm``: the matrix as SLURM array jobs through submitit; outputs come back to the driver.
 
-Jobs are grouped by the resources they ask for (:func:`medad.benchmark.remote.job_resources`; most
+Jobs are grouped by the resources they ask for (:func:`medad.benchmark.executors.remote.job_resources`; most
 matrices have one group) and each group is submitted as one array job with those resources
 (``cpus_per_task``, ``gpus_per_node``, ``mem_gb``, ``timeout_min``; ``--workers`` caps how many array
 tasks run at once). Each task returns the job's output through submitit's result file and the driver
@@ -26,10 +26,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from medad.benchmark.executors import OnRecord
+from medad.benchmark.executors.local import OnRecord
+from medad.benchmark.executors.remote import JobResources, error_line, job_resources, missing_extra, remote_job, whole_gpus
 from medad.benchmark.job_runner import write_lost_job, write_output
 from medad.benchmark.jobs import Job
-from medad.benchmark.remote import JobResources, error_line, job_resources, missing_extra, remote_job, whole_gpus
 from medad.benchmark.run_folder import RunFolder
 
 
