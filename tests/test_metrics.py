@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score, roc_auc_score
 
-from medad.benchmark import metrics as m
+from medad.evaluation import metrics as m
 
 
 def by_key(rows):

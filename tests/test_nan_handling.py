@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medad.benchmark import metrics as m
+from medad.evaluation import metrics as m
 from medad.cli import main
 from tests.conftest import write_config
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from medad.benchmark import metrics, statistics
+from medad.evaluation import metrics, statistics
 
 
 def test_delong_matches_a_case_computed_by_hand():
