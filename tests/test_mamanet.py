@@ -112,17 +112,18 @@ def _small_write_network(mem_size: int) -> MamaNetwork:
     return MamaNetwork(16, 1, widths=(4, 6, 8), dec_sa3_out=8, mem_size=mem_size, hash_bits=16, mem_update="write")
 
 
-def test_write_memory_stores_each_code_first_in_first_out_and_reads_it_back_in_training():
+def test_write_memory_stores_each_code_first_in_first_out_and_never_reads_it_back_in_the_same_step():
     net = _small_write_network(mem_size=5).train()
     assert not net.memory.items.requires_grad  # written, not learned
     first = net(torch.rand(3, 1, 16, 16))
     torch.testing.assert_close(net.memory.items[:3], first["z"].detach().flatten(1))
-    assert first["slots"].tolist() == [0, 1, 2]  # each code reads itself (Hamming 0, cosine 1)
-    torch.testing.assert_close(first["z_hat"], first["z"])
+    assert set(first["slots"].tolist()) <= {3, 4}  # leave-self-out: an older slot, never the code just written
+    torch.testing.assert_close(first["z_hat"].flatten(1), net.memory.items[first["slots"]])
     first["recon"].sum().backward()  # straight through: the encoder learns through the memory path
     assert net.conv1.patch_qkv.weight.grad is not None and net.conv1.patch_qkv.weight.grad.abs().sum() > 0
     second = net(torch.rand(3, 1, 16, 16))
-    assert second["slots"].tolist() == [3, 4, 0]  # wraps around: the oldest slot is overwritten
+    torch.testing.assert_close(net.memory.items[[3, 4, 0]], second["z"].detach().flatten(1))  # wraps around
+    assert set(second["slots"].tolist()) <= {1, 2}
 
 
 def test_write_memory_is_frozen_at_test_and_an_unseen_code_reads_a_stored_one():
@@ -167,7 +168,7 @@ def test_attention_block_resamples_as_its_mode_says(mode, out_side):
 def test_shapes_and_parameter_count_at_128_px_match_the_spec():
     """spec-mamanet.md Sec. 2: the table of shapes and about 30.7 M parameters without memory and hash layer."""
     torch.manual_seed(0)
-    net = MamaNetwork(128, 1, mem_size=2, kv_pool_side=8).eval()  # pooling changes cost, not shapes
+    net = MamaNetwork(128, 1, mem_size=2, kv_pool_side=8, mem_update="gradient").eval()  # pooling: cost, not shapes
     assert encoder_sizes(228) == [228, 114, 57, 29]  # the paper's sizes
     shapes = {}
     for name in ("conv1", "conv2", "conv3", "semantic_basis", "deconv3", "pre_deconv2", "deconv2_sa", "deconv2", "output"):

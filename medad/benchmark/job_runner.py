@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from medad.benchmark.acceleration import autocast, precision_tags, resolve_memory_format
+from medad.benchmark.config import hyperparameters
 from medad.benchmark.examples import EXAMPLES_FILE, examples_npz
 from medad.benchmark.jobs import Job
 from medad.benchmark.resources import PeakMemory, resolve_device, seed_everything
@@ -121,9 +122,20 @@ def fit_detector(detector: Detector, subset: Subset, log: TrainLog) -> None:
     detector.fit(subset.train.without_labels(), subset.val, log, **extra)
 
 
-def detector_tags(detector: Detector) -> dict[str, str]:
-    """Columns that say what kind of result a row is (supervision, weights, ...)."""
-    return {"supervision": detector.supervision, "weights": detector.weights, **detector.extra_tags()}
+def setting_deviations(cls: type[Detector], params: dict[str, Any]) -> list[str]:
+    """The detector's :attr:`~Detector.paper_settings` that ``params`` (the config's) change, in words."""
+    defaults = {name: parameter.default for name, parameter in hyperparameters(cls).items()}
+    return [f"{name} {params[name]:g} (paper: {defaults[name]:g})" if isinstance(params[name], float | int)
+            and isinstance(defaults.get(name), float | int) and not isinstance(params[name], bool)
+            else f"{name} {params[name]} (paper: {defaults.get(name)})"
+            for name in cls.paper_settings if name in params and params[name] != defaults.get(name)]
+
+
+def detector_tags(detector: Detector, params: dict[str, Any] | None = None) -> dict[str, str]:
+    """Columns that say what kind of result a row is (supervision, weights, protocol tags, deviations)."""
+    deviations = setting_deviations(type(detector), params or {}) + detector.paper_deviations()
+    return {"supervision": detector.supervision, "weights": detector.weights, **detector.extra_tags(),
+            **({"deviations": "; ".join(deviations)} if deviations else {})}
 
 
 def _score_subset(detector: Detector, subset: Subset, job: Job) -> tuple[list[MetricRow], dict[str, tuple[float, float]],
@@ -175,7 +187,7 @@ def execute(job: Job, run_id: str, progress: bool = False) -> tuple[dict[str, An
         rows, intervals, val_scores, test_scores, score_s = _score_subset(detector, subset, job)
     timings["score_s"] = score_s
 
-    tags = {**detector_tags(detector), **precision_tags(job.precision)}
+    tags = {**detector_tags(detector, job.detector_params), **precision_tags(job.precision)}
     split_rows = subset.split_rows()
     timings["split"] = {**subset.split_info, "fingerprint": split_fingerprint([i for i, _, _ in split_rows],
                                                                               [part for _, part, _ in split_rows])}

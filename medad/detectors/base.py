@@ -67,6 +67,9 @@ class Detector(abc.ABC):
     supervision: ClassVar[str] = "unsupervised"
     needs: ClassVar[tuple[str, ...]] = ()
     smoke_params: ClassVar[dict[str, Any]] = {}
+    # hyper-parameters whose defaults are the paper's (or its reference code's): a config that changes one
+    # makes the rows differ from the paper's protocol, and the harness says so in their ``deviations`` tag
+    paper_settings: ClassVar[tuple[str, ...]] = ()
     smoke_image_size: ClassVar[int] = 32
 
     def __init__(self, *, image_size: int, channels: int, device: str | torch.device = "cpu", seed: int = 0) -> None:
@@ -110,6 +113,12 @@ class Detector(abc.ABC):
     def extra_tags(self) -> dict[str, str]:
         """Further columns for every CSV row of this detector's results (e.g. ``protocol``)."""
         return {}
+
+    def paper_deviations(self) -> list[str]:
+        """What else makes these rows differ from the paper's protocol (another score, selection or memory...), in
+        words; the harness adds the changed :attr:`paper_settings` and joins all into the rows' ``deviations``
+        tag, which the report shows beside every paper-vs-reproduced difference. Empty: the paper's setting."""
+        return []
 
     @property
     def sees_test_set(self) -> bool:

@@ -40,8 +40,10 @@ and lr 5e-4 were no better in that budget.
 
 from __future__ import annotations
 
+import copy
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -49,10 +51,12 @@ from torch import nn
 from medad.datasets.base import DatasetError, ImageSet
 from medad.detectors.base import Detector, TrainLog
 from medad.detectors.nets import DCGANDecoder, DCGANDiscriminator, DCGANEncoder, dcgan_init
+from medad.evaluation.metrics import roc_auc
 from medad.params import Beta, NonNegativeFloat, PositiveFloat, PositiveInt
 from medad.registry import register_detector
 
 LOSSES = ("sure", "l2")
+SELECTIONS = ("last", "best_val_auroc")
 
 
 def roi_target(images: torch.Tensor, roi_masks: torch.Tensor) -> torch.Tensor:
@@ -120,6 +124,7 @@ class SureROIDetector(Detector):
 
     paper = "Wang, Anomaly Detection in Chest X-Ray Screening based on Adversarial Screening (MSc diss., Birmingham, 2022)"
     needs = ("roi_masks",)
+    paper_settings = ("epochs", "batch_size", "lr", "latent", "width", "w_adv", "w_sure", "w_enc", "loss")
     smoke_params = {"epochs": 30, "batch_size": 16, "width": 16, "latent": 32, "lr": 5e-4}
 
     def __init__(self, *, image_size: int, channels: int, device: str = "cpu", seed: int = 0,
@@ -127,7 +132,7 @@ class SureROIDetector(Detector):
                  beta1: Beta = 0.5, latent: PositiveInt = 100, width: PositiveInt = 64, w_adv: NonNegativeFloat = 1.0,
                  w_sure: NonNegativeFloat = 50.0, w_enc: NonNegativeFloat = 1.0, loss: Literal[LOSSES] = "sure",
                  sigma: NonNegativeFloat | None = None, tau: PositiveFloat = 1e-2, sure_literal: bool = False,
-                 reinit_below: NonNegativeFloat = 1e-5) -> None:
+                 reinit_below: NonNegativeFloat = 1e-5, select: Literal[SELECTIONS] = "last") -> None:
         super().__init__(image_size=image_size, channels=channels, device=device, seed=seed)
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
@@ -138,7 +143,10 @@ class SureROIDetector(Detector):
         self.epochs, self.batch_size, self.lr, self.beta1 = epochs, batch_size, lr, beta1
         self.w_adv, self.w_sure, self.w_enc = w_adv, w_sure, w_enc
         self.loss, self.sigma, self.tau, self.sure_literal = loss, sigma, tau, sure_literal
-        self.reinit_below = reinit_below
+        self.reinit_below, self.select = reinit_below, select
+        if select == "best_val_auroc":  # the epoch is chosen with labelled anomalies: not unsupervised any more
+            self.supervision = "semi-supervised"
+        self.selected_epoch = -1
         torch.manual_seed(self.seed)
         self.generator_net = ROIGenerator(image_size, channels, latent, width).to(self.device)
         self.discriminator = DCGANDiscriminator(image_size, channels, width).to(self.device)
@@ -147,10 +155,17 @@ class SureROIDetector(Detector):
         self.fitted_sigma = torch.tensor(float("nan"))
 
     def extra_tags(self) -> dict[str, str]:
-        tags = {"loss": self.loss}
+        tags = {"loss": self.loss, "selection": "best-val-epoch" if self.select == "best_val_auroc" else "final-epoch"}
         if self.loss == "sure":
             tags["sure_form"] = "literal" if self.sure_literal else "recommended"
         return tags
+
+    def paper_deviations(self) -> list[str]:
+        """What makes these rows differ from the dissertation's setting (Sec. 5.1, Fig. B.2)."""
+        found = []
+        if self.select == "last":
+            found.append("last epoch (the dissertation's Best AUROC picks the epoch on a labelled validation set)")
+        return found
 
     def extra_state(self) -> dict[str, torch.Tensor]:
         return {"fitted_sigma": self.fitted_sigma}
@@ -158,7 +173,15 @@ class SureROIDetector(Detector):
     def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
         self.fitted_sigma = state.get("fitted_sigma", self.fitted_sigma)
 
-    def fit(self, train: ImageSet, val: ImageSet | None = None, log: TrainLog | None = None) -> None:
+    def fit(self, train: ImageSet, val: ImageSet | None = None, log: TrainLog | None = None, *,
+            anomaly_pool: ImageSet | None = None) -> None:
+        """Train; with ``select="best_val_auroc"`` keep the epoch whose ROC AUC on the validation normals plus the
+        labelled anomaly pool (never the test set) is highest, as the dissertation's "Best AUROC" (Sec. 5.1, 5.3)."""
+        selecting = self.select == "best_val_auroc"
+        if selecting and (val is None or anomaly_pool is None or not len(val) or not len(anomaly_pool)):
+            raise DatasetError("sure-roi select=best_val_auroc needs validation normals and a labelled anomaly pool "
+                               "(the dataset's n_anomaly_pool > 0 and val_fraction > 0)")
+        best = (-1.0, None)
         if train.roi_masks is None:
             raise DatasetError("sure-roi needs ROI masks for its training images (ImageSet.roi_masks is None)")
         log = log or TrainLog()
@@ -179,7 +202,23 @@ class SureROIDetector(Detector):
                 losses = self._step(images, masks, sigma, optimizer_g, optimizer_d)
                 log.log(epoch, step, **losses)
                 step += 1
+            if selecting:
+                auc = self._validation_auroc(val, anomaly_pool)
+                log.log(epoch, step, val_roc_auc=auc)
+                if auc > best[0]:
+                    best = (auc, copy.deepcopy(self.generator_net.state_dict()))
+                    self.selected_epoch = epoch
+                self.train_mode()
+        if best[1] is not None:
+            self.generator_net.load_state_dict(best[1])
         self.eval_mode()
+
+    def _validation_auroc(self, val: ImageSet, anomaly_pool: ImageSet) -> float:
+        """ROC AUC of the current model on validation normals (0) and labelled pool anomalies (1)."""
+        self.eval_mode()
+        labelled = ImageSet.concat([val, anomaly_pool])
+        scores = torch.cat([self.score(batch) for batch in labelled.batches(64)]).numpy()
+        return float(roc_auc(np.r_[np.zeros(len(val)), np.ones(len(anomaly_pool))], scores))
 
     def _step(self, images: torch.Tensor, masks: torch.Tensor, sigma: float, optimizer_g: torch.optim.Optimizer,
               optimizer_d: torch.optim.Optimizer) -> dict[str, torch.Tensor]:

@@ -108,6 +108,21 @@ def number_cell(values: pd.Series, digits: int = 3, ci: Interval | None = None) 
     return Cell(text, mean, "num", title)
 
 
+DEVIATIONS_TAG = "deviations"
+# What a tag means, shown as its badge's tooltip (every other tag: "extra tag column ...").
+TAG_MEANINGS = {
+    "adaptation": "a use of the method that its paper does not have (here: the healthy autoencoder's residual "
+                  "scored on its own; the paper feeds it to a supervised classifier and reports accuracy), so no "
+                  "paper number corresponds to these rows",
+    "protocol": "clean: the harness's protocol (eval mode, final epoch, no test statistics); reference: the "
+                "reference code's quirks",
+    "selection": "how the reported epoch was chosen",
+    "precision": "arithmetic precision of training and scoring",
+    "score": "the image score used",
+}
+WARNING_TAGS = {"adaptation"}
+
+
 def tag_badges(tags: DetectorTags | None) -> list[Badge]:
     """Badges for what sets a detector's rows apart: supervision, pretrained weights, protocol tags."""
     if tags is None:
@@ -123,7 +138,12 @@ def tag_badges(tags: DetectorTags | None) -> list[Badge]:
         kind = "info" if tags.weights == "imagenet" else "warn"
         badges.append(Badge(f"weights: {tags.weights}", kind,
                             "pretrained weights" if kind == "info" else "not the ImageNet weights the paper used"))
-    badges += [Badge(f"{key}: {value}", "info", f"extra tag column {key!r}") for key, value in tags.extra.items()]
+    for key, value in tags.extra.items():
+        if key == DEVIATIONS_TAG:  # long: the badge says that there are some, its tooltip which
+            badges.append(Badge("not the paper's setting", "warn", str(value)))
+        else:
+            badges.append(Badge(f"{key}: {value}", "warn" if key in WARNING_TAGS else "info",
+                                TAG_MEANINGS.get(key, f"extra tag column {key!r}")))
     return badges
 
 
@@ -512,13 +532,30 @@ def paper_table(data: RunData, comparison: pd.DataFrame) -> Table:
                      Cell("–" if not np.isfinite(r.difference) else f"{r.difference:+.3f}",
                           r.difference if np.isfinite(r.difference) else None, "num"),
                      split_cell(r.split_match, data.manifest.get("splits", {}).get(r.unit)),
-                     Cell(r.paper, r.paper, title=r.note)])
+                     protocol_cell(data.tags.get(r.detector)), Cell(r.paper, r.paper, title=r.note)])
     note = ("Paper numbers ship in medad/data/paper_results*.csv. Difference = reproduced − paper. "
+            "Protocol: what makes the reproduced rows differ from the paper's setting (the detector's own account, "
+            "its 'deviations' tag, and protocol tags), beside each difference. "
             "split_match: yes = the paper's own file lists, sizes = the same split sizes drawn with our seed (checked "
             "against this run: 'test sizes only' when part of the training normals was carved off for validation), "
             "no = a different split.")
     return Table("paper-vs-reproduced", "Paper vs reproduced", ["Dataset/subset", "Detector", "Metric", "Policy", "Paper",
-                                                               "Reproduced", "Difference", "Split", "Paper source"], rows, note)
+                                                               "Reproduced", "Difference", "Split", "Protocol vs the paper",
+                                                               "Paper source"], rows, note)
+
+
+def protocol_cell(tags: DetectorTags | None) -> Cell:
+    """The protocol choices that set a detector's rows apart from its paper: its deviations, weights, tags."""
+    if tags is None:
+        return Cell("")
+    parts = [str(tags.extra[DEVIATIONS_TAG])] if tags.extra.get(DEVIATIONS_TAG) else []
+    if tags.weights not in ("none", "", "imagenet"):
+        parts.append(f"weights: {tags.weights}")
+    parts += [f"{key}: {value}" for key, value in tags.extra.items()
+              if key in ("protocol", "selection", "score_scaling", "adaptation", "precision") and value not in
+              ("clean", "final-epoch", "none", "")]
+    text = "; ".join(parts) or "as the paper"
+    return Cell(text, text)
 
 
 def failed_table(data: RunData) -> Table:

@@ -63,6 +63,7 @@ class FAnoGANDetector(Detector):
 
     paper = "Schlegl et al., f-AnoGAN, Medical Image Analysis 2019 (as run by Esmaeili et al., IEEE Access 2023)"
     # Tiny sets give few generator steps under the reference's n_critic schedule: the smoke fit uses n_critic=1.
+    paper_settings = ("gan_epochs", "encoder_epochs", "batch_size", "lr", "latent", "n_critic", "generator_width", "critic_width", "input_range")
     smoke_params = {"gan_epochs": 25, "encoder_epochs": 15, "batch_size": 16, "generator_width": 16,
                     "critic_width": 8, "latent": 16, "lr": 2e-3, "n_critic": 1}
 

@@ -60,6 +60,7 @@ class GanomalyDetector(Detector):
     """GANomaly: adversarial encoder-decoder-encoder; score = latent distance ||G_E(x) − E(G(x))||²."""
 
     paper = "Akcay et al., GANomaly, ACCV 2018 (as run by Esmaeili et al., IEEE Access 2023)"
+    paper_settings = ("epochs", "batch_size", "lr", "latent", "width", "w_adv", "w_con", "w_enc", "input_range")
     smoke_params = {"epochs": 30, "batch_size": 16, "width": 16, "latent": 32, "lr": 1e-3}
 
     def __init__(self, *, image_size: int, channels: int, device: str = "cpu", seed: int = 0,

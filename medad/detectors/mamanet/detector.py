@@ -19,13 +19,16 @@ RMS-scaled cost (see :mod:`medad.detectors.mamanet.losses`), and ``dec_sa3_out =
 ``width_mult`` scales every width (1.0 = the paper; smaller for CPU runs); ``epochs > 0`` replaces the
 iteration budget by whole epochs.
 
-``mem_update="write"`` (Sec. III-C: the code z "is first stored at memory slots", then addressed): the
-slots are a first-in-first-out bank of training codes, and after training every slot is refilled with a
-code of the final encoder (eval mode) so the frozen test-time memory matches it. At test time a normal
-image then reads the code of a similar training normal and an anomaly the code of the nearest normal.
-With the default ``"gradient"`` (slots learned by back-propagation) the decoder learned to ignore the
-memory read on the synthetic phantoms (swapping the read for a random slot changed ``x_hat`` by an MSE of
-2e-5) and reconstructed through the semantic basis alone.
+``mem_update`` (see :mod:`medad.detectors.mamanet.networks`): ``"prototype"`` (the default, the paper's
+description: slots that track the normal codes addressed to them, a trained hash layer, a straight-through
+read, fixed at test; ``mem_decay`` and ``reseed_after`` set the slots' moving average and the re-seeding
+of idle ones, ``commitment`` the weight of VQ-VAE's commitment term that ties the codes to the slots they
+read [R]: the paper's loss is MSE + EM, and "encoder, decoder and memory are trained to optimize the
+reconstruction error" gives no rule that ties them; 0 = the paper's loss alone); ``"gradient"``
+(slots learned by back-propagation through a detached read: the decoder learned to ignore the memory on
+the synthetic phantoms); ``"write"`` (Sec. III-C's "first stored at memory slots": a first-in-first-out
+bank of training codes, read leave-self-out, refilled with the final encoder's codes after training);
+``"bypass"`` (no memory: an ablation). Rows of any mode but ``prototype`` say so in ``deviations``.
 
 Diagnostics logged per epoch: ``slots_used`` (distinct memory slots addressed: slot collapse) and
 ``recon_spatial_std`` (mean spatial standard deviation of ``x_hat``: collapse to flat images).
@@ -40,13 +43,14 @@ import torch
 from medad.datasets.base import ImageSet
 from medad.detectors.base import Detector, TrainLog
 from medad.detectors.mamanet.losses import EM_MODES, mama_loss
-from medad.detectors.mamanet.networks import MEM_UPDATES, MamaNetwork
+from medad.detectors.mamanet.networks import HASH_TRAINING, MEM_UPDATES, MamaNetwork
 from medad.detectors.scoring import gaussian_blur, top_fraction_mean
-from medad.params import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, UnitFraction
+from medad.params import Decay, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, UnitFraction
 from medad.registry import register_detector
 
 PAPER_WIDTHS = (64, 256, 512)
 PAPER_DEC_SA3_OUT = 1024
+PAPER_ITERATIONS = 70_000
 
 
 @register_detector("mama-net")
@@ -55,8 +59,9 @@ class MamaNetDetector(Detector):
 
     paper = ("Chen et al., MAMA Net: Multi-Scale Attention Memory Autoencoder Network for Anomaly Detection, "
              "IEEE TMI 40(3), 2021")
+    paper_settings = ("iterations", "batch_size", "lr", "width_mult", "mem_size", "hash_bits", "addressing")
     smoke_params = {"epochs": 8, "batch_size": 8, "lr": 1e-3, "width_mult": 0.25, "mem_size": 64, "hash_bits": 32,
-                    "mem_update": "write", "map_sigma": 2.0, "top_fraction": 0.02}
+                    "reseed_after": 16}
 
     @classmethod
     def check_settings(cls, params: dict) -> None:
@@ -71,8 +76,9 @@ class MamaNetDetector(Detector):
                  patch_gate: Literal["sigmoid", "identity"] = "sigmoid", attn_scale: Literal["sqrt", "none"] = "sqrt",
                  residual_query: bool = True, kv_pool_side: NonNegativeInt = 0, use_semantic_basis: bool = True,
                  mem_size: PositiveInt = 2000, hash_bits: PositiveInt = 128, addressing: Literal["hard", "soft"] = "hard",
-                 soft_topk: PositiveInt = 5, soft_tau: PositiveFloat = 1.0, hash_train: Literal["frozen", "ste"] = "frozen",
-                 mem_update: Literal[MEM_UPDATES] = "gradient", wide_output_block: bool = True,
+                 soft_topk: PositiveInt = 5, soft_tau: PositiveFloat = 1.0, hash_train: Literal[HASH_TRAINING] = "auto",
+                 mem_update: Literal[MEM_UPDATES] = "prototype", mem_decay: Decay = 0.99,
+                 reseed_after: PositiveInt = 50, commitment: NonNegativeFloat = 0.25, wide_output_block: bool = True,
                  em_mode: Literal[EM_MODES] = "batch_emd", lambda_em: NonNegativeFloat = 1.0,
                  sliced_projections: PositiveInt = 128, map_sigma: NonNegativeFloat = 0.0,
                  top_fraction: UnitFraction = 1.0) -> None:
@@ -86,13 +92,14 @@ class MamaNetDetector(Detector):
             raise ValueError(f"width_mult must be > 0, got {width_mult}")
         self.iterations, self.epochs, self.batch_size, self.lr = iterations, epochs, batch_size, lr
         self.em_mode, self.lambda_em, self.sliced_projections = em_mode, lambda_em, sliced_projections
-        self.map_sigma, self.top_fraction = map_sigma, top_fraction
+        self.map_sigma, self.top_fraction, self.commitment = map_sigma, top_fraction, commitment
         widths = tuple(max(1, round(w * width_mult)) for w in PAPER_WIDTHS)
         torch.manual_seed(self.seed)
         self.model = MamaNetwork(
             image_size, channels, widths=widths, dec_sa3_out=max(1, round(PAPER_DEC_SA3_OUT * width_mult)),
             mem_size=mem_size, hash_bits=hash_bits, addressing=addressing, soft_topk=soft_topk, soft_tau=soft_tau,
-            hash_train=hash_train, mem_update=mem_update, wide_output_block=wide_output_block,
+            hash_train=hash_train, mem_update=mem_update, wide_output_block=wide_output_block, mem_decay=mem_decay,
+            reseed_after=reseed_after,
             use_semantic_basis=use_semantic_basis, patch_size=patch_size, patch_gate=patch_gate, attn_scale=attn_scale, residual_query=residual_query,
             kv_pool_side=kv_pool_side).to(self.device)
 
@@ -119,10 +126,13 @@ class MamaNetDetector(Detector):
                 losses = mama_loss(batch, outputs, self.em_mode, self.lambda_em,
                                    **({"n_projections": self.sliced_projections, "seed": step}
                                       if self.em_mode == "sliced" else {}))
+                loss = losses["loss"]
+                if self.commitment and self.model.mem_update == "prototype":
+                    loss = loss + self.commitment * self.model.memory.last_commitment
                 optimizer.zero_grad(set_to_none=True)
-                losses["loss"].backward()
+                loss.backward()
                 optimizer.step()
-                log.log(epoch, step, loss=losses["loss"], mse=losses["mse"], em=losses["em"])
+                log.log(epoch, step, loss=loss, mse=losses["mse"], em=losses["em"])
                 slots.update(outputs["slots"].flatten().tolist())
                 spread.append(float(outputs["recon"].detach().flatten(2).std(dim=2).mean()))
                 step += 1
@@ -131,6 +141,23 @@ class MamaNetDetector(Detector):
         self.model.eval()
         if self.model.mem_update == "write":
             self._store_training_codes(train)
+        elif self.model.mem_update == "prototype":
+            self.model.memory.settle(self._codes(train, torch.arange(len(train))))
+
+    def paper_deviations(self) -> list[str]:
+        """What makes these rows differ from the paper's setting (Sec. IV-A) besides :attr:`paper_settings`."""
+        found = [f"{self.epochs} epochs (paper: {PAPER_ITERATIONS} iterations)"] if self.epochs > 0 else []
+        if self.model.mem_update != "prototype":
+            found.append(f"memory: {self.model.mem_update} (not the paper's prototype memory)")
+        if self.top_fraction < 1.0:
+            found.append(f"score: mean of the worst {self.top_fraction:.0%} of the map (paper: reconstruction error e_u)")
+        return found
+
+    @torch.no_grad()
+    def _codes(self, images: ImageSet, order: torch.Tensor) -> torch.Tensor:
+        """The encoder's flattened codes (eval mode) of ``images`` at positions ``order``, in batches."""
+        return torch.cat([self.model.encode(self.to_device(images.float_images(order[start:start + self.batch_size])))
+                          for start in range(0, len(order), self.batch_size)]).flatten(1)
 
     @torch.no_grad()
     def _store_training_codes(self, train: ImageSet) -> None:
@@ -141,8 +168,7 @@ class MamaNetDetector(Detector):
         """
         n, slots = len(train), self.model.memory.mem_size
         order = torch.randperm(n, generator=self.generator)[:slots] if n > slots else torch.arange(n)
-        codes = torch.cat([self.model.encode(self.to_device(train.float_images(order[start:start + self.batch_size])))
-                           for start in range(0, len(order), self.batch_size)]).flatten(1)
+        codes = self._codes(train, order)
         self.model.memory.items.copy_(codes[torch.arange(slots) % len(codes)])
         self.model.write_pointer.zero_()
 

@@ -51,6 +51,7 @@ class MultiKDDetector(Detector):
     """Multi-KD: a small cloner distils a frozen VGG16 at pool2..pool5; score = its value + direction loss."""
 
     paper = "Salehi et al., Multiresolution Knowledge Distillation, CVPR 2021 (as run by Esmaeili et al., IEEE Access 2023)"
+    paper_settings = ("epochs", "batch_size", "lr", "lamda", "source_width_divisor", "cloner_width", "equal_network_size")
     smoke_params = {"epochs": 20, "batch_size": 16, "source": "random", "source_width_divisor": 4,
                     "cloner_width": 8, "map_sigma": 1.0}
 

@@ -50,8 +50,16 @@ class ProxyAnoDetector(Detector):
 
     paper = ("Zhou et al., Proxy-bridged Image Reconstruction Network for Anomaly Detection in Medical Images, "
              "IEEE TMI (arXiv 2110.01761)")
+    paper_settings = ("stage1_epochs", "stage2_epochs", "batch_size", "lr", "lr_d", "base_width", "depth", "code_dim",
+                      "mem_items", "n_segments", "disc_width")
     smoke_params = {"stage1_epochs": 6, "stage2_epochs": 6, "batch_size": 8, "base_width": 8, "depth": 3,
                     "disc_width": 8, "score_space": "map", "map_sigma": 2.0, "top_fraction": 0.02}
+
+    def paper_deviations(self) -> list[str]:
+        """The map score is medad's: the paper scores an image by Eq. 13's latent distance."""
+        if self.score_space == "latent":
+            return []
+        return [f"score: {self.score_space} space (paper: Eq. 13, ||Enc_p(I) - Enc_p(I_hat)||)"]
 
     def __init__(self, *, image_size: int, channels: int, device: str = "cpu", seed: int = 0,
                  stage1_epochs: PositiveInt = 100, stage2_epochs: PositiveInt = 100, batch_size: PositiveInt = 16,
