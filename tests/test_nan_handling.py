@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medad.evaluation import metrics as m
 from medad.cli import main
+from medad.evaluation import metrics as m
 from tests.conftest import write_config
 
 PIXEL_KEYS = [("pixel_roc_auc", "none"), ("pixel_pr_auc", "none"), ("aupro", "none"),
