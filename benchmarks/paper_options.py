@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import re
 
 import medad
 from medad.benchmark.config import load_config
@@ -34,7 +35,7 @@ def matrix(detectors: list[str]) -> dict:
     for label in detectors:
         for option, change in OPTIONS[label].items():
             entry = entries[label]
-            slug = option.split(" ")[0].replace(",", "")
+            slug = re.sub(r"[^a-z0-9]+", "-", option.split(" (")[0].lower()).strip("-")
             config["detectors"].append({"name": entry.name, "label": f"{label}--{slug}",
                                         "params": {**copy.deepcopy(entry.params), **change}})
     return config

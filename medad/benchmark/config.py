@@ -35,12 +35,13 @@ import inspect
 import math
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from medad.benchmark.acceleration import MEMORY_FORMATS, PRECISIONS
-from medad.benchmark.config_file import ConfigFileError, read_yaml_file, short_repr
+from medad.benchmark.config_file import ConfigFileError, parse_yaml_text, read_yaml_file, short_repr
 from medad.benchmark.run_folder import run_id_problem
 from medad.params import PositiveInt, Range
 from medad.registry import DATASETS, DETECTORS, RegistryError
@@ -414,15 +415,70 @@ def config_path(name_or_path: str | Path) -> Path:
                       f"config's name ({', '.join(shipped_configs())})")
 
 
-def load_config(path: str | Path = DEFAULT_CONFIG) -> RunConfig:
+def load_config(path: str | Path = DEFAULT_CONFIG, overrides: Sequence[str] = ()) -> RunConfig:
     """Read (bounded, see :mod:`medad.benchmark.config_file`) and validate a YAML config: a path, or a shipped
-    config's name (:func:`config_path`)."""
+    config's name (:func:`config_path`); ``overrides`` (``KEY=VALUE``, :func:`apply_overrides`) first."""
     path = config_path(path)
     try:
         raw = read_yaml_file(path)
     except ConfigFileError as error:
         raise ConfigError(str(error)) from None
-    return parse_config(raw, source=str(path))
+    return parse_config(apply_overrides(raw, overrides), source=str(path))
+
+
+def _entries(items: list, key: str, path: str) -> list[dict]:
+    """The entries of ``datasets``/``detectors`` a ``--set`` path component names: an index, a label, or a name
+    (a name selects every entry of that name only when no entry is labelled so, as ``--detectors`` does)."""
+    if key.isdigit() and int(key) < len(items):
+        return [items[int(key)]]
+    dicts = [e for e in items if isinstance(e, dict)]
+    labelled = [e for e in dicts if e.get("label", e.get("name")) == key]
+    named = labelled or [e for e in dicts if e.get("name") == key]
+    if not named:
+        known = sorted({str(e.get("label", e.get("name"))) for e in dicts})
+        raise ConfigError(f"--set {path}: no entry labelled or named {key!r}{suggestion(key, known)}; "
+                          f"the entries: {', '.join(known)}")
+    return named
+
+
+def apply_overrides(raw: Any, overrides: Sequence[str]) -> Any:
+    """A copy of the raw config with each ``KEY=VALUE`` set: dotted keys into the YAML (``image_size=128``,
+    ``detectors.ganomaly.params.epochs=5`` by label or name, ``datasets.0.subsets=[obvious]``); the value is
+    read as YAML (``1e-3`` a float, ``[a, b]`` a list). Validation comes after, as for the file itself."""
+    if not overrides:
+        return raw
+    if not isinstance(raw, dict):
+        raise ConfigError("--set needs a config that is a mapping")
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {short_repr(item)}: expected KEY=VALUE, e.g. --set detectors.ae.params.epochs=5")
+        try:
+            value = parse_yaml_text(text, source=f"--set {key}")
+        except ConfigFileError as error:
+            raise ConfigError(str(error)) from None
+        _set_path(raw, key.strip().split("."), value, key.strip())
+    return raw
+
+
+def _set_path(node: Any, parts: list[str], value: Any, key: str) -> None:
+    """Set ``value`` at ``parts`` below ``node``; inside a list (``datasets``, ``detectors``) a part picks entries."""
+    part, rest = parts[0], parts[1:]
+    if isinstance(node, list):
+        if not rest:
+            raise ConfigError(f"--set {key}: name a key inside the entry, e.g. {key}.params.epochs=5")
+        for entry in _entries(node, part, key):
+            _set_path(entry, rest, value, key)
+        return
+    if not isinstance(node, dict):
+        raise ConfigError(f"--set {key}: {part!r} is below a value that is not a mapping")
+    if not rest:
+        node[part] = value
+        return
+    if node.get(part) is None:
+        node[part] = {}
+    _set_path(node[part], rest, value, key)
 
 
 def narrow(config: RunConfig, *, detectors: list[str] | None = None, datasets: list[str] | None = None,

@@ -16,7 +16,7 @@ from torch import nn
 
 from medad.datasets.base import ImageSet
 from medad.detectors.base import Detector, TrainLog
-from medad.detectors.nets import DCGANDecoder, DCGANEncoder, dcgan_init
+from medad.detectors.nets import DCGANDecoder, DCGANEncoder, check_dcgan_size, dcgan_init
 from medad.detectors.scoring import gaussian_blur, top_fraction_mean
 from medad.params import NonNegativeFloat, PositiveFloat, PositiveInt, UnitFraction
 from medad.registry import register_detector
@@ -40,6 +40,10 @@ class AEDetector(Detector):
 
     paper = "Convolutional autoencoder baseline (reconstruction error), as in MedIAnomaly (Cai et al., 2025)"
     smoke_params = {"epochs": 25, "batch_size": 16, "width": 16, "latent": 32}
+
+    @classmethod
+    def check_input(cls, image_size: int, channels: int, params: dict) -> None:
+        check_dcgan_size(image_size)
 
     def __init__(self, *, image_size: int, channels: int, device: str = "cpu", seed: int = 0,
                  epochs: PositiveInt = 30, batch_size: PositiveInt = 32, lr: PositiveFloat = 1e-3,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import abc
 import math
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -79,6 +80,17 @@ class Detector(abc.ABC):
         self.seed = int(seed)
         self.generator = torch.Generator().manual_seed(self.seed)
         self.memory_format = torch.contiguous_format
+
+    @classmethod
+    def check_input(cls, image_size: int, channels: int, params: dict[str, Any]) -> None:
+        """Raise ValueError when the networks cannot take ``image_size`` x ``image_size`` images (read by the
+        pre-flight check, so that a matrix never starts a job its detector would refuse)."""
+
+    @classmethod
+    def pretrained_files(cls, params: dict[str, Any]) -> list[tuple[Path, str]]:
+        """(file, download URL or "") for each pretrained-weights file a detector with ``params`` will load: the
+        pre-flight check says which are missing before any job starts."""
+        return []
 
     @classmethod
     def check_settings(cls, params: dict[str, Any]) -> None:

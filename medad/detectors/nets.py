@@ -14,6 +14,11 @@ import torch
 from torch import nn
 
 
+def check_dcgan_size(image_size: int) -> int:
+    """The number of stride-2 blocks for ``image_size``; ValueError unless it is a power of two >= 16."""
+    return _check_power_of_two(image_size)
+
+
 def _check_power_of_two(image_size: int) -> int:
     depth = int(math.log2(image_size))
     if image_size < 16 or 2 ** depth != image_size:

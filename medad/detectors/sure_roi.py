@@ -50,7 +50,7 @@ from torch import nn
 
 from medad.datasets.base import DatasetError, ImageSet
 from medad.detectors.base import Detector, TrainLog
-from medad.detectors.nets import DCGANDecoder, DCGANDiscriminator, DCGANEncoder, dcgan_init
+from medad.detectors.nets import DCGANDecoder, DCGANDiscriminator, DCGANEncoder, check_dcgan_size, dcgan_init
 from medad.evaluation.metrics import roc_auc
 from medad.params import Beta, NonNegativeFloat, PositiveFloat, PositiveInt
 from medad.registry import register_detector
@@ -126,6 +126,10 @@ class SureROIDetector(Detector):
     needs = ("roi_masks",)
     paper_settings = ("epochs", "batch_size", "lr", "latent", "width", "w_adv", "w_sure", "w_enc", "loss")
     smoke_params = {"epochs": 30, "batch_size": 16, "width": 16, "latent": 32, "lr": 5e-4}
+
+    @classmethod
+    def check_input(cls, image_size: int, channels: int, params: dict) -> None:
+        check_dcgan_size(image_size)
 
     def __init__(self, *, image_size: int, channels: int, device: str = "cpu", seed: int = 0,
                  epochs: PositiveInt = 70, batch_size: PositiveInt = 32, lr: PositiveFloat = 2e-4,

@@ -24,3 +24,23 @@ def auc_table(run_path: Path, metric: str = "roc_auc") -> str:
     cells[several] = [f"{m:.3f}±{s:.3f}" for m, s in zip(mean[several], std[several].fillna(0.0))]
     table = cells.unstack("detector").fillna("-")
     return f"{metric} (mean over seeds)\n" + table.to_string()
+
+
+def job_table(jobs: list, statuses: dict[str, str] | None = None) -> str:
+    """The dry run's listing: one line per job (dataset, subset, detector label, seed, input, resources, status),
+    then the totals."""
+    statuses = statuses or {}
+    rows = []
+    for job in jobs:
+        resources = ", ".join(f"{k}={v}" for k, v in sorted(job.resources.items())) or "-"
+        rows.append({"dataset": job.dataset, "subset": job.subset, "detector": job.detector, "seed": job.seed,
+                     "input": f"{job.image_size}px x{job.channels}", "resources": resources,
+                     "status": statuses.get(job.job_id, "pending")})
+    if not rows:
+        return "no jobs"
+    frame = pd.DataFrame(rows)
+    counts = frame["status"].value_counts()
+    per_detector = frame.groupby("detector", sort=False).size()
+    totals = (f"{len(frame)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+              + "\nper detector: " + ", ".join(f"{d} {n}" for d, n in per_detector.items()))
+    return frame.to_string(index=False) + "\n\n" + totals

@@ -44,15 +44,17 @@ the paper, which feeds the residual to a supervised classifier and reports accur
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from torchvision.models import ResNet18_Weights
 
 from medad.datasets.base import DatasetError, ImageSet
 from medad.detectors.base import Detector, TrainLog
 from medad.detectors.coronet.attribution import meaningful_perturbation
-from medad.detectors.coronet.cin import WEIGHT_CHOICES, build_cin
+from medad.detectors.coronet.cin import WEIGHT_CHOICES, build_cin, cached_imagenet_path
 from medad.detectors.coronet.fpae import FPAE, fpae_loss, residual_tensor
 from medad.detectors.scoring import gaussian_blur, top_fraction_mean
 from medad.params import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, UnitFraction
@@ -90,6 +92,11 @@ class CoroNetAE(Detector):
     # fit uses the declared latent-distance ablation, which does (spec §3 mode ae-h)
     paper_settings = ("epochs", "batch_size", "lr", "weight_decay", "lambda_latent")
     smoke_params = {"epochs": 20, "batch_size": 16, "lr": 1e-3, "score_kind": "latent"}
+
+    @classmethod
+    def check_input(cls, image_size: int, channels: int, params: dict) -> None:
+        if image_size % 8:
+            raise ValueError(f"CoroNet's FPAE needs image_size divisible by 8, got {image_size}")
 
     def __init__(self, *, image_size: int, channels: int, device: str = "cpu", seed: int = 0,
                  epochs: PositiveInt = 50, batch_size: PositiveInt = 32, lr: PositiveFloat = 1e-4,
@@ -174,6 +181,13 @@ class CoroNetSemi(CoroNetAE):
     paper_settings = CoroNetAE.paper_settings + ("anomaly_ae_steps", "cin_epochs", "cin_batch_size", "cin_lr")
     smoke_params = {"epochs": 1, "batch_size": 16, "lr": 1e-3, "anomaly_ae_steps": 5, "cin_epochs": 12,
                     "cin_lr": 1e-3, "cin_weights": "none", "flips": False, "mp_iterations": 5}
+
+    @classmethod
+    def pretrained_files(cls, params: dict) -> list[tuple[Path, str]]:
+        if params.get("cin_weights", "imagenet") != "imagenet":
+            return []
+        local = params.get("cin_weights_path")
+        return [(Path(local).expanduser(), "")] if local else [(cached_imagenet_path(), ResNet18_Weights.IMAGENET1K_V1.url)]
 
     def __init__(self, *, image_size: int, channels: int, device: str = "cpu", seed: int = 0,
                  epochs: PositiveInt = 50, batch_size: PositiveInt = 32, lr: PositiveFloat = 1e-4,

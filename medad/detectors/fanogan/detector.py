@@ -67,6 +67,11 @@ class FAnoGANDetector(Detector):
     smoke_params = {"gan_epochs": 25, "encoder_epochs": 15, "batch_size": 16, "generator_width": 16,
                     "critic_width": 8, "latent": 16, "lr": 2e-3, "n_critic": 1}
 
+    @classmethod
+    def check_input(cls, image_size: int, channels: int, params: dict) -> None:
+        if image_size % 16:
+            raise ValueError(f"f-AnoGAN's critic and encoder need image_size divisible by 16, got {image_size}")
+
     def __init__(self, *, image_size: int, channels: int, device: str = "cpu", seed: int = 0,
                  gan_epochs: PositiveInt = 300, encoder_epochs: PositiveInt = 200, batch_size: PositiveInt = 32,
                  lr: PositiveFloat = 2e-4, beta1: Beta = 0.5, beta2: Beta = 0.999, latent: PositiveInt = 100,

@@ -46,6 +46,7 @@ from medad.datasets.base import ImageSet
 from medad.detectors.base import Detector, TrainLog
 from medad.detectors.ganomaly.losses import discriminator_loss, generator_losses, latent_score
 from medad.detectors.ganomaly.networks import GanomalyDiscriminator, GanomalyGenerator
+from medad.detectors.nets import check_dcgan_size
 from medad.detectors.protocol import PROTOCOLS, batch_statistics, check_protocol
 from medad.detectors.scoring import scores_in_random_order
 from medad.detectors.study_inputs import INPUT_RANGES, check_choice, from_network, network_channels_for, to_network
@@ -62,6 +63,10 @@ class GanomalyDetector(Detector):
     paper = "Akcay et al., GANomaly, ACCV 2018 (as run by Esmaeili et al., IEEE Access 2023)"
     paper_settings = ("epochs", "batch_size", "lr", "latent", "width", "w_adv", "w_con", "w_enc", "input_range")
     smoke_params = {"epochs": 30, "batch_size": 16, "width": 16, "latent": 32, "lr": 1e-3}
+
+    @classmethod
+    def check_input(cls, image_size: int, channels: int, params: dict) -> None:
+        check_dcgan_size(image_size)
 
     def __init__(self, *, image_size: int, channels: int, device: str = "cpu", seed: int = 0,
                  epochs: PositiveInt = 15, batch_size: PositiveInt = 32, lr: PositiveFloat = 2e-4, beta1: Beta = 0.5,

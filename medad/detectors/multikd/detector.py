@@ -28,6 +28,7 @@ its CP activations for the training set are computed once and kept (when they fi
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -36,7 +37,7 @@ from medad.datasets.base import ImageSet
 from medad.detectors.base import Detector, TrainLog
 from medad.detectors.multikd.losses import distillation_terms
 from medad.detectors.multikd.networks import SCORE_POINTS, build_cloner, build_source
-from medad.detectors.multikd.source import load_source_weights, weights_tag
+from medad.detectors.multikd.source import IMAGENET_URL, hub_checkpoint_path, load_source_weights, weights_tag
 from medad.detectors.protocol import PROTOCOLS, check_protocol
 from medad.detectors.scoring import gaussian_blur
 from medad.detectors.study_inputs import check_choice, to_network
@@ -54,6 +55,18 @@ class MultiKDDetector(Detector):
     paper_settings = ("epochs", "batch_size", "lr", "lamda", "source_width_divisor", "cloner_width", "equal_network_size")
     smoke_params = {"epochs": 20, "batch_size": 16, "source": "random", "source_width_divisor": 4,
                     "cloner_width": 8, "map_sigma": 1.0}
+
+    @classmethod
+    def pretrained_files(cls, params: dict) -> list[tuple[Path, str]]:
+        source = params.get("source", "imagenet")
+        if source == "random":
+            return []
+        return [(hub_checkpoint_path(), IMAGENET_URL)] if source == "imagenet" else [(Path(source).expanduser(), "")]
+
+    @classmethod
+    def check_input(cls, image_size: int, channels: int, params: dict) -> None:
+        if image_size % 32:
+            raise ValueError(f"multi-kd needs image_size divisible by 32 (five max-pools), got {image_size}")
 
     def __init__(self, *, image_size: int, channels: int, device: str = "cpu", seed: int = 0,
                  epochs: PositiveInt = 201, batch_size: PositiveInt = 32, lr: PositiveFloat = 1e-3,

@@ -55,6 +55,12 @@ class ProxyAnoDetector(Detector):
     smoke_params = {"stage1_epochs": 6, "stage2_epochs": 6, "batch_size": 8, "base_width": 8, "depth": 3,
                     "disc_width": 8, "score_space": "map", "map_sigma": 2.0, "top_fraction": 0.02}
 
+    @classmethod
+    def check_input(cls, image_size: int, channels: int, params: dict) -> None:
+        depth = params.get("depth", 4)
+        if image_size % 2 ** depth:
+            raise ValueError(f"proxyano with depth {depth} needs image_size divisible by {2 ** depth}, got {image_size}")
+
     def paper_deviations(self) -> list[str]:
         """The map score is medad's: the paper scores an image by Eq. 13's latent distance."""
         if self.score_space == "latent":
