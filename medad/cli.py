@@ -1,4 +1,4 @@
-"""The ``medad`` command: run, report, list, datasets check."""
+"""The ``medad`` command: run, report, list, describe, datasets check."""
 
 from __future__ import annotations
 
@@ -34,6 +34,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-id", default=None, help="run folder name (default: <config name>-<timestamp>)")
     parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
                         help="finish an interrupted run; finished jobs are not run again")
+    parser.add_argument("--extend", type=Path, default=None, metavar="RUN_DIR",
+                        help="add the cells of --config (new detectors, datasets) or --seeds to a finished run; only "
+                             "they run, on the run's recorded splits, and its report covers everything")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value before validation (repeatable): image_size=128, "
+                             "detectors.ganomaly.params.epochs=5 (entries by label or name)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check everything, print the job table (and on --resume/--extend what is done), run nothing")
     parser.add_argument("--detectors", type=_csv, default=None, help="only these detectors (comma-separated)")
     parser.add_argument("--datasets", type=_csv, default=None, help="only these datasets (comma-separated)")
     parser.add_argument("--seeds", type=_seeds, default=None, help="these seeds instead of the config's")
@@ -58,47 +66,85 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="decode the datasets' images again instead of using the decode cache ($MEDAD_CACHE)")
 
 
-def command_run(args: argparse.Namespace) -> int:
-    from medad.benchmark.engine import config_from_manifest, run_matrix
+def _run_config(args: argparse.Namespace):
+    """The run folder and config of ``medad run``: a new run, ``--resume`` or ``--extend``."""
+    from medad.benchmark.engine import config_from_manifest, extend_config
     from medad.benchmark.run_folder import RunFolder
-    from medad.reporting.console import auc_table
+
+    if args.resume is not None and args.extend is not None:
+        raise ConfigError("--resume and --extend: give one (--extend adds cells to a run and runs only those)")
+    existing = args.resume or args.extend
+    if existing is not None:
+        if args.resume is not None and (args.config or args.detectors or args.datasets or args.seeds or args.run_id
+                                        or args.set):
+            raise ConfigError("--resume takes the run's own config; drop --config/--set/--detectors/--datasets/--seeds/"
+                              "--run-id (--extend RUN --config MORE adds cells)")
+        if args.extend is not None and args.run_id:
+            raise ConfigError("--extend adds to the run folder it names; drop --run-id")
+        folder = RunFolder(existing)
+        config = config_from_manifest(folder.read_manifest())
+        if args.precision and args.precision != config.precision:  # the layout and device only move rounding
+            raise ConfigError(f"--precision {args.precision}: this run was started with precision "
+                              f"{config.precision}; a resumed run keeps it so that its rows stay comparable")
+        if args.extend is not None:
+            if not args.config and not args.seeds:
+                raise ConfigError("--extend RUN needs --config MORE (new detectors, datasets) and/or --seeds")
+            more = load_config(args.config, args.set) if args.config else config
+            more = narrow(more, detectors=args.detectors, datasets=args.datasets, seeds=args.seeds)
+            config = extend_config(config, more)
+        if args.device or args.memory_format:
+            config = narrow(config, device=args.device, memory_format=args.memory_format)
+        return folder, config
+    config = load_config(args.config or DEFAULT_CONFIG, args.set)
+    config = narrow(config, detectors=args.detectors, datasets=args.datasets, seeds=args.seeds, device=args.device,
+                    memory_format=args.memory_format, precision=args.precision)
+    run_id = args.run_id or f"{config.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    check_run_id("--run-id", run_id)
+    if args.results.exists() and not args.results.is_dir():
+        raise ConfigError(f"--results {args.results}: a file, not a folder; give the folder that holds the run folders")
+    return RunFolder(args.results / run_id), config
+
+
+def command_run(args: argparse.Namespace) -> int:
+    from medad.benchmark.engine import check_recorded_splits, run_matrix
+    from medad.benchmark.jobs import expand_jobs
+    from medad.benchmark.preflight import PreflightError, preflight
+    from medad.reporting.console import auc_table, job_table
 
     data_root = args.data_root or os.environ.get("MEDAD_DATA")
     if args.no_cache:
         from medad.datasets.cache import NO_CACHE_ENV
 
         os.environ[NO_CACHE_ENV] = "1"  # read by the dataset loaders, inherited by worker processes
-    if args.resume is not None:
-        if args.config or args.detectors or args.datasets or args.seeds or args.run_id:
-            raise ConfigError("--resume takes the run's own config; drop --config/--detectors/--datasets/--seeds/--run-id")
-        run_folder = RunFolder(args.resume)
-        config = config_from_manifest(run_folder.read_manifest())
-        if args.precision and args.precision != config.precision:  # the layout and device only move rounding
-            raise ConfigError(f"--precision {args.precision}: this run was started with precision "
-                              f"{config.precision}; a resumed run keeps it so that its rows stay comparable")
-        if args.device or args.memory_format:
-            config = narrow(config, device=args.device, memory_format=args.memory_format)
-    else:
-        config = load_config(args.config or DEFAULT_CONFIG)
-        config = narrow(config, detectors=args.detectors, datasets=args.datasets, seeds=args.seeds, device=args.device,
-                        memory_format=args.memory_format, precision=args.precision)
-        run_id = args.run_id or f"{config.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-        check_run_id("--run-id", run_id)
-        if args.results.exists() and not args.results.is_dir():
-            raise ConfigError(f"--results {args.results}: a file, not a folder; give the folder that holds the run folders")
-        run_folder = RunFolder(args.results / run_id)
     if args.ray_address is not None and args.executor != "ray":
         raise ConfigError("--ray-address needs --executor ray")
     if args.slurm_param and args.executor != "slurm":
         raise ConfigError("--slurm-param needs --executor slurm")
+    run_folder, config = _run_config(args)
+    existing = args.resume or args.extend
+    if existing is not None and data_root is None:
+        data_root = run_folder.read_manifest().get("data_root")
+    jobs = expand_jobs(config, data_root)
+    problems = preflight(config, jobs, data_root=data_root, executor=args.executor, results=args.results)
+    if args.extend is not None:
+        problems += check_recorded_splits(run_folder, config, data_root)
+    if args.dry_run:
+        statuses = {r["job_id"]: r["status"] for r in run_folder.records()} if existing is not None else {}
+        print(job_table(jobs, statuses))
+        if problems:
+            print(f"\n{PreflightError(problems)}", file=sys.stderr)
+        return 2 if problems else 0
+    if problems:
+        raise PreflightError(problems)
     from medad.benchmark.executors.slurm import parse_slurm_params
 
     options = {"ray_address": args.ray_address, "max_retries": args.max_retries,
                "slurm_params": parse_slurm_params(args.slurm_param)}
     try:
         summary = run_matrix(config, run_folder, data_root=data_root, executor=args.executor, workers=args.workers,
-                             resume=args.resume is not None, progress=not args.quiet, fail_fast=args.fail_fast,
-                             argv=sys.argv, executor_options=options)
+                             resume=existing is not None, progress=not args.quiet, fail_fast=args.fail_fast,
+                             argv=sys.argv, executor_options=options, extend=args.extend is not None,
+                             overrides=list(args.set))
     except WriteError as error:
         print(f"medad: error: {error}. Every finished job is kept: fix this (free disk space, permissions), then "
               f"resume with: medad run --resume {run_folder.path}", file=sys.stderr)
@@ -127,26 +173,41 @@ def _report_or_error(run_path: Path, reports: Path) -> Path | None:
 
 def command_report(args: argparse.Namespace) -> int:
     from medad.reporting.html import build_report
-    from medad.reporting.run_data import load_run
+    from medad.reporting.run_data import load_run, load_runs
 
-    data = load_run(args.run_dir)
+    if args.name is not None:
+        check_run_id("--name", args.name)
+    data = load_run(args.run_dirs[0]) if len(args.run_dirs) == 1 else load_runs(args.run_dirs, name=args.name)
     if data.notice:
         print(f"medad report: {data.notice}", file=sys.stderr)
-    print(f"report: {build_report(args.run_dir, args.reports, data=data)}")
+    print(f"report: {build_report(args.run_dirs[0], args.reports, data=data)}")
     return 0
 
 
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def command_list(args: argparse.Namespace) -> int:
+    """Both registries, one line each, within 100 columns (``medad describe NAME`` for the details)."""
     from medad.registry import DATASETS, DETECTORS
 
-    print("detectors:")
+    print("detectors (medad describe NAME for the hyper-parameters):")
     for name, cls in DETECTORS.items():
         needs = ", ".join(cls.needs) or "-"
-        print(f"  {name:<22} {cls.supervision:<16} needs: {needs:<20} {cls.paper}")
+        print(_fit(f"  {name:<14} {cls.supervision:<15} needs: {needs:<12} {cls.paper}", 100))
     print("datasets:")
     for name, cls in DATASETS.items():
         source = "download" if cls.needs_download else "built in"
-        print(f"  {name:<22} subsets: {', '.join(cls.subsets):<28} {source:<9} {cls.paper}")
+        print(_fit(f"  {name:<20} {source:<9} subsets: {', '.join(cls.subsets):<24} {cls.paper}", 100))
+    return 0
+
+
+def command_describe(args: argparse.Namespace) -> int:
+    """A detector's (or dataset's) paper, supervision, needs and every hyper-parameter."""
+    from medad.reporting.describe import describe
+
+    print(describe(args.name))
     return 0
 
 
@@ -168,15 +229,23 @@ def command_datasets_check(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import medad
+
     parser = argparse.ArgumentParser(prog="medad", description="Benchmark harness for anomaly detection in medical images")
+    parser.add_argument("--version", action="version", version=f"medad {medad.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run a benchmark matrix")
     add_run_arguments(run)
     run.set_defaults(handler=command_run)
     listing = commands.add_parser("list", help="list registered detectors and datasets")
     listing.set_defaults(handler=command_list)
-    report = commands.add_parser("report", help="(re)build the HTML report from a run folder's CSVs")
-    report.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run folder (results/<run-id>)")
+    describe = commands.add_parser("describe", help="a detector's or dataset's paper, needs and hyper-parameters")
+    describe.add_argument("name", help="a registry name (medad list) or a dotted module:Class path")
+    describe.set_defaults(handler=command_describe)
+    report = commands.add_parser("report", help="(re)build the HTML report from run folders' CSVs")
+    report.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR",
+                        help="the run folder (results/<run-id>); several: one report over runs whose splits match")
+    report.add_argument("--name", default=None, help="the report's folder name for several runs (default: RUN_A+RUN_B)")
     report.add_argument("--reports", type=Path, default=Path("reports"),
                         help="output root: the report goes to REPORTS/<run-id>/index.html (default: reports/)")
     report.set_defaults(handler=command_report)

@@ -111,7 +111,7 @@ RESOURCE_KEYS = {"cpus": 1, "gpus": 0, "memory_gb": 0, "time_min": 1}
 _REQUIRED = ("name", "image_size", "datasets", "detectors")
 _DEVICES = ("auto", "cpu", "cuda")
 # Arguments the harness passes itself; a config may not set them in params.
-_HARNESS_ARGS = {"self", "image_size", "channels", "device", "seed", "root", "split_seed"}
+_HARNESS_ARGS = {"self", "image_size", "channels", "device", "seed", "root"}
 
 
 def suggestion(word: Any, known: typing.Iterable[str], listing: str | None = None) -> str:
@@ -162,11 +162,12 @@ def check_resources(where: str, resources: Any) -> dict[str, Any]:
     return dict(resources)
 
 
-def _type_name(expected: Any) -> str:
+def type_text(expected: Any) -> str:
+    """An annotation as a reader writes it: ``int >= 1``, ``one of 'a', 'b'``, ``float``."""
     if typing.get_origin(expected) is typing.Annotated:
         base, *extras = typing.get_args(expected)
         ranges = [e.describe() for e in extras if isinstance(e, Range)]
-        return _type_name(base) + (f" {' and '.join(ranges)}" if ranges else "")
+        return type_text(base) + (f" {' and '.join(ranges)}" if ranges else "")
     if typing.get_origin(expected) is typing.Literal:
         return "one of " + ", ".join(map(repr, typing.get_args(expected)))
     return getattr(expected, "__name__", str(expected))
@@ -190,7 +191,7 @@ def _check_type(key: str, value: Any, expected: Any) -> None:
         _check_type(key, value, base)
         for extra in extras:
             if isinstance(extra, Range) and value is not None and not extra.contains(value):
-                raise ConfigError(f"{key}: expected {_type_name(base)} {extra.describe()}, got {short_repr(value)}")
+                raise ConfigError(f"{key}: expected {type_text(base)} {extra.describe()}, got {short_repr(value)}")
         return
     if origin is typing.Literal:
         choices = typing.get_args(expected)
@@ -208,7 +209,7 @@ def _check_type(key: str, value: Any, expected: Any) -> None:
                 return _check_type(key, value, option)
             except ConfigError:
                 continue
-        raise ConfigError(f"{key}: expected {' or '.join(_type_name(o) for o in options)}, got {_got(value)}")
+        raise ConfigError(f"{key}: expected {' or '.join(type_text(o) for o in options)}, got {_got(value)}")
     if expected is type(None):
         if value is not None:
             raise ConfigError(f"{key}: expected null, got {short_repr(value)}")
@@ -236,7 +237,7 @@ def _check_type(key: str, value: Any, expected: Any) -> None:
     else:
         ok = True  # annotations we do not check (callables...)
     if not ok:
-        raise ConfigError(f"{key}: expected {_type_name(base)}, got {_got(value)}")
+        raise ConfigError(f"{key}: expected {type_text(base)}, got {_got(value)}")
 
 
 def hyperparameters(cls: type) -> dict[str, inspect.Parameter]:

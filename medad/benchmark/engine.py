@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import platform
 import signal
 import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,17 @@ import pandas as pd
 
 import medad
 from medad.atomic_files import WriteError, write_text_atomic
-from medad.benchmark.config import RunConfig, parse_config
+from medad.benchmark.config import ConfigError, DatasetEntry, RunConfig, parse_config
 from medad.benchmark.executors import make_executor
 from medad.benchmark.jobs import Job, expand_jobs
+from medad.benchmark.preflight import Problem
 from medad.benchmark.resources import git_commit, hardware
 from medad.benchmark.run_folder import RunFolder, now, ordered
 from medad.benchmark.run_lock import run_lock
+from medad.datasets.base import DatasetError
+from medad.datasets.files import FileDataset
+from medad.datasets.splits import split_fingerprint
+from medad.registry import DATASETS
 
 
 @dataclass
@@ -75,6 +81,82 @@ def _with_skipped(run_folder: RunFolder, jobs: list[Job]) -> pd.DataFrame:
     return frame
 
 
+def _union(first: list, second: list) -> list:
+    return first + [item for item in second if item not in first]
+
+
+def extend_config(run: RunConfig, more: RunConfig) -> RunConfig:
+    """The run's config grown by ``more``'s datasets, subsets, detectors and seeds (``medad run --extend``).
+
+    What the run already has must not change: a dataset in both must have the same parameters and root (its
+    split would differ), a detector label in both the same entry; the precision must be the run's. A new
+    detector without its own input size keeps ``more``'s ``image_size`` and ``channels``.
+    """
+    if more.precision != run.precision:
+        raise ConfigError(f"--extend: precision {more.precision} but the run's is {run.precision}: rows would not compare")
+    datasets = {d.name: copy.deepcopy(d) for d in run.datasets}
+    for entry in more.datasets:
+        known = datasets.get(entry.name)
+        if known is None:
+            datasets[entry.name] = copy.deepcopy(entry)
+        elif (known.params, known.root) != (entry.params, entry.root):
+            raise ConfigError(f"--extend: dataset {entry.name!r} has other params or root than in the run "
+                              f"({known.params} vs {entry.params}): its split would not be the run's; extend with the "
+                              "run's dataset entry, or start a new run")
+        else:
+            known.subsets = _union(known.subsets, entry.subsets)
+    detectors = {d.label: copy.deepcopy(d) for d in run.detectors}
+    for entry in more.detectors:
+        entry = copy.deepcopy(entry)
+        entry.image_size = entry.image_size or (more.image_size if more.image_size != run.image_size else None)
+        entry.channels = entry.channels or (more.channels if more.channels != run.channels else None)
+        known = detectors.get(entry.label)
+        if known is None:
+            detectors[entry.label] = entry
+        elif known != entry:
+            raise ConfigError(f"--extend: detector label {entry.label!r} is in the run with other settings; give the "
+                              "new entry its own 'label'")
+    return replace(copy.deepcopy(run), datasets=list(datasets.values()), detectors=list(detectors.values()),
+                   seeds=_union(list(run.seeds), list(more.seeds)))
+
+
+def check_recorded_splits(run_folder: RunFolder, config: RunConfig, data_root: str | None) -> list[Problem]:
+    """For ``--extend``: each dataset/subset the run has finished jobs on still gives the split it recorded (same
+    fingerprint: same images in the same parts), so new cells are evaluated on the run's test images."""
+    recorded = run_folder.split_summaries()
+    problems = []
+    for entry in config.datasets:
+        for subset in entry.subsets:
+            unit = f"{entry.name}/{subset}"
+            if unit not in recorded or "fingerprint" not in recorded[unit]:
+                continue
+            try:
+                now_print = current_fingerprint(entry, subset, config, data_root)
+            except (DatasetError, OSError, ValueError) as error:
+                problems.append(Problem(unit, f"cannot rebuild its split: {error}"))
+                continue
+            if now_print != recorded[unit]["fingerprint"]:
+                problems.append(Problem(unit, f"its split is not the run's any more (fingerprint {now_print}, the run "
+                                              f"recorded {recorded[unit]['fingerprint']}): the dataset's files changed; "
+                                              "new cells would be tested on other images. Start a new run instead"))
+    return problems
+
+
+def current_fingerprint(entry: DatasetEntry, subset: str, config: RunConfig, data_root: str | None) -> str:
+    """The fingerprint of the split ``entry``'s ``subset`` gives today (as a job computes it)."""
+    cls = DATASETS.get(entry.name)
+    root = entry.root or (f"{data_root}/{entry.name}" if data_root else None)
+    dataset = cls(root=Path(root) if root else None, image_size=config.image_size, channels=config.channels,
+                  **entry.params)
+    if isinstance(dataset, FileDataset):
+        split = dataset.split(subset)
+        ids, parts = [r.id for r in split.chosen], split.parts
+    else:
+        rows = dataset.load(subset).split_rows()
+        ids, parts = [i for i, _, _ in rows], [p for _, p, _ in rows]
+    return split_fingerprint(ids, parts, dataset.identity(subset))
+
+
 class RunInterrupted(Exception):
     """The run was stopped by Ctrl-C (or SIGTERM): finished jobs are kept, the run folder says ``interrupted``."""
 
@@ -102,7 +184,8 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 def run_matrix(config: RunConfig, run_folder: RunFolder, *, data_root: str | None = None, executor: str = "local",
                workers: int | None = None, resume: bool = False, progress: bool = True, fail_fast: bool = False,
-               argv: list[str] | None = None, executor_options: dict[str, Any] | None = None) -> RunSummary:
+               argv: list[str] | None = None, executor_options: dict[str, Any] | None = None, extend: bool = False,
+               overrides: list[str] | None = None) -> RunSummary:
     """Run every job of ``config`` not yet done in ``run_folder``; return the counts by status.
 
     ``executor_options`` go to :func:`make_executor` (``ray_address``, ``max_retries``, ``slurm_params``...).
@@ -110,28 +193,36 @@ def run_matrix(config: RunConfig, run_folder: RunFolder, *, data_root: str | Non
     The run holds the folder's lock throughout (:mod:`medad.benchmark.run_lock`): a second process on the
     same folder is refused. Ctrl-C or SIGTERM stops it cleanly (:class:`RunInterrupted`); a file that
     cannot be written stops it with a :class:`~medad.atomic_files.WriteError` naming the path; either way
-    every finished job is kept and ``--resume`` goes on from there.
+    every finished job is kept and ``--resume`` goes on from there. ``extend`` (with ``resume``) records
+    ``config`` (the run's, grown by :func:`extend_config`) as the run's config: only its new cells run.
+    ``overrides`` (the ``--set`` items) are recorded in the manifest.
     """
     with run_lock(run_folder.path), _sigterm_as_interrupt():
-        return _run_locked(config, run_folder, data_root=data_root, executor=executor, workers=workers, resume=resume,
-                           progress=progress, fail_fast=fail_fast, argv=argv if argv is not None else sys.argv,
-                           executor_options=executor_options or {})
+        return _run_locked(config, run_folder, data_root=data_root, executor=executor, workers=workers,
+                           resume=resume or extend, progress=progress, fail_fast=fail_fast,
+                           argv=argv if argv is not None else sys.argv, executor_options=executor_options or {},
+                           extend=extend, overrides=overrides or [])
 
 
 def _run_locked(config: RunConfig, run_folder: RunFolder, *, data_root: str | None, executor: str, workers: int | None,
-                resume: bool, progress: bool, fail_fast: bool, argv: list[str],
-                executor_options: dict[str, Any]) -> RunSummary:
+                resume: bool, progress: bool, fail_fast: bool, argv: list[str], executor_options: dict[str, Any],
+                extend: bool, overrides: list[str]) -> RunSummary:
     if resume:
         manifest = run_folder.read_manifest()
         data_root = manifest.get("data_root") if data_root is None else data_root
         removed = run_folder.remove_partial()
-        manifest["sessions"].append({"resumed": now(), "partial_jobs_removed": removed, "command": argv,
-                                     "executor": executor})
+        session = {"extended" if extend else "resumed": now(), "partial_jobs_removed": removed, "command": argv,
+                   "executor": executor}
+        if extend:
+            manifest["config"] = config.to_dict()
+            session["overrides"] = overrides
+        manifest["sessions"].append(session)
     else:
         if run_folder.manifest_path.exists():
             raise FileExistsError(f"{run_folder.path} already holds a run; use --resume {run_folder.path} or another --run-id")
         manifest = new_manifest(config, data_root, executor, argv)
         manifest["run_id"] = run_folder.run_id
+        manifest["overrides"] = overrides
     manifest["status"] = "running"
     run_folder.write_manifest(manifest)
 

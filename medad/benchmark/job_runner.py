@@ -40,19 +40,28 @@ _SUBSET_CACHE: OrderedDict[tuple, Subset] = OrderedDict()
 _SUBSET_CACHE_SIZE = 2
 
 
+def dataset_of(job: Job):
+    """The job's dataset adapter, built as its config entry says."""
+    cls = DATASETS.get(job.dataset)
+    if cls.needs_download and job.dataset_root is None:
+        raise DatasetError(f"dataset {job.dataset!r} needs its files: pass --data-root DIR (or set MEDAD_DATA) "
+                           f"with the download unpacked in DIR/{job.dataset}/, or give 'root' in the config")
+    return cls(root=Path(job.dataset_root) if job.dataset_root else None, image_size=job.image_size,
+               channels=job.channels, **job.dataset_params)
+
+
+def dataset_identity(job: Job) -> str:
+    """What the job's images are (the source files' fingerprint, a generator's parameters): see ``Dataset.identity``."""
+    return dataset_of(job).identity(job.subset)
+
+
 def load_subset(job: Job) -> Subset:
     """The job's subset, kept in a small in-process cache so detectors of one subset share one load."""
     key = (job.dataset, job.subset, job.image_size, job.channels, job.dataset_root, repr(sorted(job.dataset_params.items())))
     if key in _SUBSET_CACHE:
         _SUBSET_CACHE.move_to_end(key)
         return _SUBSET_CACHE[key]
-    cls = DATASETS.get(job.dataset)
-    if cls.needs_download and job.dataset_root is None:
-        raise DatasetError(f"dataset {job.dataset!r} needs its files: pass --data-root DIR (or set MEDAD_DATA) "
-                           f"with the download unpacked in DIR/{job.dataset}/, or give 'root' in the config")
-    dataset = cls(root=Path(job.dataset_root) if job.dataset_root else None, image_size=job.image_size,
-                  channels=job.channels, **job.dataset_params)
-    subset = dataset.load(job.subset)
+    subset = dataset_of(job).load(job.subset)
     _SUBSET_CACHE[key] = subset
     while len(_SUBSET_CACHE) > _SUBSET_CACHE_SIZE:
         _SUBSET_CACHE.popitem(last=False)
@@ -189,8 +198,8 @@ def execute(job: Job, run_id: str, progress: bool = False) -> tuple[dict[str, An
 
     tags = {**detector_tags(detector, job.detector_params), **precision_tags(job.precision)}
     split_rows = subset.split_rows()
-    timings["split"] = {**subset.split_info, "fingerprint": split_fingerprint([i for i, _, _ in split_rows],
-                                                                              [part for _, part, _ in split_rows])}
+    timings["split"] = {**subset.split_info, "fingerprint": split_fingerprint(
+        [i for i, _, _ in split_rows], [part for _, part, _ in split_rows], dataset_identity(job))}
     scores = [_score_frame(job, run_id, "test", subset.test, test_scores)]
     if val_scores is not None:
         scores.append(_score_frame(job, run_id, "val", subset.val, val_scores))

@@ -178,6 +178,12 @@ class Dataset(abc.ABC):
     def load(self, subset: str) -> Subset:
         """Build subset ``subset`` (one of ``self.subsets``)."""
 
+    def identity(self, subset: str) -> str:
+        """What ``subset``'s images are, independent of how they are decoded (``image_size``, ``channels``): the
+        source files' fingerprint, a generator's parameters. Part of the split's fingerprint, so a run can tell
+        whether a dataset changed since (``medad run --extend``, ``medad report A B``)."""
+        return ""
+
     def check_subset(self, subset: str) -> None:
         """Raise a clear error for an unknown subset name."""
         if subset not in self.subsets:

@@ -50,7 +50,8 @@ class Record:
     height, width) in source pixels; ``circles`` = anomaly discs (row, col, radius) and
     ``polygons`` = anomaly outlines (each a tuple of (row, col) vertices), both in source pixels;
     ``mask_known`` is False for an anomalous image the publisher did not outline (its mask is
-    unknown, not empty); ``roi_paths`` = region-mask files OR-ed into the ROI.
+    unknown, not empty); ``roi_paths`` = region-mask files OR-ed into the ROI; ``mask_paths`` = anomaly-mask
+    files (non-zero = anomalous) OR-ed into the anomaly mask.
     """
 
     path: str
@@ -64,6 +65,7 @@ class Record:
     polygons: tuple[tuple[tuple[float, float], ...], ...] = ()
     mask_known: bool = True
     roi_paths: tuple[str, ...] = ()
+    mask_paths: tuple[str, ...] = ()
 
     @property
     def id(self) -> str:
@@ -224,7 +226,7 @@ class FileDataset(Dataset):
         root = self.data_root()
         real_root = os.path.realpath(root)
         for record in records:
-            for relpath in (record.path, *record.roi_paths):
+            for relpath in (record.path, *record.roi_paths, *record.mask_paths):
                 try:
                     relpath.encode("utf-8")
                 except UnicodeEncodeError:
@@ -250,18 +252,23 @@ class FileDataset(Dataset):
         mask = None
         if with_mask:
             anomaly = io.disc_mask((height, width), record.circles) | io.polygon_mask((height, width), record.polygons)
+            anomaly |= self._union_of(root, record, record.mask_paths, (height, width))
             mask = self._resize_region(anomaly, window, size)
         roi = None
         if record.roi_paths:
-            union = np.zeros((height, width), dtype=bool)
-            for roi_path in record.roi_paths:
-                region = self.read(root / roi_path)
-                region = region if region.ndim == 2 else region.max(axis=-1)
-                if region.shape != union.shape:
-                    raise DatasetError(f"{self.name}: mask {roi_path} is {region.shape}, its image {record.path} is {union.shape}")
-                union |= region > 0
-            roi = self._resize_region(union, window, size)
+            roi = self._resize_region(self._union_of(root, record, record.roi_paths, (height, width)), window, size)
         return image, mask, roi
+
+    def _union_of(self, root: Path, record: Record, paths: tuple[str, ...], shape: tuple[int, int]) -> np.ndarray:
+        """The OR of the region-mask files ``paths`` (non-zero pixels) as a bool image of ``shape``."""
+        union = np.zeros(shape, dtype=bool)
+        for mask_path in paths:
+            region = self.read(root / mask_path)
+            region = region if region.ndim == 2 else region.max(axis=-1)
+            if region.shape != union.shape:
+                raise DatasetError(f"{self.name}: mask {mask_path} is {region.shape}, its image {record.path} is {union.shape}")
+            union |= region > 0
+        return union
 
     def decode(self, records: list[Record], size: int) -> dict[str, np.ndarray]:
         """Decode ``records`` to uint8 arrays: ``images`` (N, C, S, S), ``masks``/``roi`` (N, S, S), ``has_roi`` (N,)."""
@@ -287,7 +294,7 @@ class FileDataset(Dataset):
 
     def _fingerprint(self, records: list[Record]) -> str:
         root = self.data_root()
-        files = [root / p for r in records for p in (r.path, *r.roi_paths)]
+        files = [root / p for r in records for p in (r.path, *r.roi_paths, *r.mask_paths)]
         try:
             return cache.fingerprint(root, files, [asdict(r) for r in records])
         except FileNotFoundError as error:
@@ -316,6 +323,13 @@ class FileDataset(Dataset):
 
         return cache.cached_arrays(dataset=self.name, view=view, image_size=HASH_THUMBNAIL_SIZE, channels=1,
                                    options="dhash-thumbnails", fingerprint=self._fingerprint(records), build=build)["thumbs"]
+
+    def identity(self, subset: str) -> str:
+        """The fingerprint of the subset's source files (paths, sizes, modification times) and records."""
+        self.check_subset(subset)
+        records = self.records()
+        view = self.decode_view(subset)
+        return self._fingerprint(records if view != subset else self.select(subset, records))
 
     def split(self, subset: str) -> SplitResult:
         """Which record of ``subset`` goes where: a function of the files, the parameters that choose images and
@@ -410,7 +424,7 @@ class FileDataset(Dataset):
                 line = f"counts differ from every known variant (expected one of: {known})"
                 report.fail(line) if strict_counts else report.lines.append(f"WARNING: {line}")
         unreadable = []
-        paths = sorted({r.path for r in records} | {p for r in records for p in r.roi_paths})
+        paths = sorted({r.path for r in records} | {p for r in records for p in (*r.roi_paths, *r.mask_paths)})
         for relpath in paths:
             try:
                 self.read(root / relpath)

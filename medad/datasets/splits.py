@@ -164,9 +164,10 @@ def group_labels(n: int, keys: list[str], pairs: list[tuple[int, int]] = (),
     return union.labels()
 
 
-def split_fingerprint(ids: list[str], parts: list[str]) -> str:
-    """A short hash of which sample went to which part: equal fingerprints mean the same split."""
-    digest = hashlib.sha1()
+def split_fingerprint(ids: list[str], parts: list[str], source: str = "") -> str:
+    """A short hash of which sample went to which part, and of ``source`` (what the images are: the files'
+    fingerprint, a generator's parameters): equal fingerprints mean the same images in the same parts."""
+    digest = hashlib.sha1(source.encode("utf-8", "surrogateescape"))
     for sample_id, part in sorted(zip(ids, parts)):
         digest.update(f"{sample_id}\0{part}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:16]

@@ -18,6 +18,7 @@ and a small labelled anomaly pool (separate from the test set) serves semi-super
 
 from __future__ import annotations
 
+import json
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -209,6 +210,12 @@ class SyntheticHeadCT(Dataset):
             masks=torch.from_numpy(np.stack(masks).astype(np.uint8)),
             roi_masks=torch.from_numpy(np.stack(rois).astype(np.uint8)),
         )
+
+    def identity(self, subset: str) -> str:
+        """The generator's parameters (the images are a function of them and the seed, at any size)."""
+        return json.dumps({"subset": subset, "split_seed": self.split_seed, "n": [self.n_train, self.n_val, self.n_test],
+                           "anomaly_fraction": self.anomaly_fraction, "pool": self.n_anomaly_pool,
+                           "lesions": self.overrides}, sort_keys=True, default=list)
 
     def load(self, subset: str) -> Subset:
         self.check_subset(subset)

@@ -86,6 +86,7 @@ class RunData:
     tags: dict[str, DetectorTags]
     tag_columns: list[str]
     notice: str = ""   # why the tables were read from the job folders (a run in progress, missing CSVs)
+    sources: dict[str, Path] = field(default_factory=dict)   # run id -> run folder, for a report over several runs
     _metric_index: dict | None = field(default=None, repr=False)
     # values derived from the tables once per report (e.g. seed-mean bootstrap intervals), by key
     derived: dict[Any, Any] = field(default_factory=dict, repr=False)
@@ -129,8 +130,8 @@ class RunData:
         """The job's ``examples.npz`` when it has one."""
         done = self.jobs[(self.jobs["dataset"] == dataset) & (self.jobs["subset"] == subset)
                          & (self.jobs["detector"] == detector) & (self.jobs["seed"] == seed)]
-        for job_id in done["job_id"]:
-            path = self.path / "jobs" / str(job_id) / EXAMPLES_FILE
+        for job_id, run_id in zip(done["job_id"], done["run_id"]):
+            path = self.sources.get(str(run_id), self.path) / "jobs" / str(job_id) / EXAMPLES_FILE
             if path.is_file():
                 return path
         return None
@@ -193,3 +194,74 @@ def load_run(path: str | Path) -> RunData:
         jobs=tables["jobs"], metrics=metrics, scores=tables["scores"], history=tables["history"],
         tags=_detector_tags(metrics, tag_columns), tag_columns=tag_columns, notice=notice,
     )
+
+
+def _test_images(data: RunData) -> dict[str, frozenset]:
+    """``dataset/subset`` -> the (sample id, label) pairs its test scores cover."""
+    test = data.scores[data.scores["part"] == "test"] if not data.scores.empty else data.scores
+    return {unit_name(d, s): frozenset(zip(rows["sample_id"], rows["label"]))
+            for (d, s), rows in test.groupby(["dataset", "subset"])} if not test.empty else {}
+
+
+def check_same_splits(runs: list[RunData]) -> None:
+    """Raise ValueError unless every dataset/subset two runs share was split alike (same fingerprint, same test
+    images): paired statistics (DeLong) compare detectors on the same images."""
+    seen: dict[str, tuple[str, object, frozenset | None]] = {}
+    for run in runs:
+        tests = _test_images(run)
+        for unit, info in (run.manifest.get("splits") or {}).items():
+            fingerprint = info.get("fingerprint") if isinstance(info, dict) else None
+            images = tests.get(unit)
+            if unit not in seen:
+                seen[unit] = (run.run_id, fingerprint, images)
+                continue
+            other, other_print, other_images = seen[unit]
+            if fingerprint and other_print and fingerprint != other_print:
+                raise ValueError(f"{unit}: runs {other} and {run.run_id} split it differently (fingerprints "
+                                 f"{other_print} and {fingerprint}); one report needs the same test images (DeLong "
+                                 "pairs them): report the runs separately")
+            if images is not None and other_images is not None and images != other_images:
+                raise ValueError(f"{unit}: runs {other} and {run.run_id} tested on different images; one report needs "
+                                 "the same test images: report the runs separately")
+
+
+def load_runs(paths: list[str | Path], name: str | None = None) -> RunData:
+    """One RunData over several run folders whose shared datasets were split alike (``medad report A B``)."""
+    runs = [load_run(p) for p in paths]
+    check_same_splits(runs)
+    cells: dict[tuple, str] = {}
+    for run in runs:
+        keys = run.metrics[["dataset", "subset", "detector", "seed"]].drop_duplicates()
+        for key in keys.itertuples(index=False, name=None):
+            if key in cells:
+                raise ValueError(f"{key[2]!r} seed {key[3]} on {key[0]}/{key[1]} is in both {cells[key]} and "
+                                 f"{run.run_id}: give one of them another label (or report them separately)")
+            cells[key] = run.run_id
+
+    def union(entries_key: str, key: str) -> list[dict]:
+        found: dict[str, dict] = {}
+        for run in runs:
+            for entry in (run.manifest.get("config") or {}).get(entries_key, []):
+                known = found.setdefault(str(entry.get(key) or entry.get("name")), dict(entry))
+                if entries_key == "datasets":
+                    known["subsets"] = list(dict.fromkeys((known.get("subsets") or []) + (entry.get("subsets") or [])))
+        return list(found.values())
+
+    run_id = name or "+".join(run.run_id for run in runs)
+    manifest = {"run_id": run_id, "sources": [str(run.path) for run in runs],
+                "status": ", ".join(f"{run.run_id}: {run.manifest.get('status', '?')}" for run in runs),
+                "start": min(str(run.manifest.get("start") or "") for run in runs),
+                "end": max(str(run.manifest.get("end") or "") for run in runs),
+                "git_commit": ", ".join(sorted({str(run.manifest.get("git_commit", "?")) for run in runs})),
+                "config": {"datasets": union("datasets", "name"), "detectors": union("detectors", "label")},
+                "splits": {unit: info for run in runs for unit, info in (run.manifest.get("splits") or {}).items()}}
+
+    def joined(name: str) -> pd.DataFrame:
+        return pd.concat([getattr(run, name) for run in runs], ignore_index=True)
+
+    metrics = joined("metrics")
+    tag_columns = [c for c in metrics.columns if c not in COLUMNS["metrics"]]
+    notices = "; ".join(f"{run.run_id}: {run.notice}" for run in runs if run.notice)
+    return RunData(path=runs[0].path, run_id=run_id, manifest=manifest, jobs=joined("jobs"), metrics=metrics,
+                   scores=joined("scores"), history=joined("history"), tags=_detector_tags(metrics, tag_columns),
+                   tag_columns=tag_columns, notice=notices, sources={run.run_id: run.path for run in runs})
