@@ -45,7 +45,8 @@ class RunSummary:
 def package_versions() -> dict[str, str]:
     """Versions of Python and the packages results depend on."""
     versions = {"python": platform.python_version(), "medad": medad.__version__}
-    for package in ("torch", "torchvision", "numpy", "pandas", "scikit-learn", "scikit-image", "pot"):
+    for package in ("torch", "torchvision", "numpy", "scipy", "pandas", "scikit-learn", "scikit-image", "pillow", "pot",
+                    "pydicom", "ray", "submitit"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
