@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from datetime import datetime
@@ -233,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="medad", description="Benchmark harness for anomaly detection in medical images")
     parser.add_argument("--version", action="version", version=f"medad {medad.__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more detail on stderr (-v: each job's start and end and the loaded data; -vv: debug)")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run a benchmark matrix")
     add_run_arguments(run)
@@ -261,12 +264,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def configure_logging(verbose: int) -> None:
+    """medad's loggers (one per module) to stderr: progress and warnings by default, details with -v."""
+    level = logging.WARNING - 10 * min(verbose + 1, 2)  # default INFO, -v DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("medad")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     from medad.benchmark.engine import RunInterrupted
     from medad.benchmark.run_lock import RunLockedError
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging(args.verbose)
     try:
         return args.handler(args)
     except RunInterrupted as interrupted:

@@ -457,7 +457,7 @@ def test_missing_dataset_fails_its_job_with_the_message(tmp_path):
         load_subset(job)
 
 
-def test_one_epoch_run_on_a_fixture_and_a_missing_dataset(downloads, tmp_path):
+def test_one_epoch_run_on_every_fixture_after_the_preflight_refuses_a_missing_dataset(downloads, tmp_path):
     import yaml
 
     # a one-pass detector: this checks the dataset -> job -> run folder path, not training
@@ -468,12 +468,15 @@ def test_one_epoch_run_on_a_fixture_and_a_missing_dataset(downloads, tmp_path):
     raw["datasets"] = [{"name": name, "subsets": [subset]} for name, subset in fixtures.items()]
     raw["datasets"].append({"name": "covid-ct", "root": str(tmp_path / "nothing")})
     config.write_text(yaml.safe_dump(raw))
-    code = main(["run", "--config", str(config), "--data-root", str(downloads), "--results", str(tmp_path),
-                 "--run-id", "r", "--quiet", "--no-cache"])
-    assert code == 1
+    arguments = ["run", "--config", str(config), "--data-root", str(downloads), "--results", str(tmp_path),
+                 "--run-id", "r", "--quiet", "--no-cache"]
+    assert main(arguments) == 2               # the pre-flight check names the missing root; nothing is run
+    assert not (tmp_path / "r").exists()
+    raw["datasets"].pop()
+    config.write_text(yaml.safe_dump(raw))
+    assert main(arguments) == 0
     jobs = pd.read_csv(tmp_path / "r" / "jobs.csv").set_index("dataset")
     assert (jobs.loc[list(fixtures), "status"] == "done").all(), jobs["error"].dropna().to_dict()
-    assert jobs.loc["covid-ct", "status"] == "failed" and "does not exist" in jobs.loc["covid-ct", "error"]
     splits = pd.read_csv(tmp_path / "r" / "splits.csv")
     head = splits[splits["dataset"] == "head-ct"]
     assert set(head["part"]) == {"train", "val", "test"} and len(head) == 20

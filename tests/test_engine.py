@@ -83,8 +83,13 @@ def test_missing_dataset_root_fails_that_job_with_a_clear_message(tmp_path, monk
 
     monkeypatch.setattr(SyntheticHeadCT, "needs_download", True)
     job_runner._SUBSET_CACHE.clear()
-    config = write_config(tmp_path / "c.yaml", detectors=[{"name": TEMPLATE, "label": "template"}])
-    assert main(["run", "--config", str(config), "--results", str(tmp_path), "--run-id", "r", "--quiet"]) == 1
+    config_path = write_config(tmp_path / "c.yaml", detectors=[{"name": TEMPLATE, "label": "template"}])
+    # the command stops in the pre-flight check, before a run folder exists ...
+    assert main(["run", "--config", str(config_path), "--results", str(tmp_path), "--run-id", "p", "--quiet"]) == 2
+    assert not (tmp_path / "p").exists()
+    # ... and a job that meets it anyway (the Python engine, no pre-flight) fails with the same advice
+    summary = run_matrix(load_config(config_path), RunFolder(tmp_path / "r"), progress=False)
+    assert not summary.ok
     error = pd.read_csv(tmp_path / "r" / "jobs.csv")["error"][0]
     assert "--data-root" in error and "synthetic/" in error
 

@@ -49,7 +49,7 @@ def test_dotted_class_path_works_without_registration():
 
 def test_medad_list_prints_both_registries():
     result = subprocess.run([sys.executable, "-m", "medad", "list"], capture_output=True, text=True, check=True)
-    assert "detectors:" in result.stdout and "datasets:" in result.stdout
+    assert result.stdout.startswith("detectors (") and "\ndatasets:" in result.stdout
     assert "\n  ae " in result.stdout and "\n  synthetic " in result.stdout
 
 

@@ -91,8 +91,8 @@ def test_fit_without_roi_masks_is_a_clear_error_and_tags_name_the_loss():
     detector = SureROIDetector(image_size=32, channels=1, epochs=1, batch_size=4, width=8, latent=8)
     with pytest.raises(DatasetError, match="ROI masks"):
         detector.fit(train)
-    assert detector.extra_tags() == {"loss": "sure", "sure_form": "recommended"}
-    assert SureROIDetector(image_size=32, channels=1, width=8, latent=8, loss="l2").extra_tags() == {"loss": "l2"}
+    assert detector.extra_tags() == {"loss": "sure", "sure_form": "recommended", "selection": "final-epoch"}
+    assert SureROIDetector(image_size=32, channels=1, width=8, latent=8, loss="l2").extra_tags() == {"loss": "l2", "selection": "final-epoch"}
     with pytest.raises(ValueError, match="loss must be one of"):
         SureROIDetector(image_size=32, channels=1, loss="l1")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import platform
 import signal
 import sys
@@ -29,6 +30,8 @@ from medad.datasets.base import DatasetError
 from medad.datasets.files import FileDataset
 from medad.datasets.splits import split_fingerprint
 from medad.registry import DATASETS
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -231,7 +234,7 @@ def _run_locked(config: RunConfig, run_folder: RunFolder, *, data_root: str | No
     done = run_folder.done_job_ids()
     pending = [job for job in jobs if job.job_id not in done]
     if done:
-        print(f"resuming: {len(done)} of {len(jobs)} jobs already done, {len(pending)} to run", file=sys.stderr)
+        log.info("resuming: %d of %d jobs already done, %d to run", len(done), len(jobs), len(pending))
 
     stop = {"failed": False}
 
@@ -239,7 +242,7 @@ def _run_locked(config: RunConfig, run_folder: RunFolder, *, data_root: str | No
         run_folder.merge(("jobs", "metrics"))
         if record["status"] == "failed":
             stop["failed"] = True
-            print(f"job {record['job_id']} failed: {record['error']}", file=sys.stderr)
+            log.warning("job %s failed: %s", record["job_id"], record["error"])
 
     try:
         if fail_fast:  # one job at a time, so that nothing starts after the first failure

@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from medad.atomic_files import make_dirs
 from medad.benchmark.acceleration import autocast, precision_tags, resolve_memory_format
 from medad.benchmark.config import hyperparameters
 from medad.benchmark.examples import EXAMPLES_FILE, examples_npz
@@ -175,26 +176,62 @@ def _score_subset(detector: Detector, subset: Subset, job: Job) -> tuple[list[Me
     return rows, intervals, val_scores, test_scores, time.perf_counter() - started
 
 
-def execute(job: Job, run_id: str, progress: bool = False) -> tuple[dict[str, Any], dict[str, pd.DataFrame], dict[str, bytes]]:
+class JobLog:
+    """A job's own log (``jobs/<job-id>/log.txt``): lines with a time stamp, appended to ``live`` as they come
+    (a file beside the job folders that ``tail -f`` can follow) and kept for the job folder."""
+
+    def __init__(self, live: Path | None = None) -> None:
+        self.lines: list[str] = []
+        self.live = live
+        self.started = time.perf_counter()
+
+    def __call__(self, line: str) -> None:
+        text = f"[{time.perf_counter() - self.started:8.1f} s] {line}"
+        self.lines.append(text)
+        if self.live is not None:
+            try:
+                with open(self.live, "a", encoding="utf-8") as handle:
+                    handle.write(text + "\n")
+            except OSError:  # a live log is a convenience: the job goes on without it
+                self.live = None
+
+    def text(self) -> bytes:
+        return ("\n".join(self.lines) + "\n").encode("utf-8")
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.unlink(missing_ok=True)
+
+
+def execute(job: Job, run_id: str, progress: bool = False,
+            job_log: JobLog | None = None) -> tuple[dict[str, Any], dict[str, pd.DataFrame], dict[str, bytes]]:
     """Run ``job``; return its timings, tables and files. Raises on any failure."""
+    job_log = job_log or JobLog()
     timings: dict[str, Any] = {}
     device = resolve_device(job.device)
     seed_everything(job.seed)
+    job_log(f"{job.job_id}: {job.detector} ({job.detector_name}) on {job.dataset}/{job.subset}, seed {job.seed}, "
+            f"{job.image_size} px x{job.channels}, {device}, {job.precision}")
     subset = load_subset(job)
+    job_log(f"data: {len(subset.train)} training normals, {len(subset.val) if subset.val is not None else 0} "
+            f"validation, {len(subset.test)} test ({int(subset.test.labels.sum())} anomalous)")
     cls = DETECTORS.get(job.detector_name)
     check_needs(cls, subset, job.dataset)
     detector = cls(image_size=job.image_size, channels=job.channels, device=str(device), seed=job.seed,
                    **job.detector_params)
     detector.use_memory_format(resolve_memory_format(job.memory_format, device))
-    log = TrainLog(progress=progress, description=f"{job.detector} epochs")
+    log = TrainLog(progress=progress, description=f"{job.detector} epochs", sink=job_log)
     started = time.perf_counter()
     with autocast(device, job.precision):
         fit_detector(detector, subset, log)
     timings["train_s"] = time.perf_counter() - started
+    job_log(f"fit: {timings['train_s']:.1f} s")
 
     with autocast(device, job.precision):
         rows, intervals, val_scores, test_scores, score_s = _score_subset(detector, subset, job)
     timings["score_s"] = score_s
+    auc = next((r.value for r in rows if r.metric == "roc_auc"), float("nan"))
+    job_log(f"scored: {score_s:.1f} s, ROC AUC {auc:.4f}")
 
     tags = {**detector_tags(detector, job.detector_params), **precision_tags(job.precision)}
     split_rows = subset.split_rows()
@@ -254,9 +291,12 @@ def write_lost_job(run_folder: RunFolder, job: Job, error: str, worker: str) -> 
     return record
 
 
-def compute_job(job: Job, run_id: str, worker: str = "main", progress: bool = False) -> JobOutput:
-    """Run ``job`` and return its output (status done or failed); writes nothing to the run folder."""
+def compute_job(job: Job, run_id: str, worker: str = "main", progress: bool = False,
+                live_log: Path | None = None) -> JobOutput:
+    """Run ``job`` and return its output (status done or failed; its log as ``log.txt``); writes nothing to the run
+    folder but the ``live_log`` file, when given, as the job goes (removed at the end)."""
     record = job_record(job, run_id, f"{socket.gethostname()}:{worker}:{os.getpid()}")
+    job_log = JobLog(live_log)
     tables: dict[str, pd.DataFrame] = {}
     files: dict[str, bytes] = {}
     started = time.perf_counter()
@@ -266,15 +306,19 @@ def compute_job(job: Job, run_id: str, worker: str = "main", progress: bool = Fa
         device = torch.device("cpu")
     with PeakMemory(device) as peak:
         try:
-            timings, tables, files = execute(job, run_id, progress)
+            timings, tables, files = execute(job, run_id, progress, job_log)
             record.update(timings)
             record["status"] = "done"
         except (Exception, SystemExit) as error:  # recorded, and the matrix goes on (a plugin's sys.exit() too)
             record["error"] = f"{type(error).__name__}: {error}"
             record["traceback"] = traceback.format_exc()
             record["device"] = str(device)
+            job_log(f"failed: {record['error']}")
     record.update(wall_s=time.perf_counter() - started, peak_rss_mb=peak.rss_mb,
                   peak_gpu_mb=peak.gpu_mb, finished=now())
+    job_log(f"{record['status']} in {record['wall_s']:.1f} s, peak memory {peak.rss_mb:.0f} MB")
+    files = {**files, "log.txt": job_log.text()}
+    job_log.close()
     return JobOutput(record, tables, files)
 
 
@@ -284,6 +328,14 @@ def write_output(run_folder: RunFolder, output: JobOutput) -> dict[str, Any]:
     return output.record
 
 
+def live_log_path(run_folder: RunFolder, job_id: str) -> Path:
+    """Where a running job's log grows (``jobs/.<job-id>.log``), until it ends as ``jobs/<job-id>/log.txt``."""
+    return run_folder.jobs_dir / f".{job_id}.log"
+
+
 def run_job(job: Job, run_folder: RunFolder, worker: str = "main", progress: bool = False) -> dict[str, Any]:
     """Run ``job`` and write its folder; return the job record (status done or failed)."""
-    return write_output(run_folder, compute_job(job, run_folder.run_id, worker, progress))
+    make_dirs(run_folder.jobs_dir)
+    live = live_log_path(run_folder, job.job_id)
+    live.unlink(missing_ok=True)
+    return write_output(run_folder, compute_job(job, run_folder.run_id, worker, progress, live_log=live))

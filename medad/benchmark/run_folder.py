@@ -153,6 +153,8 @@ class RunFolder:
     def remove_partial(self) -> int:
         """Delete job folders a killed run left half-written; return how many."""
         partial = [p for p in self.jobs_dir.glob(".tmp-*")] if self.jobs_dir.is_dir() else []
+        for stale in self.jobs_dir.glob(".*.log") if self.jobs_dir.is_dir() else []:
+            stale.unlink(missing_ok=True)  # the live log of a job that was stopped: it runs again
         for path in partial:
             remove_tree(path)
         return len(partial)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,10 +31,12 @@ class TrainLog:
     loop in :meth:`epochs` for a progress bar.
     """
 
-    def __init__(self, *, progress: bool = False, description: str = "epochs") -> None:
+    def __init__(self, *, progress: bool = False, description: str = "epochs",
+                 sink: Callable[[str], None] | None = None) -> None:
         self.rows: list[tuple[int, int, str, float]] = []
         self.progress = progress
         self.description = description
+        self.sink = sink  # receives a line per finished epoch (the job's log.txt)
 
     def log(self, epoch: int, step: int, **losses: float | torch.Tensor) -> None:
         """Record ``losses`` at (epoch, step); raise :class:`NonFiniteLossError` on NaN/inf."""
@@ -44,8 +47,20 @@ class TrainLog:
             self.rows.append((epoch, step, name, value))
 
     def epochs(self, count: int) -> Iterable[int]:
-        """``range(count)`` with a tqdm bar when progress is on."""
-        return tqdm(range(count), desc=self.description, leave=False, disable=not self.progress)
+        """``range(count)`` with a tqdm bar when progress is on; each finished epoch's mean losses go to ``sink``."""
+        started = time.perf_counter()
+        for epoch in tqdm(range(count), desc=self.description, leave=False, disable=not self.progress):
+            yield epoch
+            if self.sink is not None:
+                self.sink(f"epoch {epoch + 1}/{count} ({time.perf_counter() - started:.1f} s): {self.summary(epoch)}")
+
+    def summary(self, epoch: int) -> str:
+        """The mean of each loss logged in ``epoch``, as ``name=value`` pairs."""
+        values: dict[str, list[float]] = {}
+        for row_epoch, _, name, value in self.rows:
+            if row_epoch == epoch:
+                values.setdefault(name, []).append(value)
+        return " ".join(f"{name}={sum(v) / len(v):.5g}" for name, v in values.items()) or "(nothing logged)"
 
 
 class Detector(abc.ABC):

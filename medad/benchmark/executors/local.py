@@ -10,6 +10,7 @@ failed and is replaced.
 from __future__ import annotations
 
 import ctypes
+import logging
 import multiprocessing as mp
 import os
 import queue
@@ -28,6 +29,7 @@ from medad.benchmark.jobs import Job
 from medad.benchmark.run_folder import RunFolder
 
 OnRecord = Callable[[dict[str, Any]], None]  # called with each finished job's record
+log = logging.getLogger(__name__)
 
 
 class InProcessExecutor:
@@ -141,7 +143,7 @@ class ProcessPoolExecutor:
         running: dict[str, str] = {}  # worker name -> job id
         remaining = len(jobs)
         bar = tqdm(total=len(jobs), desc="jobs", disable=not progress)
-        stopping = False
+        stopping, began = False, time.monotonic()
         try:
             while remaining:
                 try:
@@ -153,11 +155,16 @@ class ProcessPoolExecutor:
                     continue
                 if kind == "start":
                     running[worker] = payload
+                    log.info("%s: started %s", worker, payload)
                 else:
                     running.pop(worker, None)
                     on_record(payload)
                     bar.update()
                     remaining -= 1
+                    done = len(jobs) - remaining
+                    eta = (time.monotonic() - began) / done * remaining
+                    log.info("%s: %s %s in %.0f s (%d of %d jobs, about %.0f s left)", worker, payload["job_id"],
+                             payload["status"], payload.get("wall_s") or 0.0, done, len(jobs), eta)
         except BaseException:  # Ctrl-C, a write error: stop the workers now, their jobs stay pending
             stopping = True
             raise

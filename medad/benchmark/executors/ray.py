@@ -13,8 +13,8 @@ a missing dataset) returns a ``failed`` record like any output and is not retrie
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,6 +25,8 @@ from medad.benchmark.executors.remote import error_line, job_resources, missing_
 from medad.benchmark.job_runner import write_lost_job, write_output
 from medad.benchmark.jobs import Job
 from medad.benchmark.run_folder import RunFolder
+
+log = logging.getLogger(__name__)
 
 
 def _import_ray():
@@ -82,8 +84,8 @@ class RayExecutor:
     def _submit(self, ray, task, job: Job, run_id: str, gpus_available: bool):
         resources = job_resources(job, gpus_available)
         if resources.gpus and not gpus_available:
-            print(f"warning: job {job.job_id} asks for {resources.gpus} GPU(s) but the Ray cluster has none yet; "
-                  "it waits until a GPU node joins", file=sys.stderr)
+            log.warning("job %s asks for %s GPU(s) but the Ray cluster has none yet; it waits until a GPU node joins",
+                        job.job_id, resources.gpus)
         options: dict[str, Any] = {"num_cpus": resources.cpus, "num_gpus": resources.gpus, "name": f"medad:{job.job_id}",
                                    "max_retries": self.max_retries, "retry_exceptions": False}
         if resources.memory_gb is not None:
