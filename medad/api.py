@@ -32,7 +32,8 @@ from medad.registry import DATASETS, DETECTORS
 CATEGORY_COLUMNS = ("dataset", "subset", "detector", "detector_name", "supervision", "weights", "metric",
                     "threshold_policy", "part", "status", "loss_name")
 INTEGER_COLUMNS = ("seed", "label", "epoch", "step")
-FLOAT_COLUMNS = ("value", "ci_low", "ci_high", "score", "wall_s", "train_s", "score_s", "peak_rss_mb", "peak_gpu_mb")
+FLOAT_COLUMNS = ("value", "ci_low", "ci_high", "score", "wall_s", "load_s", "train_s", "score_s", "maps_s", "metrics_s",
+                 "bootstrap_s", "examples_s", "peak_rss_mb", "peak_gpu_mb")
 TEXT_COLUMNS = ("run_id", "job_id", "sample_id", "note", "error", "device", "worker", "started", "finished")
 
 

@@ -54,7 +54,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--executor", default="local", choices=["local", "ray", "slurm"],
                         help="how jobs are run: local processes, Ray tasks (medad[ray]), SLURM array jobs (medad[slurm])")
     parser.add_argument("--workers", type=int, default=None,
-                        help="local: worker processes (default: one per GPU; CPU: 1); ray/slurm: jobs at once (default: all)")
+                        help="local: worker processes (default: one per GPU; CPU: one per core as memory allows, or "
+                             "$MEDAD_WORKERS; 1 = in this process); ray/slurm: jobs at once (default: all)")
     parser.add_argument("--ray-address", default=None,
                         help="Ray cluster to use: 'auto' or ray://host:port (default: start a local Ray instance)")
     parser.add_argument("--max-retries", type=int, default=2,
@@ -62,7 +63,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slurm-param", action="append", default=[], metavar="KEY=VALUE",
                         help="extra sbatch option for --executor slurm, e.g. partition=gpu (repeatable)")
     parser.add_argument("--fail-fast", action="store_true", help="stop after the first failed job (the rest: skipped)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars and no progress lines (warnings only)")
     parser.add_argument("--no-cache", action="store_true",
                         help="decode the datasets' images again instead of using the decode cache ($MEDAD_CACHE)")
 
@@ -264,9 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def configure_logging(verbose: int) -> None:
-    """medad's loggers (one per module) to stderr: progress and warnings by default, details with -v."""
-    level = logging.WARNING - 10 * min(verbose + 1, 2)  # default INFO, -v DEBUG
+def configure_logging(verbose: int, quiet: bool = False) -> None:
+    """medad's loggers (one per module) to stderr: progress and warnings by default, details with -v, warnings
+    only with --quiet (unless -v is given too)."""
+    level = logging.WARNING - 10 * min(verbose + (0 if quiet and not verbose else 1), 2)  # INFO; -v DEBUG
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger = logging.getLogger("medad")
@@ -281,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(args.verbose)
+    configure_logging(args.verbose, quiet=getattr(args, "quiet", False))
     try:
         return args.handler(args)
     except RunInterrupted as interrupted:

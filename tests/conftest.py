@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -11,7 +12,13 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # `tests.support` for detectors used only by tests
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# pytest-xdist runs one test process per core: each on one thread (more threads would only fight over the
+# cores), and runs started by a test stay in its process unless the test asks for workers.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+os.environ.setdefault("MEDAD_WORKERS", "1")
 
 
 def tiny_synthetic(image_size: int = 32, subset: str = "obvious", **params):

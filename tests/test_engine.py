@@ -10,6 +10,7 @@ import sys
 import time
 
 import pandas as pd
+import pytest
 
 from medad.benchmark.config import load_config
 from medad.benchmark.engine import run_matrix
@@ -140,19 +141,55 @@ def test_an_existing_run_folder_is_not_overwritten(tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err
 
 
-def test_worker_pool_gives_the_same_metrics_as_in_process(tmp_path):
-    config_path = write_config(tmp_path / "c.yaml", detectors=[{"name": TEMPLATE, "label": "t"}], seeds=(0, 1),
-                               subsets=("obvious", "subtle"))
+def test_workers_1_and_2_give_the_same_metrics_and_scores(tmp_path):
+    import torch
+
+    tiny_ae = {"name": "ae", "label": "ae", "params": {"epochs": 1, "width": 4, "latent": 8, "batch_size": 16}}
+    config_path = write_config(tmp_path / "c.yaml", detectors=[{"name": TEMPLATE, "label": "t"}, tiny_ae],
+                               seeds=(0, 1), subsets=("obvious", "subtle"))
     config = load_config(config_path)
-    serial = run_matrix(config, RunFolder(tmp_path / "serial"), progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread per job, as each pool worker has on this machine
+    try:
+        serial = run_matrix(config, RunFolder(tmp_path / "serial"), workers=1, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     pooled = run_matrix(config, RunFolder(tmp_path / "pooled"), workers=2, progress=False)
     assert serial.ok and pooled.ok
-    columns = ["dataset", "subset", "detector", "seed", "metric", "threshold_policy"]
-    a = pd.read_csv(tmp_path / "serial" / "metrics.csv").sort_values(columns).reset_index(drop=True)
-    b = pd.read_csv(tmp_path / "pooled" / "metrics.csv").sort_values(columns).reset_index(drop=True)
-    pd.testing.assert_series_equal(a["value"], b["value"], atol=1e-9, rtol=0)
+    for table, columns in (("metrics", ["dataset", "subset", "detector", "seed", "metric", "threshold_policy"]),
+                           ("scores", ["dataset", "subset", "detector", "seed", "part", "sample_id"])):
+        a = pd.read_csv(tmp_path / "serial" / f"{table}.csv").sort_values(columns).reset_index(drop=True)
+        b = pd.read_csv(tmp_path / "pooled" / f"{table}.csv").sort_values(columns).reset_index(drop=True)
+        value = "value" if table == "metrics" else "score"
+        assert len(a) == len(b) and (a[columns].astype(str) == b[columns].astype(str)).all().all()
+        pd.testing.assert_series_equal(a[value], b[value], atol=0, rtol=0)
     workers = set(pd.read_csv(tmp_path / "pooled" / "jobs.csv")["worker"].str.split(":").str[1])
     assert workers <= {"worker0", "worker1"} and workers
+    assert set(pd.read_csv(tmp_path / "serial" / "jobs.csv")["worker"].str.split(":").str[1]) == {"main"}
+
+
+def test_a_cpu_run_gets_one_single_threaded_worker_per_core_as_memory_allows(monkeypatch):
+    from medad.benchmark import executors
+    from medad.benchmark.executors import InProcessExecutor, ProcessPoolExecutor, make_executor
+
+    monkeypatch.delenv("MEDAD_WORKERS", raising=False)
+    monkeypatch.setattr(executors, "usable_cores", lambda: 4)
+    monkeypatch.setattr(executors, "available_memory_gb", lambda: 64.0)
+    pool = make_executor("local", "cpu", None, jobs=18)
+    assert isinstance(pool, ProcessPoolExecutor) and pool.workers == 4 and pool.threads_per_worker == 1
+    assert make_executor("local", "cpu", None, jobs=3).workers == 3          # no idle workers
+    assert isinstance(make_executor("local", "cpu", None, jobs=1), InProcessExecutor)
+    monkeypatch.setattr(executors, "available_memory_gb", lambda: 3.2)   # two workers' worth of memory
+    capped = make_executor("local", "cpu", None, jobs=18)
+    assert capped.workers == 2 and capped.threads_per_worker == 2
+    assert isinstance(make_executor("local", "cpu", 1, jobs=18), InProcessExecutor)   # --workers 1: in this process
+    monkeypatch.setenv("MEDAD_WORKERS", "1")
+    assert isinstance(make_executor("local", "cpu", None, jobs=18), InProcessExecutor)
+    monkeypatch.setenv("MEDAD_WORKERS", "two")
+    with pytest.raises(ValueError, match="MEDAD_WORKERS='two'"):
+        make_executor("local", "cpu", None, jobs=18)
+    with pytest.raises(ValueError, match="--workers must be >= 1"):
+        make_executor("local", "cpu", 0, jobs=18)
 
 
 def test_jobs_expand_dataset_by_subset_by_detector_by_seed(tmp_path):

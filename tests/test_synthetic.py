@@ -14,6 +14,11 @@ def obvious():
     return SyntheticHeadCT(image_size=64, n_train=40, n_val=10, n_test=200).load("obvious")
 
 
+@pytest.fixture(scope="module", params=["obvious", "subtle"])
+def each_subset(request):
+    return SyntheticHeadCT(image_size=64, n_train=40, n_val=10, n_test=200).load(request.param)
+
+
 def test_same_seed_same_images_and_other_seed_other_images():
     first = SyntheticHeadCT(image_size=32, n_train=5, n_val=2, n_test=6).load("obvious")
     again = SyntheticHeadCT(image_size=32, n_train=5, n_val=2, n_test=6).load("obvious")
@@ -46,9 +51,9 @@ def test_masks_mark_lesions_inside_the_head(obvious):
     assert (masks & ~roi).sum() == 0
 
 
-def test_fair_test_brightness_and_noise_do_not_give_anomalies_away(obvious):
-    images = obvious.test.float_images()
-    labels = obvious.test.labels
+def test_fair_test_brightness_and_noise_do_not_give_anomalies_away(each_subset):
+    images = each_subset.test.float_images()
+    labels = each_subset.test.labels
     assert roc_auc_score(labels, images.mean(dim=(1, 2, 3)).numpy()) < 0.65
     assert roc_auc_score(labels, -images.mean(dim=(1, 2, 3)).numpy()) < 0.65
     high_pass = images - torch.nn.functional.avg_pool2d(images, 3, 1, 1)
@@ -79,3 +84,32 @@ def test_three_channels_replicate_the_gray_image():
 def test_unknown_subset_is_a_clear_error():
     with pytest.raises(Exception, match="has no subset 'nope'; its subsets: obvious, subtle"):
         SyntheticHeadCT(image_size=32).load("nope")
+
+
+def test_phantoms_are_drawn_once_per_machine_through_the_decode_cache(tmp_path, monkeypatch):
+    from medad.datasets import synthetic
+
+    monkeypatch.setenv("MEDAD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MEDAD_NO_CACHE", raising=False)
+    drawn = []
+    render = synthetic.PhantomRenderer.render
+    monkeypatch.setattr(synthetic.PhantomRenderer, "render", lambda self, rng, lesions: drawn.append(1) or
+                        render(self, rng, lesions))
+    first = SyntheticHeadCT(image_size=32, n_train=6, n_val=2, n_test=4, n_anomaly_pool=2).load("subtle")
+    assert len(drawn) == 14
+    again = SyntheticHeadCT(image_size=32, n_train=6, n_val=2, n_test=4, n_anomaly_pool=2, channels=3).load("subtle")
+    assert len(drawn) == 14                                   # read back, not drawn again (any channel count)
+    assert torch.equal(again.test.images[:, :1], first.test.images) and again.test.ids == first.test.ids
+    assert torch.equal(again.train.roi_masks, first.train.roi_masks) and torch.equal(again.test.masks, first.test.masks)
+    SyntheticHeadCT(image_size=32, n_train=6, n_val=2, n_test=4, n_anomaly_pool=2,
+                    lesion_contrast=[0.2, 0.3]).load("subtle")
+    assert len(drawn) == 14 + 4                               # other lesions: the anomalous parts are drawn anew
+    monkeypatch.setenv("MEDAD_NO_CACHE", "1")
+    uncached = SyntheticHeadCT(image_size=32, n_train=6, n_val=2, n_test=4, n_anomaly_pool=2).load("subtle")
+    assert torch.equal(uncached.train.images, first.train.images)
+    monkeypatch.delenv("MEDAD_NO_CACHE")
+    monkeypatch.setattr(synthetic, "RENDERER_VERSION", synthetic.RENDERER_VERSION + 1)
+    count = len(drawn)
+    SyntheticHeadCT(image_size=32, n_train=6, n_val=2, n_test=4, n_anomaly_pool=2).load("subtle")
+    assert len(drawn) == count + 14                           # a new drawing replaces the cached phantoms
+    assert len(list((tmp_path / "cache" / "synthetic" / "subtle-train").glob("*.npz"))) == 1

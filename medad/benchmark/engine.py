@@ -249,8 +249,8 @@ def _run_locked(config: RunConfig, run_folder: RunFolder, *, data_root: str | No
             make_executor(executor, "cpu", 1, **executor_options).run(pending, run_folder, on_record, progress=progress,
                                                                       stop=lambda: stop["failed"])
         else:
-            make_executor(executor, config.device, workers, **executor_options).run(pending, run_folder, on_record,
-                                                                                    progress=progress)
+            make_executor(executor, config.device, workers, jobs=len(pending), **executor_options).run(
+                pending, run_folder, on_record, progress=progress)
     except KeyboardInterrupt:
         _leave_resumable(run_folder, manifest, "interrupted")
         raise RunInterrupted(run_folder.path, len(run_folder.done_job_ids()), len(jobs)) from None

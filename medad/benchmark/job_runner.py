@@ -7,12 +7,14 @@ without labels and the validation normals; it never sees the test set.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import socket
 import time
 import traceback
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,32 +150,51 @@ def detector_tags(detector: Detector, params: dict[str, Any] | None = None) -> d
             **({"deviations": "; ".join(deviations)} if deviations else {})}
 
 
-def _score_subset(detector: Detector, subset: Subset, job: Job) -> tuple[list[MetricRow], dict[str, tuple[float, float]],
-                                                                       np.ndarray | None, np.ndarray, float]:
-    """Score the test (and validation, pool) images; image and pixel metric rows, bootstrap intervals, scores, seconds."""
-    started = time.perf_counter()
-    test_scores = score_in_batches(detector, subset.test, job.score_batch_size, job.detector, job.seed)
-    val_scores = (score_in_batches(detector, subset.val, job.score_batch_size, job.detector, job.seed)
-                  if subset.val is not None else None)
+class PhaseTimes(dict):
+    """Wall seconds per phase of a job (``load_s``, ``train_s``, ``score_s``, ``maps_s``, ``metrics_s``,
+    ``bootstrap_s``, ``examples_s``): ``with times.phase("score"): ...`` adds to ``score_s``."""
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[f"{name}_s"] = self.get(f"{name}_s", 0.0) + time.perf_counter() - started
+
+
+def _score_subset(detector: Detector, subset: Subset, job: Job, times: PhaseTimes
+                  ) -> tuple[list[MetricRow], dict[str, tuple[float, float]], np.ndarray | None, np.ndarray]:
+    """Score the test (and validation, pool) images; image and pixel metric rows, bootstrap intervals, scores."""
+    def scores_of(images: ImageSet | None) -> np.ndarray | None:
+        if images is None:
+            return None
+        with times.phase("score"):
+            return score_in_batches(detector, images, job.score_batch_size, job.detector, job.seed)
+
+    test_scores, val_scores = scores_of(subset.test), scores_of(subset.val)
+    # the high-sensitivity screening filter (screen_s98) is calibrated on the labelled anomaly pool
+    pool_scores = scores_of(subset.anomaly_pool)
     in_sample = ("threshold from the training normals' own scores (in-sample: no validation normals were carved "
                  "apart, val_source: train)") if subset.val_in_sample else ""
-    rows = image_metrics(subset.test.labels, test_scores, val_scores, val_note=in_sample)
-    # the high-sensitivity screening filter (screen_s98) is calibrated on the labelled anomaly pool
-    pool_scores = (score_in_batches(detector, subset.anomaly_pool, job.score_batch_size, job.detector, job.seed)
-                   if subset.anomaly_pool is not None else None)
-    rows += screening_metrics(subset.test.labels, test_scores, pool_scores,
-                              in_sample=detector.supervision == "semi-supervised")
-    # 95% stratified bootstrap intervals of ROC/PR AUC, 1000 resamples seeded by the job's seed
-    intervals = bootstrap_intervals(subset.test.labels, test_scores, seed=job.seed)
+    with times.phase("metrics"):
+        rows = image_metrics(subset.test.labels, test_scores, val_scores, val_note=in_sample)
+        rows += screening_metrics(subset.test.labels, test_scores, pool_scores,
+                                  in_sample=detector.supervision == "semi-supervised")
+    with times.phase("bootstrap"):  # 95% stratified bootstrap intervals of ROC/PR AUC, 1000 resamples, job-seeded
+        intervals = bootstrap_intervals(subset.test.labels, test_scores, seed=job.seed)
     if subset.test.masks is not None and subset.test.mask_known.any():
         # anomalies the publisher did not outline have unknown masks: only known ones are scored
         masked = subset.test.subset(np.flatnonzero(subset.test.mask_known))
-        maps = maps_in_batches(detector, masked, job.score_batch_size)
-        if maps is not None:
+        with times.phase("maps"):
+            maps = maps_in_batches(detector, masked, job.score_batch_size)
             # the normal validation images' maps fix the honest pixel threshold of Dice
-            val_maps = maps_in_batches(detector, subset.val, job.score_batch_size) if subset.val is not None else None
-            rows += pixel_metrics(masked.masks.numpy(), maps, n_test=len(subset.test), val_maps=val_maps)
-    return rows, intervals, val_scores, test_scores, time.perf_counter() - started
+            val_maps = (maps_in_batches(detector, subset.val, job.score_batch_size)
+                        if maps is not None and subset.val is not None else None)
+        if maps is not None:
+            with times.phase("metrics"):
+                rows += pixel_metrics(masked.masks.numpy(), maps, n_test=len(subset.test), val_maps=val_maps)
+    return rows, intervals, val_scores, test_scores
 
 
 class JobLog:
@@ -207,12 +228,13 @@ def execute(job: Job, run_id: str, progress: bool = False,
             job_log: JobLog | None = None) -> tuple[dict[str, Any], dict[str, pd.DataFrame], dict[str, bytes]]:
     """Run ``job``; return its timings, tables and files. Raises on any failure."""
     job_log = job_log or JobLog()
-    timings: dict[str, Any] = {}
+    times = PhaseTimes()
     device = resolve_device(job.device)
     seed_everything(job.seed)
     job_log(f"{job.job_id}: {job.detector} ({job.detector_name}) on {job.dataset}/{job.subset}, seed {job.seed}, "
             f"{job.image_size} px x{job.channels}, {device}, {job.precision}")
-    subset = load_subset(job)
+    with times.phase("load"):
+        subset = load_subset(job)
     job_log(f"data: {len(subset.train)} training normals, {len(subset.val) if subset.val is not None else 0} "
             f"validation, {len(subset.test)} test ({int(subset.test.labels.sum())} anomalous)")
     cls = DETECTORS.get(job.detector_name)
@@ -221,17 +243,15 @@ def execute(job: Job, run_id: str, progress: bool = False,
                    **job.detector_params)
     detector.use_memory_format(resolve_memory_format(job.memory_format, device))
     log = TrainLog(progress=progress, description=f"{job.detector} epochs", sink=job_log)
-    started = time.perf_counter()
-    with autocast(device, job.precision):
+    with times.phase("train"), autocast(device, job.precision):
         fit_detector(detector, subset, log)
-    timings["train_s"] = time.perf_counter() - started
-    job_log(f"fit: {timings['train_s']:.1f} s")
+    job_log(f"fit: {times['train_s']:.1f} s")
 
     with autocast(device, job.precision):
-        rows, intervals, val_scores, test_scores, score_s = _score_subset(detector, subset, job)
-    timings["score_s"] = score_s
+        rows, intervals, val_scores, test_scores = _score_subset(detector, subset, job, times)
     auc = next((r.value for r in rows if r.metric == "roc_auc"), float("nan"))
-    job_log(f"scored: {score_s:.1f} s, ROC AUC {auc:.4f}")
+    job_log(f"scored: {times['score_s']:.1f} s (maps {times.get('maps_s', 0.0):.1f} s), ROC AUC {auc:.4f}")
+    timings: dict[str, Any] = times
 
     tags = {**detector_tags(detector, job.detector_params), **precision_tags(job.precision)}
     split_rows = subset.split_rows()
@@ -251,7 +271,8 @@ def execute(job: Job, run_id: str, progress: bool = False,
     files: dict[str, bytes] = {}
     threshold = threshold_val_q95(val_scores) if val_scores is not None and len(val_scores) else float("nan")
     try:  # a few test images with reconstructions/maps for the report's figures; never fails a finished job
-        examples = examples_npz(detector, subset.test, test_scores, threshold)
+        with times.phase("examples"):
+            examples = examples_npz(detector, subset.test, test_scores, threshold)
     except Exception as error:
         examples, timings["examples_error"] = None, f"{type(error).__name__}: {error}"
     if examples is not None:

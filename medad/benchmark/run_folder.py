@@ -32,7 +32,7 @@ RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 KEY_COLUMNS = ["run_id", "dataset", "subset", "detector", "seed"]
 COLUMNS = {
     "jobs": ["run_id", "job_id", "dataset", "subset", "detector", "detector_name", "seed", "status", "error",
-             "wall_s", "train_s", "score_s", "peak_rss_mb", "peak_gpu_mb", "device", "worker", "started", "finished"],
+             "wall_s", "load_s", "train_s", "score_s", "maps_s", "metrics_s", "bootstrap_s", "examples_s", "peak_rss_mb", "peak_gpu_mb", "device", "worker", "started", "finished"],
     "metrics": KEY_COLUMNS + ["supervision", "weights", "metric", "value", "ci_low", "ci_high", "threshold_policy",
                               "oracle", "note"],
     "scores": KEY_COLUMNS + ["part", "sample_id", "label", "score"],

@@ -29,6 +29,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from medad.datasets.base import Dataset, ImageSet, Subset
+from medad.datasets.cache import cached_arrays
 from medad.params import NonNegativeInt, PositiveFloat, PositiveInt, Range
 from medad.registry import register_dataset
 
@@ -46,6 +47,9 @@ SHEPP_LOGAN_ELLIPSES = np.array([
     [0.10, 0.0230, 0.0460, 0.06, -0.6050, 0.0],
 ])
 _WINDOW = 0.35  # phantom value mapped to white: a "brain window" (brain 0.2 -> 0.57, skull saturates)
+# The drawing's version: phantoms are kept in the decode cache under it, so a change to PhantomRenderer (or to
+# the per-image seeding) must bump it, and older cached phantoms are then replaced.
+RENDERER_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -192,6 +196,24 @@ class SyntheticHeadCT(Dataset):
         return replace(SUBSET_LESIONS[subset], **self.overrides)
 
     def _draw(self, subset: str, part: str, count: int, lesions: LesionSpec | None) -> ImageSet:
+        """``count`` phantoms of ``part``, drawn once per machine: kept in the decode cache (a pure function of the
+        split seed, subset, part, index, size and lesion parameters), so parallel jobs and later runs reuse them."""
+        spec = None if lesions is None else [list(lesions.radius), list(lesions.contrast), list(lesions.count)]
+        options = f"n{count}-seed{self.split_seed}-" + f"{zlib.crc32(json.dumps(spec).encode()):08x}"
+        arrays = cached_arrays(dataset="synthetic", view=f"{subset}-{part}", image_size=self.image_size, channels=1,
+                               options=options, fingerprint=f"renderer{RENDERER_VERSION}",
+                               build=lambda: self._render(subset, part, count, lesions))
+        pixels = torch.from_numpy(arrays["images"])[:, None].expand(-1, self.channels, -1, -1).contiguous()
+        label = 0 if lesions is None else 1
+        return ImageSet(
+            images=pixels,
+            labels=np.full(count, label),
+            ids=[f"{subset}-{part}-{index:05d}" for index in range(count)],
+            masks=torch.from_numpy(arrays["masks"]),
+            roi_masks=torch.from_numpy(arrays["roi_masks"]),
+        )
+
+    def _render(self, subset: str, part: str, count: int, lesions: LesionSpec | None) -> dict[str, np.ndarray]:
         renderer = PhantomRenderer(self.image_size)
         images, masks, rois = [], [], []
         for index in range(count):
@@ -200,16 +222,10 @@ class SyntheticHeadCT(Dataset):
             images.append(image)
             masks.append(mask)
             rois.append(roi)
-        pixels = torch.from_numpy(np.round(np.stack(images) * 255.0).astype(np.uint8))[:, None]
-        pixels = pixels.expand(-1, self.channels, -1, -1).contiguous()
-        label = 0 if lesions is None else 1
-        return ImageSet(
-            images=pixels,
-            labels=np.full(count, label),
-            ids=[f"{subset}-{part}-{index:05d}" for index in range(count)],
-            masks=torch.from_numpy(np.stack(masks).astype(np.uint8)),
-            roi_masks=torch.from_numpy(np.stack(rois).astype(np.uint8)),
-        )
+        shape = (0, self.image_size, self.image_size)
+        stack = (lambda items: np.stack(items)) if count else (lambda items: np.zeros(shape))
+        return {"images": np.round(stack(images) * 255.0).astype(np.uint8), "masks": stack(masks).astype(np.uint8),
+                "roi_masks": stack(rois).astype(np.uint8)}
 
     def identity(self, subset: str) -> str:
         """The generator's parameters (the images are a function of them and the seed, at any size)."""

@@ -62,6 +62,9 @@ class MamaNetDetector(Detector):
     paper_settings = ("iterations", "batch_size", "lr", "width_mult", "mem_size", "hash_bits", "addressing")
     smoke_params = {"epochs": 8, "batch_size": 8, "lr": 1e-3, "width_mult": 0.25, "mem_size": 64, "hash_bits": 32,
                     "reseed_after": 16}
+    # The image score is bounded by the nearest stored normal prototype: at the smoke budget (8 epochs, quarter
+    # widths) seeds 0-2 measured ROC AUC 0.673, 0.737, 0.752 (0.66 on another machine); 16 epochs 0.70-0.79.
+    smoke_auc_bar = 0.6
 
     @classmethod
     def check_settings(cls, params: dict) -> None:

@@ -52,7 +52,7 @@ class ProxyAnoDetector(Detector):
              "IEEE TMI (arXiv 2110.01761)")
     paper_settings = ("stage1_epochs", "stage2_epochs", "batch_size", "lr", "lr_d", "base_width", "depth", "code_dim",
                       "mem_items", "n_segments", "disc_width")
-    smoke_params = {"stage1_epochs": 6, "stage2_epochs": 6, "batch_size": 8, "base_width": 8, "depth": 3,
+    smoke_params = {"stage1_epochs": 12, "stage2_epochs": 12, "batch_size": 8, "base_width": 8, "depth": 3,
                     "disc_width": 8, "score_space": "map", "map_sigma": 2.0, "top_fraction": 0.02}
 
     @classmethod
