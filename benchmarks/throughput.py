@@ -17,7 +17,7 @@ not counted; ``fit img/s`` divides all trained images by the whole ``fit`` time,
 Scoring img/s: ``score`` on ``--score-images`` images in batches of ``batch_size`` after a warm-up batch.
 ``--param key=value`` sets a hyper-parameter of every detector that has it (``name.key=value``: one
 detector); values are YAML (``--param multi-kd.source_cache_mb=0``). ``--memory-format`` and
-``--precision`` are the run settings of :mod:`medad.benchmark.acceleration` (``auto``: channels_last on CUDA).
+``--precision`` are the run settings of :mod:`medad.benchmark.acceleration` (``auto``: channels_last).
 
 Work per image: torch's FLOP formulas (convolutions and matrix products, forward and backward, also
 the double backward of a gradient penalty) count every operation of the fit (:class:`FlopCount`), so ``GFLOP/img`` is the arithmetic of one training step per image and ``% peak`` its

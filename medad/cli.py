@@ -48,7 +48,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=_seeds, default=None, help="these seeds instead of the config's")
     parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--memory-format", default=None, choices=MEMORY_FORMATS,
-                        help="tensor layout of networks and images (default: the config's; auto = channels_last on CUDA)")
+                        help="tensor layout of networks and images (default: the config's; auto = channels_last)")
     parser.add_argument("--precision", default=None, choices=PRECISIONS,
                         help="fp32, or bf16 autocast for training and scoring (rows tagged precision=bf16)")
     parser.add_argument("--executor", default="local", choices=["local", "ray", "slurm"],

@@ -214,9 +214,11 @@ def check_detector(detector: type[Detector] | str, checks: Iterable[str] | None 
 
 def parametrize_with_checks(detectors: Iterable[type[Detector] | str]):
     """A pytest decorator giving one test per (detector, check): the test receives ``detector`` (a shared
-    :class:`DetectorUnderTest`, fitted once per class) and ``check`` (call ``check(detector)``)."""
+    :class:`DetectorUnderTest`, fitted once per class) and ``check`` (call ``check(detector)``). Under
+    pytest-xdist's ``--dist loadgroup`` one detector's checks stay on one worker, which fits it once."""
     import pytest
 
     kits = [DetectorUnderTest(resolve(d)) for d in detectors]
-    cases = [pytest.param(kit, check, id=f"{kit.label}-{name}") for kit in kits for name, check in CHECKS.items()]
+    cases = [pytest.param(kit, check, id=f"{kit.label}-{name}", marks=pytest.mark.xdist_group(f"conformance-{kit.label}"))
+             for kit in kits for name, check in CHECKS.items()]
     return pytest.mark.parametrize(("detector", "check"), cases)

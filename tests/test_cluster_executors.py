@@ -26,6 +26,8 @@ from medad.benchmark.run_folder import RunFolder
 from medad.cli import main
 from tests.conftest import REPO_ROOT, write_config
 
+pytestmark = pytest.mark.xdist_group("test_cluster_executors")  # its tests share a module fixture: one worker builds it
+
 AE = {"name": "ae", "params": {"epochs": 2, "batch_size": 16, "width": 8, "latent": 16}}
 SUBSETS = ("obvious", "subtle")
 PROBES = "tests.support.cluster_probes"

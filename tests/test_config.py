@@ -188,3 +188,13 @@ def test_narrow_leaves_its_argument_alone():
     narrowed = narrow(config, detectors=["ae-wide"], seeds=[5], device="cpu")
     assert [d.label for d in config.detectors] == ["ae", "ae-wide"] and config.seeds == [0, 1]
     assert config.device == "auto" and narrowed.device == "cpu"
+
+
+def test_auto_memory_format_is_channels_last_on_the_cpu_too():
+    import torch
+
+    from medad.benchmark.acceleration import resolve_memory_format
+
+    cpu = torch.device("cpu")
+    assert resolve_memory_format("auto", cpu) == torch.channels_last        # measured faster or equal on the CPU
+    assert resolve_memory_format("contiguous", cpu) == torch.contiguous_format

@@ -20,6 +20,8 @@ from medad.detectors.pretrained import PretrainedWeightsError
 from medad.registry import DETECTORS
 from tests.conftest import tiny_synthetic
 
+pytestmark = pytest.mark.xdist_group("test_coronet")  # its tests share a module fixture: one worker builds it
+
 SEMI_FAST = dict(epochs=0, batch_size=16, anomaly_ae_steps=0, cin_epochs=0, cin_weights="none")  # fit draws the pool only
 
 

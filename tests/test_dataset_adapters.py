@@ -21,6 +21,8 @@ from tests import dataset_layouts as layouts
 from tests.conftest import write_config
 from tests.support.detectors import TemplateDistance
 
+pytestmark = pytest.mark.xdist_group("test_dataset_adapters")  # its tests share a module fixture: one worker builds it
+
 SIZE = 32
 
 

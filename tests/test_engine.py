@@ -179,7 +179,7 @@ def test_a_cpu_run_gets_one_single_threaded_worker_per_core_as_memory_allows(mon
     assert isinstance(pool, ProcessPoolExecutor) and pool.workers == 4 and pool.threads_per_worker == 1
     assert make_executor("local", "cpu", None, jobs=3).workers == 3          # no idle workers
     assert isinstance(make_executor("local", "cpu", None, jobs=1), InProcessExecutor)
-    monkeypatch.setattr(executors, "available_memory_gb", lambda: 3.2)   # two workers' worth of memory
+    monkeypatch.setattr(executors, "available_memory_gb", lambda: 5.2)   # two workers' worth of memory
     capped = make_executor("local", "cpu", None, jobs=18)
     assert capped.workers == 2 and capped.threads_per_worker == 2
     assert isinstance(make_executor("local", "cpu", 1, jobs=18), InProcessExecutor)   # --workers 1: in this process
@@ -190,6 +190,18 @@ def test_a_cpu_run_gets_one_single_threaded_worker_per_core_as_memory_allows(mon
         make_executor("local", "cpu", None, jobs=18)
     with pytest.raises(ValueError, match="--workers must be >= 1"):
         make_executor("local", "cpu", 0, jobs=18)
+
+
+def test_a_pool_takes_each_detectors_jobs_side_by_side(tmp_path):
+    from medad.benchmark.executors.local import queue_order
+
+    config = load_config(write_config(tmp_path / "c.yaml", detectors=[{"name": "ae"}, {"name": TEMPLATE, "label": "t"}],
+                                      seeds=(0, 1), subsets=("obvious", "subtle")))
+    jobs = expand_jobs(config)
+    assert [j.detector for j in jobs[:4]] == ["ae", "ae", "t", "t"]            # the matrix: subset, detector, seed
+    ordered = queue_order(jobs)
+    assert [j.detector for j in ordered] == ["ae"] * 4 + ["t"] * 4
+    assert [j.job_id for j in ordered if j.detector == "ae"] == [j.job_id for j in jobs if j.detector == "ae"]
 
 
 def test_jobs_expand_dataset_by_subset_by_detector_by_seed(tmp_path):

@@ -11,6 +11,8 @@ from medad.detectors.blocks.memory import PrototypeHashMemory, hash_codes
 from medad.detectors.mamanet import MamaNetDetector
 from medad.detectors.mamanet.networks import MamaNetwork
 
+pytestmark = pytest.mark.xdist_group("test_mamanet_memory")  # its tests share a module fixture: one worker builds it
+
 SMALL = {"epochs": 8, "batch_size": 8, "lr": 1e-3, "width_mult": 0.125, "mem_size": 32, "hash_bits": 32,
          "kv_pool_side": 8, "reseed_after": 12}
 

@@ -22,6 +22,8 @@ from medad.evaluation.metrics import image_metrics
 from medad.evaluation.statistics import bootstrap_intervals
 from medad.reporting.paper_results import compare, load_paper_results, read_paper_results
 
+pytestmark = pytest.mark.xdist_group("test_report")  # its tests share a module fixture: one worker builds it
+
 EVIL_ID = "<script>alert(1)</script>"
 EVIL_ERROR = "ValueError: <img src=x onerror=alert(2)>"
 UNITS = [("synthetic", "obvious"), ("synthetic", "subtle"), ("head-ct", "all")]

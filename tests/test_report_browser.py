@@ -21,8 +21,9 @@ from tests.support.chromium import Chromium, find_chromium
 CHROMIUM = find_chromium()
 EVIL_LABEL = "<script>alert(1)</script>"
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install chromium; "
-                                                          ".ci/run installs it so CI runs this test)")
+pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install chromium; "
+                                                           ".ci/run installs it so CI runs this test)"),
+              pytest.mark.xdist_group("test_report_browser")]  # one worker builds the module's run and report
 
 
 @pytest.fixture(scope="module")

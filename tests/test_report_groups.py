@@ -24,6 +24,8 @@ from medad.reporting import tables as tab
 from medad.reporting.html import build_report
 from medad.reporting.run_data import DetectorTags, RunData, load_run, tags_using_test_labels
 
+pytestmark = pytest.mark.xdist_group("test_report_groups")  # its tests share a module fixture: one worker builds it
+
 UNITS = ["syn/a", "syn/b", "syn/c", "syn/d"]
 HONEST = {"supervision": "unsupervised", "weights": "none"}
 DETECTORS = {  # label: (separation, tags, seeds, units)

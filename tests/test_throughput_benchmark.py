@@ -9,6 +9,7 @@ import torch
 
 from tests.conftest import REPO_ROOT
 
+pytestmark = pytest.mark.xdist_group("test_throughput_benchmark")  # its tests share a module fixture: one worker builds it
 
 @pytest.fixture(scope="module")
 def throughput():

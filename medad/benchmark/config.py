@@ -7,7 +7,7 @@ Schema (DESIGN.md)::
     channels: 1
     seeds: [0]
     device: auto
-    memory_format: auto                # auto (channels_last on CUDA), channels_last or contiguous
+    memory_format: auto                # auto (= channels_last: faster on CUDA and CPU), channels_last or contiguous
     precision: fp32                    # fp32, or bf16 (autocast; rows tagged precision=bf16)
     score_batch_size: 64
     save_checkpoints: false

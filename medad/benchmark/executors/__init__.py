@@ -23,7 +23,7 @@ EXECUTORS = ("local", "ray", "slurm")
 
 
 WORKERS_ENV = "MEDAD_WORKERS"  # the default of --workers for local CPU runs (e.g. 1 where something else uses the cores)
-MEMORY_PER_WORKER_GB = 1.5  # what one CPU worker may need: the default run's jobs peak at about 0.6 GB
+MEMORY_PER_WORKER_GB = 2.5  # what one CPU worker may need: its RSS reaches 1.0-2.1 GB over the default run's jobs
 
 
 def available_memory_gb() -> float:
