@@ -232,7 +232,8 @@ def execute(job: Job, run_id: str, progress: bool = False,
     device = resolve_device(job.device)
     seed_everything(job.seed)
     job_log(f"{job.job_id}: {job.detector} ({job.detector_name}) on {job.dataset}/{job.subset}, seed {job.seed}, "
-            f"{job.image_size} px x{job.channels}, {device}, {job.precision}")
+            f"{job.image_size} px x{job.channels}, {device} ({torch.get_num_threads()} threads), {job.precision}, "
+            f"{job.memory_format} memory format")
     with times.phase("load"):
         subset = load_subset(job)
     job_log(f"data: {len(subset.train)} training normals, {len(subset.val) if subset.val is not None else 0} "
