@@ -111,7 +111,7 @@ def test_resume_after_kill_runs_each_job_once(tmp_path):
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "running"
 
-    resumed = medad("run", "--resume", str(run), "--quiet")
+    resumed = medad("run", "--resume", str(run))  # not --quiet: the resume's summary is an INFO line
     assert resumed.returncode == 0, resumed.stderr
     assert f"{len(first)} of 4 jobs already done" in resumed.stderr
     for job_id, record in first.items():  # finished jobs were not run again
