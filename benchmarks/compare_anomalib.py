@@ -57,7 +57,7 @@ def anomalib_rate(images: torch.Tensor, batch_size: int, steps: int) -> float:
         d_opt.zero_grad()
         d_loss.backward()
         d_opt.step()
-        float(g_loss), float(d_loss)  # as Lightning's log_dict(.item()) does: wait for the step
+        g_loss.item(), d_loss.item()  # as Lightning's log_dict does: wait for the step
     return steps * batch_size / (time.perf_counter() - started)
 
 

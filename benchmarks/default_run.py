@@ -48,8 +48,8 @@ def phase_table(jobs: pd.DataFrame) -> pd.DataFrame:
 def auc_spread(metrics: pd.DataFrame) -> pd.DataFrame:
     """ROC AUC per detector and subset: the mean over seeds and the smallest and largest."""
     metrics = metrics.astype({"detector": str, "subset": str})
-    auc = metrics[(metrics["metric"] == "roc_auc") & (metrics["threshold_policy"].isna()
-                                                       | (metrics["threshold_policy"] == ""))]
+    policy = metrics["threshold_policy"].astype("string").fillna("none")
+    auc = metrics[(metrics["metric"] == "roc_auc") & policy.isin(["none", ""])]
     grouped = auc.groupby(["subset", "detector"])["value"]
     return pd.DataFrame({"mean": grouped.mean(), "min": grouped.min(), "max": grouped.max(),
                          "seeds": grouped.size()}).round(3)
