@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 import torch
 
 from medad.benchmark.config import load_config, narrow
@@ -13,6 +14,7 @@ from medad.detectors.nets import count_parameters
 from medad.detectors.scoring import gaussian_blur, top_fraction_mean
 
 
+@pytest.mark.slow
 def test_ae_reaches_roc_auc_090_on_obvious_with_the_default_config(tmp_path):
     config = narrow(load_config("default"), detectors=["ae"], datasets=["synthetic"],
                     device="cpu")

@@ -108,6 +108,7 @@ def obvious64():
 # Measured on this fixture (2 threads, torch 2.14.1, this project's CPU): seeds 0 / 1 / 2 give ROC AUC
 # 0.942 / 0.937 / 0.948; the last session's machine gave 0.95-0.99 for the same seed (floating-point kernels
 # differ by CPU). The bar asks for a clear separation on every seed tried, not for one draw's number.
+@pytest.mark.slow
 def test_coronet_semi_with_a_pool_of_20_separates_obvious_anomalies(obvious64):
     detector = CoroNetSemi(image_size=64, channels=1, seed=0, epochs=1, lr=1e-3, anomaly_ae_steps=5,
                            cin_epochs=12, cin_lr=1e-3, cin_weights="none", flips=False, pool_size=20)

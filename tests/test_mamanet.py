@@ -185,6 +185,7 @@ def test_shapes_and_parameter_count_at_128_px_match_the_spec():
     assert backbone == pytest.approx(30.7e6, rel=0.01)
 
 
+@pytest.mark.slow
 def test_detector_reaches_the_done_when_aucs_on_obvious_synthetic_in_about_a_minute():
     from medad.detectors.mamanet import MamaNetDetector
 

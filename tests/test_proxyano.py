@@ -126,6 +126,7 @@ def test_no_slic_at_test_time(monkeypatch):
     assert detector.score_map(images).shape == (3, 32, 32)
 
 
+@pytest.mark.slow
 def test_maps_separate_obvious_lesions_and_the_image_score_beats_chance_in_about_a_minute():
     from medad.detectors.proxyano import ProxyAnoDetector
 
