@@ -129,8 +129,11 @@ def test_workers_die_with_a_killed_main_process_and_their_jobs_stay_pending(tmp_
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_ctrl_c_stops_cleanly_with_one_line_and_an_interrupted_manifest(tmp_path, workers):
     run = tmp_path / "r"
+    # a terminal's foreground process: Ctrl-C not ignored, even where this test runs in a background job (whose
+    # children inherit SIGINT ignored, and Python then keeps ignoring it)
     process = start("run", "--config", str(slow_config(tmp_path)), "--results", str(tmp_path), "--run-id", "r",
-                    "--quiet", "--workers", workers, start_new_session=True)
+                    "--quiet", "--workers", workers, start_new_session=True,
+                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wait_for(lambda: any((run / "jobs").glob("*/job.json")) if (run / "jobs").is_dir() else False, timeout=90)
     os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
     out, err = process.communicate(timeout=60)
