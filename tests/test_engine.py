@@ -244,3 +244,24 @@ def test_precision_and_memory_format_reach_the_job_and_bf16_rows_are_tagged(tmp_
     assert (job.precision, job.memory_format) == ("fp32", "auto")
     resumed = medad("run", "--resume", str(tmp_path / "fp32"), "--precision", "bf16", "--quiet")
     assert resumed.returncode != 0 and "this run was started with precision fp32" in resumed.stderr
+
+
+def test_each_job_keeps_its_log_with_a_line_per_epoch_and_no_live_log_is_left(tmp_path):
+    from medad.detectors.base import TrainLog
+
+    lines = []
+    log = TrainLog(sink=lines.append)
+    for epoch in log.epochs(2):
+        log.log(epoch, 0, loss=1.0 + epoch)
+        log.log(epoch, 1, loss=2.0 + epoch)
+    assert [line.split(": ", 1)[1] for line in lines] == ["loss=1.5", "loss=2.5"]   # each epoch's own mean
+    assert lines[0].startswith("epoch 1/2 (") and lines[1].startswith("epoch 2/2 (")
+
+    tiny_ae = {"name": "ae", "params": {"epochs": 2, "width": 4, "latent": 8, "batch_size": 16}}
+    config = load_config(write_config(tmp_path / "c.yaml", detectors=[tiny_ae]))
+    assert run_matrix(config, RunFolder(tmp_path / "r"), workers=1, progress=False).ok
+    text = (tmp_path / "r" / "jobs" / "synthetic__obvious__ae__seed0" / "log.txt").read_text()
+    assert "synthetic__obvious__ae__seed0: ae (ae) on synthetic/obvious, seed 0" in text
+    assert "epoch 1/2" in text and "epoch 2/2" in text and "mse=" in text and "ROC AUC" in text
+    assert "done in" in text.splitlines()[-1]
+    assert not list((tmp_path / "r" / "jobs").glob(".*.log"))                        # the live log is gone

@@ -228,10 +228,9 @@ class SyntheticHeadCT(Dataset):
             images.append(image)
             masks.append(mask)
             rois.append(roi)
-        shape = (0, self.image_size, self.image_size)
-        stack = (lambda items: np.stack(items)) if count else (lambda items: np.zeros(shape))
-        return {"images": np.round(stack(images) * 255.0).astype(np.uint8), "masks": stack(masks).astype(np.uint8),
-                "roi_masks": stack(rois).astype(np.uint8)}
+        shape = (count, self.image_size, self.image_size)  # also when count is 0
+        return {"images": np.round(np.reshape(images, shape) * 255.0).astype(np.uint8),
+                "masks": np.reshape(masks, shape).astype(np.uint8), "roi_masks": np.reshape(rois, shape).astype(np.uint8)}
 
     def identity(self, subset: str) -> str:
         """The generator's parameters (the images are a function of them and the seed, at any size)."""

@@ -50,14 +50,17 @@ class TrainLog:
         """``range(count)`` with a tqdm bar when progress is on; each finished epoch's mean losses go to ``sink``."""
         started = time.perf_counter()
         for epoch in tqdm(range(count), desc=self.description, leave=False, disable=not self.progress):
+            first_row = len(self.rows)
             yield epoch
             if self.sink is not None:
-                self.sink(f"epoch {epoch + 1}/{count} ({time.perf_counter() - started:.1f} s): {self.summary(epoch)}")
+                elapsed = time.perf_counter() - started
+                self.sink(f"epoch {epoch + 1}/{count} ({elapsed:.1f} s): {self.summary(epoch, first_row)}")
 
-    def summary(self, epoch: int) -> str:
-        """The mean of each loss logged in ``epoch``, as ``name=value`` pairs."""
+    def summary(self, epoch: int, first_row: int = 0) -> str:
+        """The mean of each loss logged in ``epoch``, as ``name=value`` pairs; ``first_row`` skips the rows logged
+        before (an epoch's own rows are the last ones, so a long fit's summaries stay linear in its steps)."""
         values: dict[str, list[float]] = {}
-        for row_epoch, _, name, value in self.rows:
+        for row_epoch, _, name, value in self.rows[first_row:]:
             if row_epoch == epoch:
                 values.setdefault(name, []).append(value)
         return " ".join(f"{name}={sum(v) / len(v):.5g}" for name, v in values.items()) or "(nothing logged)"
