@@ -21,6 +21,19 @@ else:
 os.environ.setdefault("MEDAD_WORKERS", "1")
 
 
+@pytest.fixture(autouse=True)
+def _in_own_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs in its own temporary folder: the CLI's relative defaults (``results/``, ``reports/``) never
+    land in the checkout, nor in a folder that a test running beside it writes too."""
+    monkeypatch.chdir(tmp_path)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The detectors' separation tests (``slow``, 35-80 s each) first: pytest-xdist hands tests out in collection
+    order, and the longest ones started last would leave one core idle while the other finishes them."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def tiny_synthetic(image_size: int = 32, subset: str = "obvious", **params):
     """A small, very obvious synthetic subset: what smoke fits are judged on."""
     from medad.datasets.synthetic import SyntheticHeadCT

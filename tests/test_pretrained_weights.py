@@ -109,3 +109,13 @@ def test_a_state_dict_must_be_a_mapping(tmp_path):
     torch.save(torch.zeros(3), path)
     with pytest.raises(PretrainedWeightsError, match="expected a state dict"):
         load_state_dict_file(path, what="test weights")
+
+
+def test_the_spelled_out_release_urls_are_torchvisions():
+    """Both detectors name torchvision's release files without importing torchvision.models at start-up."""
+    from torchvision.models import ResNet18_Weights, VGG16_Weights
+
+    from medad.detectors.coronet.cin import IMAGENET_URL as RESNET18_URL
+
+    assert RESNET18_URL == ResNet18_Weights.IMAGENET1K_V1.url
+    assert IMAGENET_URL == VGG16_Weights.IMAGENET1K_V1.url

@@ -67,7 +67,8 @@ def test_plugin_package_registers_through_entry_point_and_runs(tmp_path):
     assert run.returncode == 0, run.stderr
     metrics = (tmp_path / "r" / "plugin" / "metrics.csv").read_text()
     assert "mean-deviation" in metrics and "roc_auc" in metrics
-    own = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                          str(REPO_ROOT / "examples" / "plugin_detector" / "tests")],
+    plugin = REPO_ROOT / "examples" / "plugin_detector"  # its own pyproject.toml as the configuration, as in its repo
+    own = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", str(plugin / "pyproject.toml"),
+                          "--rootdir", str(plugin), str(plugin / "tests")],
                          capture_output=True, text=True, env=env, cwd=tmp_path)
     assert own.returncode == 0 and "8 passed" in own.stdout, own.stdout + own.stderr

@@ -12,11 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from torch import nn
-from torchvision.models import ResNet18_Weights, resnet18
 
 from medad.detectors.pretrained import PretrainedWeightsError, hub_checkpoint, local_state_dict, torchvision_state_dict
 
 WEIGHT_CHOICES = ("imagenet", "none")
+# torchvision's ResNet18_Weights.IMAGENET1K_V1.url, spelled out so that listing detectors (every ``medad`` command
+# and pool worker) does not import torchvision.models; a test keeps the two equal
+IMAGENET_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
 
 
 WHAT = "coronet-semi CIN (ResNet-18)"
@@ -26,17 +28,19 @@ HINT = ("Or give the file's path as cin_weights_path (a torchvision resnet18 sta
 
 def cached_imagenet_path() -> Path:
     """Where torch's hub cache keeps torchvision's ImageNet ResNet-18 weights."""
-    return hub_checkpoint(ResNet18_Weights.IMAGENET1K_V1.url)
+    return hub_checkpoint(IMAGENET_URL)
 
 
 def build_cin(classes: int, weights: str = "imagenet", weights_path: str | None = None) -> nn.Module:
     """ResNet-18 whose ``fc`` is ``Linear(512, classes)``; ImageNet weights from a local file or the cache."""
     if weights not in WEIGHT_CHOICES:
         raise ValueError(f"cin_weights must be one of {WEIGHT_CHOICES}, got {weights!r}")
+    from torchvision.models import ResNet18_Weights, resnet18
+
     model = resnet18(weights=None)
     if weights == "imagenet":
         if weights_path:
-            state = local_state_dict(weights_path, what=WHAT, releases=(ResNet18_Weights.IMAGENET1K_V1.url,), hint=HINT)
+            state = local_state_dict(weights_path, what=WHAT, releases=(IMAGENET_URL,), hint=HINT)
         else:
             state = torchvision_state_dict(ResNet18_Weights.IMAGENET1K_V1, what=WHAT, hint=HINT)
         try:

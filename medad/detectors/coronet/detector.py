@@ -49,12 +49,11 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torchvision.models import ResNet18_Weights
 
 from medad.datasets.base import DatasetError, ImageSet
 from medad.detectors.base import Detector, TrainLog
 from medad.detectors.coronet.attribution import meaningful_perturbation
-from medad.detectors.coronet.cin import WEIGHT_CHOICES, build_cin, cached_imagenet_path
+from medad.detectors.coronet.cin import IMAGENET_URL, WEIGHT_CHOICES, build_cin, cached_imagenet_path
 from medad.detectors.coronet.fpae import FPAE, fpae_loss, residual_tensor
 from medad.detectors.scoring import gaussian_blur, top_fraction_mean
 from medad.params import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, UnitFraction
@@ -187,7 +186,7 @@ class CoroNetSemi(CoroNetAE):
         if params.get("cin_weights", "imagenet") != "imagenet":
             return []
         local = params.get("cin_weights_path")
-        return [(Path(local).expanduser(), "")] if local else [(cached_imagenet_path(), ResNet18_Weights.IMAGENET1K_V1.url)]
+        return [(Path(local).expanduser(), "")] if local else [(cached_imagenet_path(), IMAGENET_URL)]
 
     def __init__(self, *, image_size: int, channels: int, device: str = "cpu", seed: int = 0,
                  epochs: PositiveInt = 50, batch_size: PositiveInt = 32, lr: PositiveFloat = 1e-4,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 
-import ot
 import torch
 import torch.nn.functional as F
 
@@ -36,6 +35,8 @@ def batch_emd(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     cost = pairwise_rms_distance(a, b)
     weights_a = torch.full((cost.shape[0],), 1.0 / cost.shape[0], dtype=cost.dtype, device=cost.device)
     weights_b = torch.full((cost.shape[1],), 1.0 / cost.shape[1], dtype=cost.dtype, device=cost.device)
+    import ot  # POT takes about a second to import (networkx, scikit-learn): only where the loss is used
+
     return ot.emd2(weights_a, weights_b, cost)
 
 
@@ -45,6 +46,8 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, n_projections: int = 12
     Projections are on unit directions, so a difference spread over all D pixels already shows at the
     per-pixel RMS scale of ``batch_emd``; no further rescale.
     """
+    import ot
+
     return ot.sliced_wasserstein_distance(a.flatten(1), b.flatten(1), n_projections=n_projections, p=1, seed=seed)
 
 
