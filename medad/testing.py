@@ -71,7 +71,6 @@ class DetectorUnderTest:
     cls: type[Detector]
     _subsets: dict[int, Subset] = field(default_factory=dict, repr=False)
     _fitted: tuple[Detector, TrainLog] | None = field(default=None, repr=False)
-
     _short: Subset | None = field(default=None, repr=False)
 
     @property

@@ -16,6 +16,7 @@ from tests.support.separation import assert_separates
 
 pytestmark = pytest.mark.xdist_group("test_proxyano")  # its tests share a module fixture: one worker builds it
 
+
 @pytest.fixture(scope="module")
 def phantoms():
     return SyntheticHeadCT(image_size=128, n_train=3, n_val=0, n_test=2, n_anomaly_pool=0).load("obvious").train

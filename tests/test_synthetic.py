@@ -10,6 +10,7 @@ from medad.datasets.synthetic import SyntheticHeadCT
 
 pytestmark = pytest.mark.xdist_group("test_synthetic")  # its tests share a module fixture: one worker builds it
 
+
 @pytest.fixture(scope="module")
 def obvious():
     return SyntheticHeadCT(image_size=64, n_train=40, n_val=10, n_test=200).load("obvious")

@@ -11,6 +11,7 @@ from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.xdist_group("test_throughput_benchmark")  # its tests share a module fixture: one worker builds it
 
+
 @pytest.fixture(scope="module")
 def throughput():
     spec = importlib.util.spec_from_file_location("throughput", REPO_ROOT / "benchmarks" / "throughput.py")
