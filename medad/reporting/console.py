@@ -19,9 +19,9 @@ def auc_table(run_path: Path, metric: str = "roc_auc") -> str:
     rows["dataset/subset"] = rows["dataset"] + "/" + rows["subset"]
     grouped = rows.groupby(["dataset/subset", "detector"])["value"]
     mean, std, count = grouped.mean(), grouped.std(), grouped.count()
-    cells = mean.map("{:.3f}".format)
-    several = count > 1
-    cells[several] = [f"{m:.3f}±{s:.3f}" for m, s in zip(mean[several], std[several].fillna(0.0))]
+    # one string per cell, built in Python: masked assignment into a string Series breaks on pandas 3.0's str dtype
+    cells = pd.Series([f"{m:.3f}±{s:.3f}" if n > 1 else f"{m:.3f}" for m, s, n in zip(mean, std.fillna(0.0), count)],
+                      index=mean.index, dtype=object)
     table = cells.unstack("detector").fillna("-")
     return f"{metric} (mean over seeds)\n" + table.to_string()
 
