@@ -97,18 +97,39 @@ def br35h(root: Path, n: int = 10, mask_rcnn: bool = False) -> Path:
 
 
 def br35h_polygon(index: int) -> dict[str, object]:
-    """The VIA ``shape_attributes`` of tumour ``y<index>``: a quadrilateral in the upper-left of its 24 x 24 image."""
+    """The VIA ``shape_attributes`` of a polygon on tumour ``y<index>``: a quadrilateral in the upper-left of its 24 x 24 image."""
     left, top = 2 + index % 3, 3 + index % 2
     return {"name": "polygon", "all_points_x": [left, left + 9, left + 10, left + 1],
             "all_points_y": [top, top + 1, top + 8, top + 9]}
+
+
+# Extra regions per tumour, as the author's exports write them (ints, or floats with 3 decimals): y0 has a
+# polygon alone, y2 a rotated ellipse alone, y3 a polygon and an unrotated ellipse, y4 one circle, y5 several
+# circles, y6 a polygon and an ellipse turned the other way, y7 a polygon and a polyline (a shape with no area).
+BR35H_EXTRA_REGIONS: dict[int, list[dict[str, object]]] = {
+    1: [{"name": "rect", "x": 14, "y": 14, "width": 4, "height": 5}],
+    2: [{"name": "ellipse", "cx": 12, "cy": 13, "rx": 8.412, "ry": 3, "theta": 0.611}],
+    3: [{"name": "ellipse", "cx": 17, "cy": 16, "rx": 4, "ry": 5, "theta": 0}],
+    4: [{"name": "circle", "cx": 11, "cy": 12, "r": 5}],
+    5: [{"name": "circle", "cx": 6, "cy": 7, "r": 3}, {"name": "circle", "cx": 16, "cy": 15, "r": 4.86}],
+    6: [{"name": "ellipse", "cx": 13, "cy": 12, "rx": 9, "ry": 4.25, "theta": -2.356}],
+    7: [{"name": "polyline", "all_points_x": [15, 19, 22], "all_points_y": [16, 20, 17]}],
+}
+BR35H_WITHOUT_POLYGON = (2, 4, 5)
+
+
+def br35h_regions(index: int) -> list[dict[str, object]]:
+    """The ``shape_attributes`` of every VIA region of tumour ``y<index>`` in the fixture."""
+    own = [] if index in BR35H_WITHOUT_POLYGON else [br35h_polygon(index)]
+    return own + BR35H_EXTRA_REGIONS.get(index, [])
 
 
 def br35h_mask_rcnn(root: Path, parts: dict[str, range]) -> Path:
     """Br35H-Mask-RCNN/{TRAIN,VAL,TEST}/: byte copies of the outlined yes/ images + VIA exports keyed ``filename+size``.
 
     Each split folder holds its images and ``annotations_<split>.json``; ``annotations_all.json``
-    (all entries) sits at the top. ``y1`` has two regions (a polygon and a rect); the last two
-    tumours are in no split (their masks are unknown).
+    (all entries) sits at the top. The JSON is written as the author's: compact, the keys in VIA's order,
+    shapes from :func:`br35h_regions`; the last two tumours are in no split (their masks are unknown).
     """
     base = root / "Br35H-Mask-RCNN"
     every = {}
@@ -118,15 +139,12 @@ def br35h_mask_rcnn(root: Path, parts: dict[str, range]) -> Path:
             data = (root / "yes" / f"y{i}.jpg").read_bytes()
             (base / split).mkdir(parents=True, exist_ok=True)
             (base / split / f"y{i}.jpg").write_bytes(data)
-            regions = [{"shape_attributes": br35h_polygon(i), "region_attributes": {}}]
-            if i == 1:
-                regions.append({"shape_attributes": {"name": "rect", "x": 14, "y": 14, "width": 4, "height": 4},
-                                "region_attributes": {}})
+            regions = [{"shape_attributes": shape, "region_attributes": {}} for shape in br35h_regions(i)]
             entries[f"y{i}.jpg{len(data)}"] = {"filename": f"y{i}.jpg", "size": len(data), "regions": regions,
                                                 "file_attributes": {}}
-        (base / split / f"annotations_{split.lower()}.json").write_text(json.dumps(entries))
+        (base / split / f"annotations_{split.lower()}.json").write_text(json.dumps(entries, separators=(",", ":")))
         every.update(entries)
-    (base / "annotations_all.json").write_text(json.dumps(every))
+    (base / "annotations_all.json").write_text(json.dumps(every, separators=(",", ":")))
     return root
 
 

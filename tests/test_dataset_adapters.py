@@ -160,9 +160,34 @@ def test_br35h_ignores_pred_and_matches_capitalised_names(downloads):
     assert int((subset.test.labels == 1).sum()) == 10
 
 
-def test_br35h_mask_rcnn_polygons_become_tumour_masks(downloads):
-    from skimage.measure import points_in_poly
+def rasterise_via_region(shape: dict, height: int, width: int) -> np.ndarray:
+    """One VIA region drawn without medad's code: pixel (r, c) is the point (x = c, y = r), edges included."""
+    from matplotlib.path import Path as PlanePath
 
+    rows, cols = np.mgrid[:height, :width]
+    points = np.stack([cols.ravel(), rows.ravel()], axis=1).astype(float)
+    name = shape["name"]
+    if name == "polygon":
+        start = np.stack([shape["all_points_x"], shape["all_points_y"]], axis=1).astype(float)
+        inside = PlanePath(start).contains_points(points)   # says nothing reliable about points on an edge
+        edge = np.roll(start, -1, axis=0) - start
+        along = np.clip(((points[:, None] - start) * edge).sum(-1) / (edge * edge).sum(-1), 0.0, 1.0)
+        on_edge = (np.abs(points[:, None] - (start + along[..., None] * edge)).max(-1) < 1e-9).any(axis=1)
+        return (inside | on_edge).reshape(height, width)
+    if name == "ellipse":   # the canvas draws centre + R(theta) (rx cos t, ry sin t): undo the rotation
+        cos, sin = np.cos(shape["theta"]), np.sin(shape["theta"])
+        local = (points - [shape["cx"], shape["cy"]]) @ np.array([[cos, -sin], [sin, cos]])
+        return (((local / [shape["rx"], shape["ry"]]) ** 2).sum(axis=1) <= 1).reshape(height, width)
+    if name == "circle":
+        return (np.hypot(*(points - [shape["cx"], shape["cy"]]).T) <= shape["r"]).reshape(height, width)
+    assert name == "rect"
+    mask = np.zeros((height, width), dtype=bool)
+    mask[int(np.ceil(shape["y"])):int(np.floor(shape["y"] + shape["height"])) + 1,
+         int(np.ceil(shape["x"])):int(np.floor(shape["x"] + shape["width"])) + 1] = True
+    return mask
+
+
+def test_br35h_every_via_shape_becomes_the_tumour_mask(downloads):
     dataset = DATASETS.get("br35h")(root=downloads / "br35h", image_size=SIZE)
     assert not any("mask-rcnn" in r.path.lower() for r in dataset.records())   # the byte copies are not indexed
     assert len(dataset.records()) == 20
@@ -171,28 +196,40 @@ def test_br35h_mask_rcnn_polygons_become_tumour_masks(downloads):
     assert test.masks is not None and subset.train.masks is not None and subset.train.mask_known.all()
     assert int(subset.train.masks.sum()) == 0
     root = downloads / "br35h" / "Br35H"
-    for i in range(8):                       # outlined in TRAIN / VAL / TEST: the mask lies inside the polygon
+    shapes_seen = set()
+    for i in range(7):   # outlined in TRAIN / VAL / TEST by fillable shapes: the union, on the source grid, resized
         k = test.ids.index(f"yes/y{i}.jpg")
-        mask = test.masks[k].numpy().astype(bool)
-        assert test.mask_known[k] and mask.sum() > 0.1 * SIZE * SIZE
         height, width = np.asarray(Image.open(root / "yes" / f"y{i}.jpg")).shape[:2]
-        rows, cols = np.nonzero(mask)       # mask pixel -> the source pixel nearest-neighbour resizing read
-        source = np.stack([cols * width // SIZE, rows * height // SIZE], axis=1)
-        shape = layouts.br35h_polygon(i)
-        outline = np.stack([shape["all_points_x"], shape["all_points_y"]], axis=1)
-        assert points_in_poly(source, outline).all()
-        centre = outline.mean(axis=0)             # (x, y) in source pixels -> the polygon's middle is covered
-        assert mask[int(centre[1] * SIZE / height), int(centre[0] * SIZE / width)]
-    assert not test.masks[test.ids.index("yes/y1.jpg")][19:23, 19:23].any()   # y1's rect region is not a polygon
-    for name in ("yes/y8.jpg", "yes/y9.jpg"):                           # tumours nobody outlined
+        expected = np.zeros((height, width), dtype=bool)
+        for shape in layouts.br35h_regions(i):
+            region = rasterise_via_region(shape, height, width)
+            assert region.any() and not region.all()
+            expected |= region
+            shapes_seen.add(shape["name"])
+        rows, cols = np.arange(SIZE) * height // SIZE, np.arange(SIZE) * width // SIZE   # nearest-neighbour resizing
+        assert test.mask_known[k]
+        np.testing.assert_array_equal(test.masks[k].numpy().astype(bool), expected[np.ix_(rows, cols)], err_msg=f"y{i}")
+    assert shapes_seen == {"polygon", "ellipse", "circle", "rect"}
+    for name in ("yes/y7.jpg", "yes/y8.jpg", "yes/y9.jpg"):   # a polyline among its regions; nobody outlined
         k = test.ids.index(name)
         assert not test.mask_known[k] and int(test.masks[k].sum()) == 0
     normals = test.labels == 0
     assert normals.any() and test.mask_known[normals].all() and int(test.masks[torch.from_numpy(normals)].sum()) == 0
     assert list(test.subset(np.array([test.ids.index("yes/y9.jpg")])).mask_known) == [False]
     report = dataset.check(strict_counts=False)
-    assert "anomaly masks: 8 of 10 anomalous images annotated; pixel metrics use only those and the normals" in report.lines
+    assert "anomaly masks: 7 of 10 anomalous images annotated; pixel metrics use only those and the normals" in report.lines
+    assert ("VIA regions: 5 polygon, 3 circle, 3 ellipse, 1 polyline, 1 rect over 8 images; 1 image with a region of a "
+            "shape that outlines no area or is unknown (polyline 1), so their masks are unknown, not partial: yes/y7.jpg"
+            ) in report.lines
     assert report.ok and not any("unexpected file" in line for line in report.lines)
+
+
+def test_via_ellipse_turns_by_theta_from_x_towards_y():
+    """A long ellipse turned by a quarter turn lies along the rows; the sign of theta tilts it like VIA's canvas."""
+    upright = io.ellipse_mask((21, 21), ((10.0, 10.0, 8.0, 2.0, np.pi / 2),))
+    assert upright[2:19, 10].all() and not upright[10, [4, 16]].any()
+    tilted = io.ellipse_mask((21, 21), ((10.0, 10.0, 8.0, 1.0, np.pi / 4),))   # +x towards +y: down and right
+    assert tilted[15, 15] and tilted[5, 5] and not tilted[5, 15] and not tilted[15, 5]
 
 
 def test_br35h_without_mask_rcnn_has_no_masks_and_bad_annotations_name_the_file(tmp_path):
@@ -211,6 +248,16 @@ def test_br35h_without_mask_rcnn_has_no_masks_and_bad_annotations_name_the_file(
     entries[y0]["regions"][0]["shape_attributes"]["all_points_y"] = [1, 1]   # 4 x values, 2 y values
     source.write_text(json.dumps(entries))
     with pytest.raises(DatasetError, match=r"annotations_train.json: entry 'y0.jpg\d+' has a polygon whose all_points_x"):
+        DATASETS.get("br35h")(root=tmp_path / "br35h", image_size=SIZE).records()
+    entries[y0]["regions"] = [{"shape_attributes": {"name": "ellipse", "cx": 5, "cy": 6, "rx": 0, "ry": 3, "theta": 0},
+                               "region_attributes": {}}]
+    source.write_text(json.dumps(entries))
+    with pytest.raises(DatasetError, match=r"annotations_train.json: entry 'y0.jpg\d+' has a region of shape 'ellipse' "
+                                           r"whose size is not positive"):
+        DATASETS.get("br35h")(root=tmp_path / "br35h", image_size=SIZE).records()
+    del entries[y0]["regions"][0]["shape_attributes"]["theta"]
+    source.write_text(json.dumps(entries))
+    with pytest.raises(DatasetError, match=r"has a region of shape 'ellipse' whose cx, cy, rx, ry, theta are not all finite"):
         DATASETS.get("br35h")(root=tmp_path / "br35h", image_size=SIZE).records()
 
 

@@ -47,8 +47,9 @@ class Record:
     ``path`` is relative to the dataset root (posix). ``category`` is the publisher's class name
     (what ``datasets check`` counts). ``group`` is a patient/subject id ("" = its own group);
     ``part`` the publisher's split (``train``/``val``/``test`` or ""). ``crop`` = (top, left,
-    height, width) in source pixels; ``circles`` = anomaly discs (row, col, radius) and
-    ``polygons`` = anomaly outlines (each a tuple of (row, col) vertices), both in source pixels;
+    height, width) in source pixels; ``circles`` = anomaly discs (row, col, radius), ``ellipses`` = rotated
+    anomaly ellipses (row, col, rx, ry, theta: see :func:`io.ellipse_mask`) and ``polygons`` = anomaly
+    outlines (each a tuple of (row, col) vertices), all in source pixels, where pixel (r, c) is the point (r, c);
     ``mask_known`` is False for an anomalous image the publisher did not outline (its mask is
     unknown, not empty); ``roi_paths`` = region-mask files OR-ed into the ROI; ``mask_paths`` = anomaly-mask
     files (non-zero = anomalous) OR-ed into the anomaly mask.
@@ -62,6 +63,7 @@ class Record:
     sample_id: str = ""
     crop: tuple[int, int, int, int] | None = None
     circles: tuple[tuple[float, float, float], ...] = ()
+    ellipses: tuple[tuple[float, float, float, float, float], ...] = ()
     polygons: tuple[tuple[tuple[float, float], ...], ...] = ()
     mask_known: bool = True
     roi_paths: tuple[str, ...] = ()
@@ -251,7 +253,8 @@ class FileDataset(Dataset):
         image = io.to_uint8(io.resize(io.to_channels(pixels, self.channels), size, self.resize_mode))
         mask = None
         if with_mask:
-            anomaly = io.disc_mask((height, width), record.circles) | io.polygon_mask((height, width), record.polygons)
+            anomaly = (io.disc_mask((height, width), record.circles) | io.ellipse_mask((height, width), record.ellipses)
+                       | io.polygon_mask((height, width), record.polygons))
             anomaly |= self._union_of(root, record, record.mask_paths, (height, width))
             mask = self._resize_region(anomaly, window, size)
         roi = None
@@ -414,6 +417,7 @@ class FileDataset(Dataset):
             known = sum(r.mask_known for r in anomalous)
             report.lines.append(f"anomaly masks: {known} of {len(anomalous)} anomalous images annotated"
                                 + ("; pixel metrics use only those and the normals" if known < len(anomalous) else ""))
+            report.lines.extend(self.mask_notes(root))
         if self.expected_counts:
             matches = [name for name, expected in self.expected_counts.items() if dict(counts) == expected]
             if matches:
@@ -445,6 +449,10 @@ class FileDataset(Dataset):
                 report.lines.append(self._split_line(subset))
         report.lines.append("OK" if report.ok else "NOT OK")
         return report
+
+    def mask_notes(self, root: Path) -> list[str]:
+        """Lines for ``datasets check`` on how the anomaly masks were read (an adapter with annotation files says)."""
+        return []
 
     def _split_line(self, subset: str) -> str:
         """What the default split of ``subset`` does: its parts, the near-duplicate groups, the images left out."""

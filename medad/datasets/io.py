@@ -286,7 +286,7 @@ def to_uint8(planes: np.ndarray) -> np.ndarray:
 
 
 def disc_mask(shape: tuple[int, int], circles: tuple[tuple[float, float, float], ...]) -> np.ndarray:
-    """A bool (H, W) mask, true inside any (row, col, radius) disc."""
+    """A bool (H, W) mask, true inside or on any (row, col, radius) disc (pixel (r, c) is the point (r, c))."""
     rows, cols = np.ogrid[: shape[0], : shape[1]]
     mask = np.zeros(shape, dtype=bool)
     for row, col, radius in circles:
@@ -294,8 +294,26 @@ def disc_mask(shape: tuple[int, int], circles: tuple[tuple[float, float, float],
     return mask
 
 
+def ellipse_mask(shape: tuple[int, int], ellipses: tuple[tuple[float, float, float, float, float], ...]) -> np.ndarray:
+    """A bool (H, W) mask, true inside or on any rotated ellipse (row, col, rx, ry, theta).
+
+    Pixel (r, c) is the point (x = c, y = r); with dx = c - col, dy = r - row it is inside when
+    ``((dx cos theta + dy sin theta) / rx)**2 + ((dy cos theta - dx sin theta) / ry)**2 <= 1``: the ``rx``
+    semi-axis points along (cos theta, sin theta) in (x, y), theta turning from +x towards +y (VIA's ellipse).
+    """
+    rows, cols = np.ogrid[: shape[0], : shape[1]]
+    mask = np.zeros(shape, dtype=bool)
+    for row, col, rx, ry, theta in ellipses:
+        dx, dy, cos, sin = cols - col, rows - row, np.cos(theta), np.sin(theta)
+        mask |= ((dx * cos + dy * sin) / rx) ** 2 + ((dy * cos - dx * sin) / ry) ** 2 <= 1.0
+    return mask
+
+
 def polygon_mask(shape: tuple[int, int], polygons: tuple[tuple[tuple[float, float], ...], ...]) -> np.ndarray:
-    """A bool (H, W) mask, true inside any polygon of (row, col) vertices (clipped to the image)."""
+    """A bool (H, W) mask, true inside any polygon of (row, col) vertices (clipped to the image).
+
+    Pixel (r, c) is the point (r, c), filled by ``skimage.draw.polygon``, which counts a pixel on an edge as inside.
+    """
     from skimage.draw import polygon
 
     mask = np.zeros(shape, dtype=bool)
