@@ -20,7 +20,7 @@ groups are joined as they are (one patient's images belong together by definitio
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -62,17 +62,34 @@ def _hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 # Near-duplicate groups larger than this are not formed (copies of one image rarely exceed a handful).
-MAX_DUPLICATE_GROUP = 16
+MAX_DUPLICATE_GROUP = 64
+
+
+# What a copy is looked for as: the image itself, its mirror images and its half turn (both flips); ``transform`` in a
+# match is an index into this tuple. Quarter turns found no further copy in the real downloads (module docstring).
+TRANSFORMS = ("as is", "flipped left-right", "flipped upside down", "rotated 180 degrees")
+
+
+def transformed(images: np.ndarray, transform: int) -> np.ndarray:
+    """``(..., H, W)`` images under :data:`TRANSFORMS` ``[transform]``."""
+    views = (images, images[..., ::-1], images[..., ::-1, :], images[..., ::-1, ::-1])
+    return np.ascontiguousarray(views[transform])
 
 
 def near_duplicate_pairs(images: np.ndarray, max_distance: int, hash_size: int = 16) -> list[tuple[int, int]]:
-    """Index pairs (i < j) whose dHash (or that of a flipped copy of j) differs in at most ``max_distance`` bits."""
-    return [(i, j) for i, j, _ in near_duplicate_distances(images, max_distance, hash_size)]
+    """Index pairs (i < j) whose dHash (or that of a flipped or rotated copy of j) differs in at most ``max_distance`` bits."""
+    return [(i, j) for i, j, _, _ in near_duplicate_matches(images, max_distance, hash_size)]
 
 
 def near_duplicate_distances(images: np.ndarray, max_distance: int, hash_size: int = 16) -> list[tuple[int, int, int]]:
-    """(i, j, distance) for i < j whose dHash (or a flipped copy's) differs in at most ``max_distance`` bits;
-    the distance is the smallest over the flips.
+    """(i, j, distance) of :func:`near_duplicate_matches`."""
+    return [(i, j, d) for i, j, d, _ in near_duplicate_matches(images, max_distance, hash_size)]
+
+
+def near_duplicate_matches(images: np.ndarray, max_distance: int, hash_size: int = 16) -> list[tuple[int, int, int, int]]:
+    """(i, j, distance, transform) for i < j whose dHashes differ in at most ``max_distance`` bits, one image taken
+    as is or under a :data:`TRANSFORMS` entry; the distance is the smallest over them, ``transform`` is 0 when
+    the pair is close as is, else the transform of the smallest distance.
 
     Pigeonhole search (multi-index hashing; Norouzi et al., CVPR 2012): cut the hash into
     ``max_distance + 1`` pieces; two hashes within the distance agree exactly on at least one
@@ -84,9 +101,9 @@ def near_duplicate_distances(images: np.ndarray, max_distance: int, hash_size: i
     bits = np.unpackbits(hashes.view(np.uint8), axis=1).astype(np.int64)
     pieces = np.array_split(np.arange(bits.shape[1]), max_distance + 1)
     found = []
-    for flipped in (None, images[..., ::-1], images[..., ::-1, :]):
-        other = hashes if flipped is None else dhash(np.ascontiguousarray(flipped), hash_size)
-        other_bits = bits if flipped is None else np.unpackbits(other.view(np.uint8), axis=1).astype(np.int64)
+    for transform in range(len(TRANSFORMS)):
+        other = hashes if transform == 0 else dhash(transformed(images, transform), hash_size)
+        other_bits = bits if transform == 0 else np.unpackbits(other.view(np.uint8), axis=1).astype(np.int64)
         for piece in pieces:
             weights = np.left_shift(1, np.arange(len(piece), dtype=np.int64))
             keys, other_keys = bits[:, piece] @ weights, other_bits[:, piece] @ weights
@@ -100,13 +117,17 @@ def near_duplicate_distances(images: np.ndarray, max_distance: int, hash_size: i
             left, right = left[keep], right[keep]
             distance = _hamming(hashes[left], other[right])
             close = distance <= max_distance
-            found.append(np.stack([np.minimum(left, right)[close], np.maximum(left, right)[close], distance[close]], axis=1))
-    if not found:
-        return []
+            found.append(np.stack([np.minimum(left, right)[close], np.maximum(left, right)[close], distance[close],
+                                   np.full(int(close.sum()), transform)], axis=1))
     rows = np.concatenate(found)
-    rows = rows[np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0]))]  # by pair, smallest distance first
-    first = np.r_[True, np.any(rows[1:, :2] != rows[:-1, :2], axis=1)] if len(rows) else np.zeros(0, bool)
-    return [(int(i), int(j), int(d)) for i, j, d in rows[first]]
+    if not len(rows):
+        return []
+    rows = rows[np.lexsort((rows[:, 3], rows[:, 2], rows[:, 1], rows[:, 0]))]  # by pair, smallest distance first
+    first = np.r_[True, np.any(rows[1:, :2] != rows[:-1, :2], axis=1)]
+    key = rows[:, 0] * len(images) + rows[:, 1]
+    best = rows[first]
+    best[np.isin(key[first], key[rows[:, 3] == 0]), 3] = 0
+    return [(int(i), int(j), int(d), int(t)) for i, j, d, t in best]
 
 
 @dataclass
@@ -126,11 +147,11 @@ class DuplicateGroups:
 def duplicate_groups(n: int, close: list[tuple[int, int, int]], max_group: int = MAX_DUPLICATE_GROUP) -> DuplicateGroups:
     """Complete-linkage groups over ``close`` (i, j, distance) pairs: closest pairs first, two groups merge
     only when every cross pair is close and the merged group has at most ``max_group`` images."""
-    near = {(i, j) for i, j, _ in close}
+    near = {(pair[0], pair[1]) for pair in close}
     members = {i: [i] for i in range(n)}
     group_of = list(range(n))
     refused = 0
-    for i, j, _ in sorted(close, key=lambda pair: (pair[2], pair[0], pair[1])):
+    for i, j, *_ in sorted(close, key=lambda pair: (pair[2], pair[0], pair[1])):
         a, b = group_of[i], group_of[j]
         if a == b:
             continue
@@ -144,6 +165,38 @@ def duplicate_groups(n: int, close: list[tuple[int, int, int]], max_group: int =
             group_of[item] = keep
         members[keep] += members.pop(drop)
     return DuplicateGroups(np.array(group_of, dtype=np.int64), len(close), refused)
+
+
+@dataclass
+class CopyCounts:
+    """What the pairs inside the near-duplicate groups are, each pair counted once, in the first class it fits:
+    ``exact`` (the same decoded pixels; ``byte_identical`` of them also the same file bytes), ``transformed`` (close
+    only as a flipped or rotated copy), ``near`` (close as is: re-encoded, resized, slightly cropped or contrast
+    changed). ``examples`` holds one (i, j) pair per class that has any."""
+
+    exact: int = 0
+    byte_identical: int = 0
+    transformed: int = 0
+    near: int = 0
+    examples: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+def copy_counts(labels: np.ndarray, matches: list[tuple[int, int, int, int]], pixel_digests: np.ndarray,
+                file_digests: np.ndarray) -> CopyCounts:
+    """Classify the :func:`near_duplicate_matches` pairs that ended up in one group (``labels`` from
+    :func:`duplicate_groups`); ``pixel_digests``/``file_digests`` are one row per image (equal rows = equal content)."""
+    counts = CopyCounts()
+    for i, j, _, transform in matches:
+        if labels[i] != labels[j]:
+            continue
+        if np.array_equal(pixel_digests[i], pixel_digests[j]):
+            kind = "exact"
+            counts.byte_identical += bool(np.array_equal(file_digests[i], file_digests[j]))
+        else:
+            kind = "transformed" if transform else "near"
+        setattr(counts, kind, getattr(counts, kind) + 1)
+        counts.examples.setdefault(kind, (i, j))
+    return counts
 
 
 def group_labels(n: int, keys: list[str], pairs: list[tuple[int, int]] = (),
