@@ -396,7 +396,8 @@ class FileDataset(Dataset):
         """The first file of the largest near-duplicate group and how many images the group holds."""
         counts = np.bincount(labels)
         members = np.flatnonzero(labels == counts.argmax())
-        return f"{chosen[members[0]].id} and {len(members) - 1} near copies"
+        others = len(members) - 1
+        return f"{chosen[members[0]].id} and {others} near cop{'y' if others == 1 else 'ies'}"
 
     def load(self, subset: str) -> Subset:
         split = self.split(subset)
@@ -493,20 +494,24 @@ class FileDataset(Dataset):
 
     def _grouping_text(self, info: dict) -> str:
         """The near-duplicate groups of a split summary in words: the rule, how many, the largest, and what the
-        pairs in them are (exact copies, flipped or rotated copies, other near copies), each with an example."""
+        pairs in them are (exact copies, flipped or turned copies, other near copies), each with an example."""
+        rule = f"dHash <= {self.duplicate_distance} of 256 bits, as is, mirrored or turned half round"
         if not info["duplicate_groups"]:
-            return f"no near duplicates (dHash <= {self.duplicate_distance} of 256 bits, flips and half turn included)"
+            return f"no near duplicates ({rule})"
 
-        def example(kind: str) -> str:
+        def example(kind: str, sign: str) -> str:
             pair = info.get(f"example_{kind}")
-            return f", e.g. {pair[0]} ~ {pair[1]}" if pair else ""
+            return f" (e.g. {pair[0]} {sign} {pair[1]})" if pair else ""
 
-        return (f"near-duplicate groups (dHash <= {self.duplicate_distance} of 256 bits, flips and half turn included, "
-                f"complete linkage): {info['duplicate_groups']} holding {info['images_in_duplicate_groups']} images, "
-                f"the largest {info['largest_duplicate_group']} ({info['largest_duplicate_group_example']}); "
-                f"pairs in them: {info['exact_copy_pairs']} exact copies ({info['byte_identical_pairs']} byte-identical, "
-                f"the rest the same pixels saved differently){example('exact')}, {info['flipped_or_rotated_pairs']} "
-                f"flipped or rotated copies{example('transformed')}, {info['near_copy_pairs']} other near copies "
-                f"(re-encoded, resized, cropped or contrast-changed){example('near')}"
-                + (f"; {info['duplicate_merges_refused_by_cap']} merges refused at the cap of {MAX_DUPLICATE_GROUP}"
-                   if info["duplicate_merges_refused_by_cap"] else ""))
+        def pairs(count: int) -> str:
+            return f"{count} pair{'' if count == 1 else 's'}"
+
+        refused = info["duplicate_merges_refused_by_cap"]
+        return (f"near-duplicate groups ({rule}, complete linkage): {info['duplicate_groups']} holding "
+                f"{info['images_in_duplicate_groups']} images, the largest {info['largest_duplicate_group']} "
+                f"({info['largest_duplicate_group_example']}); exact copies: {pairs(info['exact_copy_pairs'])}, "
+                f"{info['byte_identical_pairs']} byte-identical, the others the same pixels in another file"
+                f"{example('exact', '=')}; near copies: {pairs(info['flipped_or_rotated_pairs'])} mirrored or turned"
+                f"{example('transformed', '~')}, {pairs(info['near_copy_pairs'])} re-encoded, resized, cropped or "
+                f"contrast-changed{example('near', '~')}"
+                + (f"; {refused} merges refused at the cap of {MAX_DUPLICATE_GROUP}" if refused else ""))
