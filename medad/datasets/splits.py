@@ -53,8 +53,9 @@ distance stays at 8 although copies reach 20-24 bits (recall is not complete: Br
 images in 364 groups at 16 bits against 2625 in 530 at 8) because similar-looking but distinct
 images (a shared scanner background, tests' ``similar_looking`` phantoms) reach 6-30 bits; a
 second check (r32) does not separate them either (such pairs reach r32 0.99 while copies under a
-gamma change fall to 0.92), so none is used. Raise ``duplicate_distance`` towards 16 for a
-download known to hold augmented copies.
+gamma change fall to 0.92), so none is used. dHash is sensitive to crops: on 128 px phantom
+slices a 1 px crop a side (resized back) moves 3-8 bits, 2 px 15-22 bits. Raise
+``duplicate_distance`` towards 16 for a download known to hold shifted or zoomed copies.
 """
 
 from __future__ import annotations
