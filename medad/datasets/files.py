@@ -506,12 +506,17 @@ class FileDataset(Dataset):
         def pairs(count: int) -> str:
             return f"{count} pair{'' if count == 1 else 's'}"
 
+        exact, identical = info["exact_copy_pairs"], info["byte_identical_pairs"]
+        if exact:
+            exact = pairs(exact) + (", all byte-identical" if identical == exact else
+                                    f", {identical} byte-identical, the others the same pixels in another file")
+        else:
+            exact = "none"
         refused = info["duplicate_merges_refused_by_cap"]
         return (f"near-duplicate groups ({rule}, complete linkage): {info['duplicate_groups']} holding "
                 f"{info['images_in_duplicate_groups']} images, the largest {info['largest_duplicate_group']} "
-                f"({info['largest_duplicate_group_example']}); exact copies: {pairs(info['exact_copy_pairs'])}, "
-                f"{info['byte_identical_pairs']} byte-identical, the others the same pixels in another file"
-                f"{example('exact', '=')}; near copies: {pairs(info['flipped_or_rotated_pairs'])} mirrored or turned"
+                f"({info['largest_duplicate_group_example']}); exact copies: {exact}{example('exact', '=')}; "
+                f"near copies: {pairs(info['flipped_or_rotated_pairs'])} mirrored or turned"
                 f"{example('transformed', '~')}, {pairs(info['near_copy_pairs'])} re-encoded, resized, cropped or "
                 f"contrast-changed{example('near', '~')}"
                 + (f"; {refused} merges refused at the cap of {MAX_DUPLICATE_GROUP}" if refused else ""))
