@@ -31,13 +31,13 @@ correlation of 32 px thumbnails, the second brought to the first's orientation):
   round, contrast- or gamma-changed, rescaled (copies at 222 x 227 and 417 x 428 px), slightly
   shifted or zoomed; at 15-16 bits a few are the same slice in another sequence or position
   (yes/y234.jpg, yes/y1211.jpg); most pairs at 24 bits are still copies, and different slices
-  appear from about 30 bits. The
-  15 pairs within 8 bits with the lowest r32 (0.922-0.932) are one tumour slice under a strong
-  contrast change. Only 1 pair is byte-identical (no/no355.jpg, no/no532.jpg). The half turn finds
-  3394 more pairs within 8 bits (196 at 0), all copies on the sheets; quarter turns and transposes
-  find none. One slice has 51 mutual near copies (no/no380.jpg, no/no887.jpg, ...; checked one by
-  one), hence the cap of 64: the former cap of 16 refused 1842 merges of genuine copies, which
-  the split could then put on both sides.
+  appear from about 30 bits. The 15 pairs within 8 bits with the lowest r32 (0.922-0.932) are one
+  tumour slice under a strong contrast change. Only 1 pair is byte-identical (no/no355.jpg,
+  no/no532.jpg). The half turn finds 3585 more pairs within 8 bits (283 at 0; 14 172 against
+  10 587 with the flips alone), all copies on the sheets; quarter turns and transposes find none.
+  One slice has 51 mutual near copies (no/no380.jpg, no/no887.jpg, ...; checked one by one), hence
+  the cap of 64: a cap of 16 refused 1842 merges of genuine copies (279 without the half turn),
+  which the split could then put on both sides.
 - Brain Tumor MRI (253 images): 29 byte-identical pairs, then 4, 3, 2, 7, 3, 1 pairs at 1..6 bits
   and 2, 4, 2 at 9..11 (all rescaled or re-encoded copies, r32 >= 0.999), 1 each at 17..19
   (shifted or zoomed copies); the first yes/no pair is at 44 bits.
@@ -50,9 +50,10 @@ correlation of 32 px thumbnails, the second brought to the first's orientation):
 So within 8 bits every pair seen is a copy (precision 1 on 9 random pairs at each of 0..8 bits and on
 the 15 least correlated, in all three downloads), and different patients start at 31 bits or more. The
 distance stays at 8 although copies reach 20-24 bits (recall is not complete: Br35H holds 2796
-images in 364 groups at 16 bits against 2625 in 530 at 8) because similar-looking but distinct
+images in 364 groups at 16 bits against 2625 in 530 at 8; of its pairs at 9-16 and 17-24 bits,
+4139 and 877 have r32 >= 0.99, none across labels) because similar-looking but distinct
 images (a shared scanner background, tests' ``similar_looking`` phantoms) reach 6-30 bits; a
-second check (r32) does not separate them either (such pairs reach r32 0.99 while copies under a
+second check (r32) does not separate them either (such pairs reach r32 0.987 while copies under a
 gamma change fall to 0.92), so none is used. dHash is sensitive to crops: on 128 px phantom
 slices a 1 px crop a side (resized back) moves 3-8 bits, 2 px 15-22 bits. Raise
 ``duplicate_distance`` towards 16 for a download known to hold shifted or zoomed copies.
