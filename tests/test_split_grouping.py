@@ -158,7 +158,7 @@ def test_the_check_counts_exact_copies_apart_from_near_copies_and_names_them(tmp
     assert main(["datasets", "check", "br35h", "--root", str(root), "--allow-other-counts"]) == 0
     out = capsys.readouterr().out
     assert "1 holding 7 images, the largest 7 (yes/y0.jpg and 6 near copies)" in out
-    assert "exact copies: 3 pairs, 1 byte-identical, the others the same pixels in another file (e.g. yes/y0.jpg = yes/y1.jpg)" in out
+    assert "exact copies: 3 pairs, 1 byte-identical, the others the same pixels in different files (e.g. yes/y0.jpg = yes/y1.jpg)" in out
     assert "near copies: 11 pairs mirrored or turned" in out and "7 pairs re-encoded, resized, cropped" in out
     assert "mass copies" not in out
 

@@ -509,7 +509,8 @@ class FileDataset(Dataset):
         exact, identical = info["exact_copy_pairs"], info["byte_identical_pairs"]
         if exact:
             exact = pairs(exact) + (", all byte-identical" if identical == exact else
-                                    f", {identical} byte-identical, the others the same pixels in another file")
+                                    ", the same pixels in different files" if not identical else
+                                    f", {identical} byte-identical, the others the same pixels in different files")
         else:
             exact = "none"
         refused = info["duplicate_merges_refused_by_cap"]
