@@ -113,7 +113,7 @@ class FileDataset(Dataset):
     training normals form the validation set used for the honest threshold; ``n_anomaly_pool``
     labelled anomalies are held out for semi-supervised detectors, never in the test set.
     ``dedupe`` groups exact and near-duplicate images (dHash within ``duplicate_distance`` of 256
-    bits, flips included, by complete linkage: see :mod:`medad.datasets.splits`) so a group stays on one
+    bits, mirror images and half turns included, by complete linkage: see :mod:`medad.datasets.splits`) so a group stays on one
     side of the split. ``resize_mode`` is ``stretch`` (the study: every image to a square) or ``pad``
     (keep the aspect ratio). ``val_source: train`` trains on every training normal (a paper's exact
     training size, e.g. the study's TABLE 1, which had no validation set) and fixes the honest
