@@ -334,3 +334,51 @@ def br35h_similar(root: Path, per_class: int = 1500) -> Path:
         save(root / "yes" / f"y{i}.jpg", images[i], fmt="PNG")
         save(root / "no" / f"no{i}.jpg", images[per_class + i], fmt="PNG")
     return root
+
+
+def slice_phantom(rng: np.random.Generator, size: int = 128) -> np.ndarray:
+    """An axial-slice-like phantom (uint8): a skull ring around brain tissue, two ventricles and lesions of a drawn
+    anatomy, placed off-centre so that no mirror image or half turn of it resembles it. Distinct draws are
+    different 'patients'."""
+    from scipy import ndimage
+
+    y, x = np.mgrid[0:size, 0:size] / size - 0.5
+    head = (y / 0.42) ** 2 + (x / 0.34) ** 2
+    image = np.where(head < 1, 150.0, 0.0) + np.where((head >= 0.85) & (head < 1), 80.0, 0.0)
+    for _ in range(2):  # ventricles
+        cy, cx = rng.uniform(-0.15, 0.05), rng.uniform(-0.12, 0.12)
+        ry, rx = rng.uniform(0.06, 0.16), rng.uniform(0.02, 0.05)
+        image[((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2 < 1] = 40.0
+    for _ in range(int(rng.integers(2, 5))):  # lesions and gyri: bright or dark blobs
+        cy, cx, radius = rng.uniform(-0.3, 0.3), rng.uniform(-0.25, 0.25), rng.uniform(0.03, 0.09)
+        image[((y - cy) ** 2 + (x - cx) ** 2 < radius ** 2) & (head < 0.8)] = rng.choice([70.0, 230.0])
+    shading = ndimage.gaussian_filter(rng.normal(0, 1, (size, size)), 12) * 600  # a coil's smooth bias field
+    return np.clip(ndimage.gaussian_filter(image, 1.5) + shading * (head < 1), 0, 255).astype(np.uint8)
+
+
+def copies_and_slices(root: Path, n_slices: int = 12) -> tuple[Path, dict[str, list[str]]]:
+    """Br35H's layout holding one phantom slice and its copies, as downloads hold them, among ``n_slices`` distinct
+    phantom slices: ``yes/y0.jpg`` (JPEG, quality 95), ``y1.jpg`` its byte copy, ``y2.png`` the same pixels as PNG,
+    ``y3.png`` mirrored left-right, ``y4.png`` turned half round, ``y5.jpg`` re-saved at JPEG quality 60,
+    ``y6.png`` its top row cropped off and resized back; then one distinct slice a file. Returns the root and
+    the copy family's names (``family``) and the distinct slices' (``distinct``), relative to the root."""
+    rng = np.random.default_rng(7)
+    base = slice_phantom(rng)
+    yes = root / "yes"
+    yes.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(base).save(yes / "y0.jpg", quality=95)
+    decoded = np.asarray(Image.open(yes / "y0.jpg"))
+    (yes / "y1.jpg").write_bytes((yes / "y0.jpg").read_bytes())
+    save(yes / "y2.png", decoded)
+    save(yes / "y3.png", decoded[:, ::-1].copy())
+    save(yes / "y4.png", decoded[::-1, ::-1].copy())
+    Image.fromarray(decoded).save(yes / "y5.jpg", quality=60)
+    side = decoded.shape[0]
+    save(yes / "y6.png", np.asarray(Image.fromarray(decoded[1:]).resize((side, side), Image.BILINEAR)))
+    family = [f"yes/y{i}.{'png' if i in (2, 3, 4, 6) else 'jpg'}" for i in range(7)]
+    distinct = []
+    for k in range(n_slices):
+        folder, name = ("yes", f"y{7 + k}.png") if k % 2 else ("no", f"no{k}.png")
+        save(root / folder / name, slice_phantom(rng))
+        distinct.append(f"{folder}/{name}")
+    return root, {"family": family, "distinct": distinct}

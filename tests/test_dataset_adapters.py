@@ -478,8 +478,10 @@ def test_check_reports_counts_unreadable_and_unexpected_files(downloads, tmp_pat
     capsys.readouterr()
     assert main(["datasets", "check", "brain-tumor-mri", "--data-root", str(downloads), "--allow-other-counts"]) == 0
     out = capsys.readouterr().out
-    assert ("default: split train 10, val 1, test 11; near-duplicate groups (complete linkage, dHash <= 8 of 256 bits, "
-            "flips included): 1 holding 3 images, the largest 3; unused 0") in out
+    assert ("default: split train 10, val 1, test 11; near-duplicate groups (dHash <= 8 of 256 bits, as is, mirrored or "
+            "turned half round, complete linkage): 1 holding 3 images, the largest 3 (no/N1 bright.png and 2 near copies); "
+            "exact copies: none; near copies: 2 pairs mirrored or turned (e.g. no/N1 bright.png ~ no/N1 flipped.png), 1 pair "
+            "re-encoded, resized, cropped or contrast-changed (e.g. no/N1 bright.png ~ no/N1.JPG); unused 0") in out
     layouts.br35h(tmp_path / "br35h", n=4)
     (tmp_path / "br35h" / "no" / "no1.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     (tmp_path / "br35h" / "yes" / "notes.doc").write_bytes(b"x")

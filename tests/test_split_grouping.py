@@ -129,3 +129,49 @@ def test_in_sample_thresholds_say_so_in_their_note(tmp_path):
     metrics = pd.read_csv(tmp_path / "r" / "metrics.csv")
     notes = metrics.loc[metrics["threshold_policy"] == "val_q95", "note"]
     assert len(notes) and notes.str.contains("in-sample").all()
+
+
+def test_copies_flips_half_turns_re_encodes_and_crops_group_and_different_slices_do_not(tmp_path):
+    root, names = layouts.copies_and_slices(tmp_path / "br35h")
+    dataset = DATASETS.get("br35h")(root=root, image_size=64)
+    records = dataset.records()
+    ids = [r.id for r in records]
+    close = near_duplicate_distances(dataset.hash_thumbnails("default", records), dataset.duplicate_distance)
+    labels = duplicate_groups(len(records), close).labels
+    family = {int(labels[ids.index(name)]) for name in names["family"]}
+    assert len(family) == 1, {name: int(labels[ids.index(name)]) for name in names["family"]}
+    distinct = [int(labels[ids.index(name)]) for name in names["distinct"]]
+    assert len(set(distinct)) == len(distinct) and family.isdisjoint(distinct)
+    info = dataset.split("default").info
+    assert (info["duplicate_groups"], info["largest_duplicate_group"]) == (1, 7)
+
+
+def test_the_check_counts_exact_copies_apart_from_near_copies_and_names_them(tmp_path, capsys):
+    root, _ = layouts.copies_and_slices(tmp_path / "br35h")
+    info = DATASETS.get("br35h")(root=root, image_size=64).split("default").info
+    # 7 images, 21 pairs: y0, y1 (its bytes), y2 (its pixels as PNG) are 3 exact pairs, 1 byte-identical; the mirror
+    # image and the half turn are close to the other 5 and to each other only transformed (11); the JPEG re-save
+    # and the crop are close as is to y0-y2 and each other (7)
+    counts = {key: info[key] for key in ("exact_copy_pairs", "byte_identical_pairs", "flipped_or_rotated_pairs", "near_copy_pairs")}
+    assert counts == {"exact_copy_pairs": 3, "byte_identical_pairs": 1, "flipped_or_rotated_pairs": 11, "near_copy_pairs": 7}
+    assert info["example_exact"] == ["yes/y0.jpg", "yes/y1.jpg"]
+    assert main(["datasets", "check", "br35h", "--root", str(root), "--allow-other-counts"]) == 0
+    out = capsys.readouterr().out
+    assert "1 holding 7 images, the largest 7 (yes/y0.jpg and 6 near copies)" in out
+    assert "exact copies: 3 pairs, 1 byte-identical, the others the same pixels in different files (e.g. yes/y0.jpg = yes/y1.jpg)" in out
+    assert "near copies: 11 pairs mirrored or turned" in out and "7 pairs re-encoded, resized, cropped" in out
+    assert "mass copies" not in out
+
+
+def test_the_cap_warning_says_what_it_found(tmp_path, monkeypatch):
+    import functools
+
+    from medad.datasets import files
+
+    root, _ = layouts.copies_and_slices(tmp_path / "br35h")
+    monkeypatch.setattr(files, "MAX_DUPLICATE_GROUP", 4)
+    monkeypatch.setattr(files, "duplicate_groups", functools.partial(duplicate_groups, max_group=4))
+    with pytest.warns(UserWarning, match=r"refused at the cap of 4 images a group: the download holds more than 4 "
+                                         r"mutual near copies of one image \(e\.g\. yes/y0\.jpg and 3 near copies\)"):
+        info = DATASETS.get("br35h")(root=root, image_size=64).split("default").info
+    assert info["largest_duplicate_group"] == 4 and info["duplicate_merges_refused_by_cap"] > 0

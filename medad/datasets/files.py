@@ -11,6 +11,7 @@ seed, and builds the :class:`~medad.datasets.base.Subset`. :meth:`FileDataset.ch
 from __future__ import annotations
 
 import abc
+import hashlib
 import os
 import warnings
 from collections import Counter
@@ -25,11 +26,13 @@ from medad.datasets import cache, io
 from medad.datasets.base import Dataset, DatasetError, ImageSet, Subset
 from medad.datasets.splits import (
     MAX_DUPLICATE_GROUP,
+    CopyCounts,
     SplitPlan,
     assign_parts,
+    copy_counts,
     duplicate_groups,
     group_labels,
-    near_duplicate_distances,
+    near_duplicate_matches,
 )
 
 # Where the validation normals of the honest threshold come from: carved from the training normals (the
@@ -100,6 +103,10 @@ class CheckReport:
         self.ok = False
 
 
+def _digest(data: bytes) -> np.ndarray:
+    return np.frombuffer(hashlib.sha256(data).digest(), dtype=np.uint8)
+
+
 class FileDataset(Dataset):
     """Base of the adapters that read a publisher's files.
 
@@ -108,7 +115,7 @@ class FileDataset(Dataset):
     training normals form the validation set used for the honest threshold; ``n_anomaly_pool``
     labelled anomalies are held out for semi-supervised detectors, never in the test set.
     ``dedupe`` groups exact and near-duplicate images (dHash within ``duplicate_distance`` of 256
-    bits, flips included, by complete linkage: see :mod:`medad.datasets.splits`) so a group stays on one
+    bits, mirror images and half turns included, by complete linkage: see :mod:`medad.datasets.splits`) so a group stays on one
     side of the split. ``resize_mode`` is ``stretch`` (the study: every image to a square) or ``pad``
     (keep the aspect ratio). ``val_source: train`` trains on every training normal (a paper's exact
     training size, e.g. the study's TABLE 1, which had no validation set) and fixes the honest
@@ -310,22 +317,33 @@ class FileDataset(Dataset):
                                    build=lambda: self.decode(records, self.image_size))
 
     def hash_thumbnails(self, view: str, records: list[Record]) -> np.ndarray:
-        """Grey ``HASH_THUMBNAIL_SIZE`` px thumbnails (N, 1, S, S) of ``records``, decoded the publisher's default way
-        (stretched, each record's crop window), through the cache: what near duplicates are found on. They do not
-        depend on ``image_size``, ``channels``, ``resize_mode`` or a read option, so neither does the split."""
+        """Grey ``HASH_THUMBNAIL_SIZE`` px thumbnails (N, 1, S, S) of ``records``: see :meth:`hash_inputs`."""
+        return self.hash_inputs(view, records)["thumbs"]
+
+    def hash_inputs(self, view: str, records: list[Record]) -> dict[str, np.ndarray]:
+        """What near duplicates are found on, through the cache: ``thumbs``, grey ``HASH_THUMBNAIL_SIZE`` px thumbnails
+        (N, 1, S, S) decoded the publisher's default way (stretched, each record's crop window); ``pixels``, a SHA-256
+        per record of its decoded window (equal = the same picture however it was saved); ``files``, a SHA-256 of
+        its file's bytes. None depends on ``image_size``, ``channels``, ``resize_mode`` or a read option, so neither
+        does the split."""
         root = self.data_root()
 
         def build() -> dict[str, np.ndarray]:
             thumbs = np.zeros((len(records), 1, HASH_THUMBNAIL_SIZE, HASH_THUMBNAIL_SIZE), dtype=np.uint8)
+            pixel_digests = np.zeros((len(records), 32), dtype=np.uint8)
+            file_digests = np.zeros((len(records), 32), dtype=np.uint8)
             for index, record in enumerate(records):
                 pixels = io.read_image(root / record.path)
                 top, left, crop_h, crop_w = self.crop_for(record, pixels)
-                planes = io.to_channels(pixels[top:top + crop_h, left:left + crop_w], 1)
-                thumbs[index] = io.to_uint8(io.resize(planes, HASH_THUMBNAIL_SIZE, "stretch"))
-            return {"thumbs": thumbs}
+                window = io.to_uint8(pixels[top:top + crop_h, left:left + crop_w])
+                pixel_digests[index] = _digest(str(window.shape).encode() + window.tobytes())
+                file_digests[index] = _digest((root / record.path).read_bytes())
+                thumbs[index] = io.to_uint8(io.resize(io.to_channels(pixels[top:top + crop_h, left:left + crop_w], 1),
+                                                      HASH_THUMBNAIL_SIZE, "stretch"))
+            return {"thumbs": thumbs, "pixels": pixel_digests, "files": file_digests}
 
         return cache.cached_arrays(dataset=self.name, view=view, image_size=HASH_THUMBNAIL_SIZE, channels=1,
-                                   options="dhash-thumbnails", fingerprint=self._fingerprint(records), build=build)["thumbs"]
+                                   options="dhash-thumbnails-digests", fingerprint=self._fingerprint(records), build=build)
 
     def identity(self, subset: str) -> str:
         """The fingerprint of the subset's source files (paths, sizes, modification times) and records."""
@@ -347,25 +365,42 @@ class FileDataset(Dataset):
         if len(index) == 0:
             raise DatasetError(f"{self.name}: subset {subset!r} has no images under {self.data_root()}")
         labels = np.array([r.label for r in chosen], dtype=np.int64)
-        duplicates = None
+        duplicates, copies = None, CopyCounts()
         if self.dedupe:
-            thumbs = self.hash_thumbnails(view, view_records)[index]
-            duplicates = duplicate_groups(len(chosen), near_duplicate_distances(thumbs, self.duplicate_distance))
+            hashed = self.hash_inputs(view, view_records)
+            matches = near_duplicate_matches(hashed["thumbs"][index], self.duplicate_distance)
+            duplicates = duplicate_groups(len(chosen), matches)
+            copies = copy_counts(duplicates.labels, matches, hashed["pixels"][index], hashed["files"][index])
             if duplicates.refused_by_cap:
-                warnings.warn(f"{self.name}/{subset}: {duplicates.refused_by_cap} near-duplicate merges were refused "
-                              f"because a group would exceed {MAX_DUPLICATE_GROUP} images; lower duplicate_distance or "
-                              "check the download for mass copies", stacklevel=2)
+                warnings.warn(f"{self.name}/{subset}: {duplicates.refused_by_cap} merges of near duplicates were refused "
+                              f"at the cap of {MAX_DUPLICATE_GROUP} images a group: the download holds more than "
+                              f"{MAX_DUPLICATE_GROUP} mutual near copies of one image (e.g. "
+                              f"{self._largest_group_example(chosen, duplicates.labels)}); the copies beyond the cap "
+                              "form further groups, which the split may put on both sides", stacklevel=2)
         groups = group_labels(len(chosen), [r.group for r in chosen],
                               duplicates=None if duplicates is None else duplicates.labels)
         parts = assign_parts(labels, groups, [r.part for r in chosen], self.plan)
         sizes = duplicates.sizes() if duplicates is not None else []
+        examples = {f"example_{kind}": [chosen[i].id, chosen[j].id] for kind, (i, j) in copies.examples.items()}
         info = {"root": str(self.data_root()), "duplicate_distance": self.duplicate_distance if self.dedupe else None,
                 "near_duplicate_pairs": duplicates.pairs if duplicates is not None else 0,
                 "duplicate_groups": len(sizes), "images_in_duplicate_groups": sum(sizes),
                 "largest_duplicate_group": sizes[0] if sizes else 1,
+                "largest_duplicate_group_example": (self._largest_group_example(chosen, duplicates.labels)
+                                                    if sizes else ""),
                 "duplicate_merges_refused_by_cap": duplicates.refused_by_cap if duplicates is not None else 0,
+                "exact_copy_pairs": copies.exact, "byte_identical_pairs": copies.byte_identical,
+                "flipped_or_rotated_pairs": copies.transformed, "near_copy_pairs": copies.near, **examples,
                 "unused": parts.count("unused"), "split": asdict(self.plan), "val_source": self.val_source}
         return SplitResult(view, view_records, chosen, index, labels, parts, info)
+
+    @staticmethod
+    def _largest_group_example(chosen: list[Record], labels: np.ndarray) -> str:
+        """The first file of the largest near-duplicate group and how many images the group holds."""
+        counts = np.bincount(labels)
+        members = np.flatnonzero(labels == counts.argmax())
+        others = len(members) - 1
+        return f"{chosen[members[0]].id} and {others} near cop{'y' if others == 1 else 'ies'}"
 
     def load(self, subset: str) -> Subset:
         split = self.split(subset)
@@ -462,7 +497,35 @@ class FileDataset(Dataset):
             return f"{subset}: no split ({error})"
         sizes = ", ".join(f"{name} {parts[name]}" for name in ("train", "val", "test", "anomaly_pool", "unused")
                           if parts[name])
-        grouping = (f"near-duplicate groups (complete linkage, dHash <= {self.duplicate_distance} of 256 bits, flips "
-                    f"included): {info['duplicate_groups']} holding {info['images_in_duplicate_groups']} images, the "
-                    f"largest {info['largest_duplicate_group']}" if self.dedupe else "near duplicates not grouped")
+        grouping = self._grouping_text(info) if self.dedupe else "near duplicates not grouped"
         return f"{subset}: split {sizes}; {grouping}; unused {info['unused']}"
+
+    def _grouping_text(self, info: dict) -> str:
+        """The near-duplicate groups of a split summary in words: the rule, how many, the largest, and what the
+        pairs in them are (exact copies, flipped or turned copies, other near copies), each with an example."""
+        rule = f"dHash <= {self.duplicate_distance} of 256 bits, as is, mirrored or turned half round"
+        if not info["duplicate_groups"]:
+            return f"no near duplicates ({rule})"
+
+        def example(kind: str, sign: str) -> str:
+            pair = info.get(f"example_{kind}")
+            return f" (e.g. {pair[0]} {sign} {pair[1]})" if pair else ""
+
+        def pairs(count: int) -> str:
+            return f"{count} pair{'' if count == 1 else 's'}"
+
+        exact, identical = info["exact_copy_pairs"], info["byte_identical_pairs"]
+        if exact:
+            exact = pairs(exact) + (", all byte-identical" if identical == exact else
+                                    ", the same pixels in different files" if not identical else
+                                    f", {identical} byte-identical, the others the same pixels in different files")
+        else:
+            exact = "none"
+        refused = info["duplicate_merges_refused_by_cap"]
+        return (f"near-duplicate groups ({rule}, complete linkage): {info['duplicate_groups']} holding "
+                f"{info['images_in_duplicate_groups']} images, the largest {info['largest_duplicate_group']} "
+                f"({info['largest_duplicate_group_example']}); exact copies: {exact}{example('exact', '=')}; "
+                f"near copies: {pairs(info['flipped_or_rotated_pairs'])} mirrored or turned"
+                f"{example('transformed', '~')}, {pairs(info['near_copy_pairs'])} re-encoded, resized, cropped or "
+                f"contrast-changed{example('near', '~')}"
+                + (f"; {refused} merges refused at the cap of {MAX_DUPLICATE_GROUP}" if refused else ""))

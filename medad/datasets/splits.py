@@ -1,12 +1,13 @@
 """Seeded, group-aware splits and the near-duplicate guard.
 
 Every image belongs to a *group*: the images of one patient, and images that are exact or near
-duplicates of each other (flipped or contrast-changed copies, which Br35H is known to hold). A
-group never straddles train/val and test. Near duplicates are found with a difference hash
-(dHash; Krawetz 2013): the signs of horizontal neighbour differences on a ``hash_size`` grid,
-compared by Hamming distance to the image's own hash and to those of its horizontal and vertical
-flips. dHash only depends on the order of neighbouring pixels, so a monotone contrast change
-keeps the hash.
+duplicates of each other. A group never straddles train/val and test. Near duplicates are found
+with a difference hash (dHash; Krawetz 2013): the signs of horizontal neighbour differences on a
+16 x 17 grid of a 64 px grey thumbnail (256 bits), compared by Hamming distance between one image
+and each :data:`TRANSFORMS` of the other (as is, flipped left-right, flipped upside down, turned
+half round). dHash only depends on the order of neighbouring pixels, so a monotone contrast change,
+a re-encoding or a rescaling keeps most bits. Two images within ``duplicate_distance`` bits
+(default 8) are a close pair.
 
 Near-duplicate groups are formed by *complete linkage* (:func:`duplicate_groups`): two groups merge
 only when every image of one is within the distance of every image of the other, so a chain of
@@ -14,13 +15,54 @@ merely similar images (a near b, b near c, a far from c) never becomes one group
 transitively (union-find over all close pairs) turned 1500 distinct but similar-looking images
 into a group of 563 and moved hundreds of normals into the test set. A group is also capped in
 size (:data:`MAX_DUPLICATE_GROUP`); a merge the cap refuses is counted and reported. Patient
-groups are joined as they are (one patient's images belong together by definition).
+groups are joined as they are (one patient's images belong together by definition). The pairs
+inside the groups are told apart by :func:`copy_counts`: exact copies (the same decoded pixels,
+byte-identical or not), copies close only flipped or turned, and other near copies.
+
+The rule was measured on the genuine downloads (``benchmarks/near_duplicates.py`` draws the
+distance histogram and contact sheets of pairs at each distance; r32 below is the Pearson
+correlation of 32 px thumbnails, the second brought to the first's orientation):
+
+- Br35H (3000 images, 4 498 500 pairs): pairs at 0..16 bits: 1194, 1721, 2037, 1891, 1726, 1586,
+  1437, 1295, 1285, 1314, 1293, 1385, 1411, 1235, 1104, 1006, 937; of them close as is (no flip or
+  turn) 153, 256, 399, 383, 391, 346, 338, 318, 330, ... Every pair up to 30 bits joins two images
+  of one class; the first tumour/normal pair, necessarily two different patients, is at 31 bits.
+  Each pair sampled at 0..14 bits (9 a distance) is one slice saved again: mirrored, turned half
+  round, contrast- or gamma-changed, rescaled (copies at 222 x 227 and 417 x 428 px), slightly
+  shifted or zoomed; at 15-16 bits a few are the same slice in another sequence or position
+  (yes/y234.jpg, yes/y1211.jpg); most pairs at 24 bits are still copies, and different slices
+  appear from about 30 bits. The 15 pairs within 8 bits with the lowest r32 (0.922-0.932) are one
+  tumour slice under a strong contrast change. Only 1 pair is byte-identical (no/no355.jpg,
+  no/no532.jpg). The half turn finds 3585 more pairs within 8 bits (283 at 0; 14 172 against
+  10 587 with the flips alone), all copies on the sheets; quarter turns and transposes find none.
+  One slice has 51 mutual near copies (no/no380.jpg, no/no887.jpg, ...; checked one by one), hence
+  the cap of 64: a cap of 16 refused 1842 merges of genuine copies (279 without the half turn),
+  which the split could then put on both sides.
+- Brain Tumor MRI (253 images): 29 byte-identical pairs, then 4, 3, 2, 7, 3, 1 pairs at 1..6 bits
+  and 2, 4, 2 at 9..11 (all rescaled or re-encoded copies, r32 >= 0.999), 1 each at 17..19
+  (shifted or zoomed copies); the first yes/no pair is at 44 bits.
+- Head-CT (200 images): 188.png/189.png the same pixels in two files; 7, 11 and 12 bits the same
+  scan slightly shifted or cropped (011/061, 198/199, 105/187); 16 and 19 bits neighbouring slices
+  of one patient (012/030, 171/172); the first hemorrhage/normal pair is at 36 bits.
+- Br35H x Brain Tumor MRI (759 000 pairs): 226 byte-identical pairs, 403 pairs at 0 bits, 2427
+  within 8; none across labels below 37 bits.
+
+So within 8 bits every pair seen is a copy (precision 1 on 9 random pairs at each of 0..8 bits and on
+the 15 least correlated, in all three downloads), and different patients start at 31 bits or more. The
+distance stays at 8 although copies reach 20-24 bits (recall is not complete: Br35H holds 2796
+images in 364 groups at 16 bits against 2625 in 530 at 8; of its pairs at 9-16 and 17-24 bits,
+4139 and 877 have r32 >= 0.99, none across labels) because similar-looking but distinct
+images (a shared scanner background, tests' ``similar_looking`` phantoms) reach 6-30 bits; a
+second check (r32) does not separate them either (such pairs reach r32 0.987 while copies under a
+gamma change fall to 0.92), so none is used. dHash is sensitive to crops: on 128 px phantom
+slices a 1 px crop a side (resized back) moves 3-8 bits, 2 px 15-22 bits. Raise
+``duplicate_distance`` towards 16 for a download known to hold shifted or zoomed copies.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -61,18 +103,35 @@ def _hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.bitwise_count(a ^ b).sum(axis=-1)
 
 
-# Near-duplicate groups larger than this are not formed (copies of one image rarely exceed a handful).
-MAX_DUPLICATE_GROUP = 16
+# Near-duplicate groups larger than this are not formed: Br35H holds 51 mutual near copies of one slice (docstring).
+MAX_DUPLICATE_GROUP = 64
+
+
+# What a copy is looked for as: the image itself, its mirror images and its half turn (both flips); ``transform`` in a
+# match is an index into this tuple. Quarter turns found no further copy in the real downloads (module docstring).
+TRANSFORMS = ("as is", "flipped left-right", "flipped upside down", "rotated 180 degrees")
+
+
+def transformed(images: np.ndarray, transform: int) -> np.ndarray:
+    """``(..., H, W)`` images under :data:`TRANSFORMS` ``[transform]``."""
+    views = (images, images[..., ::-1], images[..., ::-1, :], images[..., ::-1, ::-1])
+    return np.ascontiguousarray(views[transform])
 
 
 def near_duplicate_pairs(images: np.ndarray, max_distance: int, hash_size: int = 16) -> list[tuple[int, int]]:
-    """Index pairs (i < j) whose dHash (or that of a flipped copy of j) differs in at most ``max_distance`` bits."""
-    return [(i, j) for i, j, _ in near_duplicate_distances(images, max_distance, hash_size)]
+    """Index pairs (i < j) whose dHash (or that of a flipped or rotated copy of j) differs in at most ``max_distance`` bits."""
+    return [(i, j) for i, j, _, _ in near_duplicate_matches(images, max_distance, hash_size)]
 
 
 def near_duplicate_distances(images: np.ndarray, max_distance: int, hash_size: int = 16) -> list[tuple[int, int, int]]:
-    """(i, j, distance) for i < j whose dHash (or a flipped copy's) differs in at most ``max_distance`` bits;
-    the distance is the smallest over the flips.
+    """(i, j, distance) of :func:`near_duplicate_matches`."""
+    return [(i, j, d) for i, j, d, _ in near_duplicate_matches(images, max_distance, hash_size)]
+
+
+def near_duplicate_matches(images: np.ndarray, max_distance: int, hash_size: int = 16) -> list[tuple[int, int, int, int]]:
+    """(i, j, distance, transform) for i < j whose dHashes differ in at most ``max_distance`` bits, one image taken
+    as is or under a :data:`TRANSFORMS` entry; the distance is the smallest over them, ``transform`` is 0 when
+    the pair is close as is, else the transform of the smallest distance.
 
     Pigeonhole search (multi-index hashing; Norouzi et al., CVPR 2012): cut the hash into
     ``max_distance + 1`` pieces; two hashes within the distance agree exactly on at least one
@@ -84,9 +143,9 @@ def near_duplicate_distances(images: np.ndarray, max_distance: int, hash_size: i
     bits = np.unpackbits(hashes.view(np.uint8), axis=1).astype(np.int64)
     pieces = np.array_split(np.arange(bits.shape[1]), max_distance + 1)
     found = []
-    for flipped in (None, images[..., ::-1], images[..., ::-1, :]):
-        other = hashes if flipped is None else dhash(np.ascontiguousarray(flipped), hash_size)
-        other_bits = bits if flipped is None else np.unpackbits(other.view(np.uint8), axis=1).astype(np.int64)
+    for transform in range(len(TRANSFORMS)):
+        other = hashes if transform == 0 else dhash(transformed(images, transform), hash_size)
+        other_bits = bits if transform == 0 else np.unpackbits(other.view(np.uint8), axis=1).astype(np.int64)
         for piece in pieces:
             weights = np.left_shift(1, np.arange(len(piece), dtype=np.int64))
             keys, other_keys = bits[:, piece] @ weights, other_bits[:, piece] @ weights
@@ -100,13 +159,17 @@ def near_duplicate_distances(images: np.ndarray, max_distance: int, hash_size: i
             left, right = left[keep], right[keep]
             distance = _hamming(hashes[left], other[right])
             close = distance <= max_distance
-            found.append(np.stack([np.minimum(left, right)[close], np.maximum(left, right)[close], distance[close]], axis=1))
-    if not found:
-        return []
+            found.append(np.stack([np.minimum(left, right)[close], np.maximum(left, right)[close], distance[close],
+                                   np.full(int(close.sum()), transform)], axis=1))
     rows = np.concatenate(found)
-    rows = rows[np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0]))]  # by pair, smallest distance first
-    first = np.r_[True, np.any(rows[1:, :2] != rows[:-1, :2], axis=1)] if len(rows) else np.zeros(0, bool)
-    return [(int(i), int(j), int(d)) for i, j, d in rows[first]]
+    if not len(rows):
+        return []
+    rows = rows[np.lexsort((rows[:, 3], rows[:, 2], rows[:, 1], rows[:, 0]))]  # by pair, smallest distance first
+    first = np.r_[True, np.any(rows[1:, :2] != rows[:-1, :2], axis=1)]
+    key = rows[:, 0] * len(images) + rows[:, 1]
+    best = rows[first]
+    best[np.isin(key[first], key[rows[:, 3] == 0]), 3] = 0
+    return [(int(i), int(j), int(d), int(t)) for i, j, d, t in best]
 
 
 @dataclass
@@ -126,11 +189,11 @@ class DuplicateGroups:
 def duplicate_groups(n: int, close: list[tuple[int, int, int]], max_group: int = MAX_DUPLICATE_GROUP) -> DuplicateGroups:
     """Complete-linkage groups over ``close`` (i, j, distance) pairs: closest pairs first, two groups merge
     only when every cross pair is close and the merged group has at most ``max_group`` images."""
-    near = {(i, j) for i, j, _ in close}
+    near = {(pair[0], pair[1]) for pair in close}
     members = {i: [i] for i in range(n)}
     group_of = list(range(n))
     refused = 0
-    for i, j, _ in sorted(close, key=lambda pair: (pair[2], pair[0], pair[1])):
+    for i, j, *_ in sorted(close, key=lambda pair: (pair[2], pair[0], pair[1])):
         a, b = group_of[i], group_of[j]
         if a == b:
             continue
@@ -144,6 +207,38 @@ def duplicate_groups(n: int, close: list[tuple[int, int, int]], max_group: int =
             group_of[item] = keep
         members[keep] += members.pop(drop)
     return DuplicateGroups(np.array(group_of, dtype=np.int64), len(close), refused)
+
+
+@dataclass
+class CopyCounts:
+    """What the pairs inside the near-duplicate groups are, each pair counted once, in the first class it fits:
+    ``exact`` (the same decoded pixels; ``byte_identical`` of them also the same file bytes), ``transformed`` (close
+    only as a flipped or rotated copy), ``near`` (close as is: re-encoded, resized, slightly cropped or contrast
+    changed). ``examples`` holds one (i, j) pair per class that has any."""
+
+    exact: int = 0
+    byte_identical: int = 0
+    transformed: int = 0
+    near: int = 0
+    examples: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+def copy_counts(labels: np.ndarray, matches: list[tuple[int, int, int, int]], pixel_digests: np.ndarray,
+                file_digests: np.ndarray) -> CopyCounts:
+    """Classify the :func:`near_duplicate_matches` pairs that ended up in one group (``labels`` from
+    :func:`duplicate_groups`); ``pixel_digests``/``file_digests`` are one row per image (equal rows = equal content)."""
+    counts = CopyCounts()
+    for i, j, _, transform in matches:
+        if labels[i] != labels[j]:
+            continue
+        if np.array_equal(pixel_digests[i], pixel_digests[j]):
+            kind = "exact"
+            counts.byte_identical += bool(np.array_equal(file_digests[i], file_digests[j]))
+        else:
+            kind = "transformed" if transform else "near"
+        setattr(counts, kind, getattr(counts, kind) + 1)
+        counts.examples.setdefault(kind, (i, j))
+    return counts
 
 
 def group_labels(n: int, keys: list[str], pairs: list[tuple[int, int]] = (),
