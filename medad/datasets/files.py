@@ -169,6 +169,13 @@ class FileDataset(Dataset):
         """The name of the record set decoded and cached together (default: the subset)."""
         return subset
 
+    def split_scope(self, subset: str, records: list[Record]) -> list[Record]:
+        """The records (of the decode view) split together, of which ``subset`` takes its own (default: its own,
+        :meth:`select`). Subsets
+        that share their normals return all their records: each normal then falls in the same part whichever of
+        them is loaded (a normal grouped with any subset's test image is left out of every subset's training)."""
+        return self.select(subset, records)
+
     def ignored(self, relpath: str) -> bool:
         """True for files that ship with the download but are not images the adapter reads."""
         return Path(relpath).suffix.lower() in {".txt", ".csv", ".json", ".md", ".pdf", ".xlsx", ".xls", ".h5", ".tar", ".zip", ".gz"}
@@ -344,17 +351,20 @@ class FileDataset(Dataset):
         if len(index) == 0:
             raise DatasetError(f"{self.name}: subset {subset!r} has no images under {self.data_root()}")
         labels = np.array([r.label for r in chosen], dtype=np.int64)
+        scope = self.split_scope(subset, records)
+        scope_labels = np.array([r.label for r in scope], dtype=np.int64)
         duplicates = None
         if self.dedupe:
-            thumbs = self.hash_thumbnails(view, view_records)[index]
-            duplicates = duplicate_groups(len(chosen), near_duplicate_distances(thumbs, self.duplicate_distance))
+            thumbs = self.hash_thumbnails(view, view_records)[np.array([position[r.id] for r in scope], dtype=np.int64)]
+            duplicates = duplicate_groups(len(scope), near_duplicate_distances(thumbs, self.duplicate_distance))
             if duplicates.refused_by_cap:
                 warnings.warn(f"{self.name}/{subset}: {duplicates.refused_by_cap} near-duplicate merges were refused "
                               f"because a group would exceed {MAX_DUPLICATE_GROUP} images; lower duplicate_distance or "
                               "check the download for mass copies", stacklevel=2)
-        groups = group_labels(len(chosen), [r.group for r in chosen],
+        groups = group_labels(len(scope), [r.group for r in scope],
                               duplicates=None if duplicates is None else duplicates.labels)
-        parts = assign_parts(labels, groups, [r.part for r in chosen], self.plan)
+        part_of = dict(zip((r.id for r in scope), assign_parts(scope_labels, groups, [r.part for r in scope], self.plan)))
+        parts = [part_of[r.id] for r in chosen]
         sizes = duplicates.sizes() if duplicates is not None else []
         info = {"root": str(self.data_root()), "duplicate_distance": self.duplicate_distance if self.dedupe else None,
                 "near_duplicate_pairs": duplicates.pairs if duplicates is not None else 0,
