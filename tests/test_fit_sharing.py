@@ -17,7 +17,9 @@ from medad.benchmark.jobs import expand_jobs
 from medad.benchmark.run_folder import RunFolder
 from medad.cli import main
 from medad.datasets.oct import RetinalOCT
+from medad.reporting.run_data import load_run
 from tests import dataset_layouts as layouts
+from tests.conftest import REPO_ROOT
 
 COUNTED = "tests.support.detectors:CountedFit"
 SUBSETS = ("cnv", "dme", "drusen")
@@ -125,6 +127,12 @@ def test_shared_and_unshared_fits_give_the_same_metrics_and_scores_and_only_the_
     log = (shared / "jobs" / followers.index[0] / "log.txt").read_text()
     assert "not trained again" in log and "epoch 1/2" not in log
 
+    assert "fit_id" not in load_run(shared).tag_columns  # a standard column, not a detector's tag in the report
+    for name in ("metrics", "jobs"):  # a run of an earlier medad, without the fit columns, still loads
+        frame = pd.read_csv(alone / f"{name}.csv")
+        frame.drop(columns=[c for c in ("fit_id", "fit_by") if c in frame]).to_csv(alone / f"{name}.csv", index=False)
+    assert len(load_run(alone).metrics) == len(metrics)
+
 
 def test_resume_with_only_the_first_task_done_trains_the_shared_fit_once_more(data_root, tmp_path):
     count = tmp_path / "fits.txt"
@@ -208,3 +216,50 @@ def test_dry_run_of_the_study_shows_the_oct_tasks_sharing_one_fit_per_seed(data_
     assert (per_unit.drop("ganomaly-reference") == 1).all()        # one fit per seed for the three tasks ...
     assert (per_unit["ganomaly-reference"] == 3).all()             # ... except where training sees the test set
     assert "135 jobs, 111 fits" in out                              # 4 detectors x 3 seeds x 2 fits saved
+
+
+@pytest.mark.parametrize("executor", ["pool", "slurm", "ray"])
+def test_every_executor_trains_a_shared_fit_once_and_gives_the_in_process_numbers(executor, data_root, tmp_path,
+                                                                                   monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))  # worker processes import tests.support
+    options, workers = {}, None
+    if executor == "pool":
+        executor, workers = "local", 2
+    elif executor == "slurm":
+        pytest.importorskip("submitit")
+        options = {"slurm_cluster": "local"}
+    else:
+        pytest.importorskip("ray")
+    count = tmp_path / "fits.txt"
+    config = oct_config(tmp_path / "c.yaml", data_root, [{"name": COUNTED, "label": "t", "params": {"count_file": str(count)}}],
+                        seeds=(0, 1))
+    in_process = run(config, tmp_path / "in-process").path
+    count.unlink()
+    summary = run_matrix(load_config(config), RunFolder(tmp_path / "r"), executor=executor, workers=workers,
+                         progress=False, argv=["test"], executor_options=options)
+    assert summary.ok and sorted(fits_counted(count)) == ["0", "1"]
+    for name in ("metrics", "scores"):
+        pd.testing.assert_frame_equal(table(tmp_path / "r", name), table(in_process, name), check_exact=True, obj=name)
+    fits = {path: pd.read_csv(path / "jobs.csv").set_index("job_id")["fit_id"].sort_index() for path in (tmp_path / "r",
+                                                                                                         in_process)}
+    pd.testing.assert_series_equal(*fits.values())
+
+
+def test_a_lost_slurm_task_records_every_job_of_its_unit_failed(data_root, tmp_path):
+    submitit = pytest.importorskip("submitit")
+    from medad.benchmark.executors.slurm import SlurmExecutor
+    from medad.benchmark.fit_sharing import fit_units
+
+    class LostHandle:
+        job_id = "4242_0"
+
+        def result(self):
+            raise submitit.core.utils.UncompletedJobError("Job 4242_0 has not produced any output")
+
+    config = load_config(oct_config(tmp_path / "c.yaml", data_root, [{"name": COUNTED, "label": "t"}]))
+    (unit,) = fit_units(expand_jobs(config))
+    run_folder, records = RunFolder(tmp_path / "r"), []
+    assert SlurmExecutor(cluster="local", max_retries=0)._collect(submitit, LostHandle(), unit, 0, run_folder,
+                                                                  records.append) is False
+    assert [r["job_id"] for r in records] == [job.job_id for job in unit.jobs]
+    assert all(r["status"] == "failed" and r["error"].startswith("lost after 0 retries") for r in records)

@@ -3,8 +3,9 @@
 The pool follows anomalib's runner split: the engine expands jobs, an executor runs them and calls
 back with each job's record. On a machine with GPUs, worker ``i`` is started with
 ``CUDA_VISIBLE_DEVICES=<gpu i>`` so it sees exactly one GPU; workers pull jobs from one shared queue,
-so a fast GPU takes more jobs. A worker that dies (out of memory, segfault) has its job recorded as
-failed and is replaced.
+so a fast GPU takes more jobs. Jobs that share a fit (:mod:`medad.benchmark.fit_sharing`) are one item of
+the queue: the worker trains once and scores each. A worker that dies (out of memory, segfault) has the jobs
+of its item not yet finished recorded as failed and is replaced.
 """
 
 from __future__ import annotations
