@@ -1,4 +1,5 @@
-"""Run one job: load the subset, fit the detector, score validation and test images, compute metrics.
+"""Run one job: load the subset, fit the detector (or take the fit its unit shares: :mod:`.fit_sharing`), score
+validation and test images, compute metrics.
 
 Whatever happens, the job ends with a folder in ``jobs/<job-id>/``: ``done`` with its tables, or
 ``failed`` with the error and traceback. The detector's ``fit`` receives the training normals
@@ -371,8 +372,8 @@ def live_log_path(run_folder: RunFolder, job_id: str) -> Path:
 def compute_unit(unit: Job | FitUnit, run_id: str, worker: str = "main", progress: bool = False,
                  live_log: Callable[[str], Path | None] = lambda job_id: None,
                  stop: Callable[[], bool] | None = None) -> Iterator[JobOutput]:
-    """Run the jobs of ``unit`` in turn, the first that can training the fit and the others scoring with it; yield each
-    job's output as it ends (``live_log(job_id)``: where its log grows). ``stop()`` true: start no further job."""
+    """Run the jobs of ``unit`` in turn, the first training the fit and the others scoring with it; yield each job's
+    output as it ends (``live_log(job_id)``: where its log grows). ``stop()`` true: start no further job."""
     unit = as_unit(unit)
     shared = SharedFit(unit.fit_id, uses=len(unit.jobs))
     for job in unit.jobs:
