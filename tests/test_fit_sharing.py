@@ -263,3 +263,17 @@ def test_a_lost_slurm_task_records_every_job_of_its_unit_failed(data_root, tmp_p
                                                                   records.append) is False
     assert [r["job_id"] for r in records] == [job.job_id for job in unit.jobs]
     assert all(r["status"] == "failed" and r["error"].startswith("lost after 0 retries") for r in records)
+
+
+def test_a_pool_worker_dying_mid_unit_records_the_units_unfinished_jobs_failed(data_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))
+    dies = [{"name": "tests.support.cluster_probes:DiesScoringTheSecondJob", "label": "d",
+             "params": {"score_file": str(tmp_path / "scored.txt")}}]
+    summary = run_matrix(load_config(oct_config(tmp_path / "c.yaml", data_root, dies)), RunFolder(tmp_path / "r"),
+                         workers=2, progress=False, argv=["test"])
+    jobs = pd.read_csv(tmp_path / "r" / "jobs.csv").set_index("subset")
+    assert summary.counts == {"done": 1, "failed": 2, "skipped": 0}
+    assert jobs.loc["cnv", "status"] == "done"
+    assert len((tmp_path / "scored.txt").read_text().splitlines()) == 2  # drusen was not started: --resume runs it
+    assert jobs.loc[["dme", "drusen"], "error"].str.contains("died .* while running the job or another job of its "
+                                                             "shared fit").all()
