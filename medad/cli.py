@@ -109,6 +109,7 @@ def _run_config(args: argparse.Namespace):
 
 def command_run(args: argparse.Namespace) -> int:
     from medad.benchmark.engine import check_recorded_splits, run_matrix
+    from medad.benchmark.fit_sharing import fit_ids
     from medad.benchmark.jobs import expand_jobs
     from medad.benchmark.preflight import PreflightError, preflight
     from medad.reporting.console import auc_table, job_table
@@ -132,7 +133,7 @@ def command_run(args: argparse.Namespace) -> int:
         problems += check_recorded_splits(run_folder, config, data_root)
     if args.dry_run:
         statuses = {r["job_id"]: r["status"] for r in run_folder.records()} if existing is not None else {}
-        print(job_table(jobs, statuses))
+        print(job_table(jobs, statuses, fits=fit_ids(jobs, config.share_fits)))
         if problems:
             print(f"\n{PreflightError(problems)}", file=sys.stderr)
         return 2 if problems else 0

@@ -199,7 +199,7 @@ def test_a_pool_takes_each_detectors_jobs_side_by_side(tmp_path):
                                       seeds=(0, 1), subsets=("obvious", "subtle")))
     jobs = expand_jobs(config)
     assert [j.detector for j in jobs[:4]] == ["ae", "ae", "t", "t"]            # the matrix: subset, detector, seed
-    ordered = queue_order(jobs)
+    ordered = [unit.leader for unit in queue_order(jobs)]  # lone jobs: units of one
     assert [j.detector for j in ordered] == ["ae"] * 4 + ["t"] * 4
     assert [j.job_id for j in ordered if j.detector == "ae"] == [j.job_id for j in jobs if j.detector == "ae"]
 

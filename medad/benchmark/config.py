@@ -11,6 +11,7 @@ Schema (DESIGN.md)::
     precision: fp32                    # fp32, or bf16 (autocast; rows tagged precision=bf16)
     score_batch_size: 64
     save_checkpoints: false
+    share_fits: true                   # jobs whose training is identical train once (medad.benchmark.fit_sharing)
     resources: {cpus: 1, gpus: 1, memory_gb: 16, time_min: 240}   # optional: what each job asks a cluster for
     datasets:
       - name: synthetic
@@ -90,6 +91,7 @@ class RunConfig:
     resources: dict[str, Any] = field(default_factory=dict)
     memory_format: str = "auto"
     precision: str = "fp32"
+    share_fits: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,10 +102,10 @@ Seed = Annotated[int, Range(0, 2**32 - 1)]
 _TOP_KEYS = {
     "name": str, "image_size": ImageSize, "channels": Literal[1, 3], "seeds": list[Seed], "device": str,
     "score_batch_size": PositiveInt, "save_checkpoints": bool, "datasets": list, "detectors": list, "resources": dict,
-    "memory_format": Literal[MEMORY_FORMATS], "precision": Literal[PRECISIONS],
+    "memory_format": Literal[MEMORY_FORMATS], "precision": Literal[PRECISIONS], "share_fits": bool,
 }
 _DEFAULTS = {"channels": 1, "seeds": [0], "device": "auto", "score_batch_size": 64, "save_checkpoints": False,
-             "resources": {}, "memory_format": "auto", "precision": "fp32"}
+             "resources": {}, "memory_format": "auto", "precision": "fp32", "share_fits": True}
 _DATASET_KEYS = ("name", "subsets", "params", "root")
 _DETECTOR_KEYS = ("name", "label", "params", "resources", "image_size", "channels", "datasets")
 # What a job may ask a cluster (Ray, SLURM) for; the smallest value each may take.
@@ -391,7 +393,7 @@ def _parse(raw: Any) -> RunConfig:
         seeds=list(values["seeds"]), device=values["device"], score_batch_size=values["score_batch_size"],
         save_checkpoints=values["save_checkpoints"], datasets=datasets, detectors=detectors,
         resources=check_resources("resources", values["resources"]),
-        memory_format=values["memory_format"], precision=values["precision"],
+        memory_format=values["memory_format"], precision=values["precision"], share_fits=values["share_fits"],
     )
 
 

@@ -21,6 +21,7 @@ import medad
 from medad.atomic_files import WriteError, write_text_atomic
 from medad.benchmark.config import ConfigError, DatasetEntry, RunConfig, parse_config
 from medad.benchmark.executors import make_executor
+from medad.benchmark.fit_sharing import fit_units
 from medad.benchmark.jobs import Job, expand_jobs
 from medad.benchmark.preflight import Problem
 from medad.benchmark.resources import git_commit, hardware
@@ -235,6 +236,9 @@ def _run_locked(config: RunConfig, run_folder: RunFolder, *, data_root: str | No
     pending = [job for job in jobs if job.job_id not in done]
     if done:
         log.info("resuming: %d of %d jobs already done, %d to run", len(done), len(jobs), len(pending))
+    units = fit_units(pending, config.share_fits)  # jobs whose training is identical: one fit, run by one worker
+    if len(units) < len(pending):
+        log.info("%d jobs to run share %d fits", len(pending), len(units))
 
     stop = {"failed": False}
 
@@ -246,11 +250,11 @@ def _run_locked(config: RunConfig, run_folder: RunFolder, *, data_root: str | No
 
     try:
         if fail_fast:  # one job at a time, so that nothing starts after the first failure
-            make_executor(executor, "cpu", 1, **executor_options).run(pending, run_folder, on_record, progress=progress,
+            make_executor(executor, "cpu", 1, **executor_options).run(units, run_folder, on_record, progress=progress,
                                                                       stop=lambda: stop["failed"])
         else:
-            make_executor(executor, config.device, workers, jobs=len(pending), **executor_options).run(
-                pending, run_folder, on_record, progress=progress)
+            make_executor(executor, config.device, workers, jobs=len(units), **executor_options).run(
+                units, run_folder, on_record, progress=progress)
     except KeyboardInterrupt:
         _leave_resumable(run_folder, manifest, "interrupted")
         raise RunInterrupted(run_folder.path, len(run_folder.done_job_ids()), len(jobs)) from None

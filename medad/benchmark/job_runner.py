@@ -1,4 +1,5 @@
-"""Run one job: load the subset, fit the detector, score validation and test images, compute metrics.
+"""Run one job: load the subset, fit the detector (or take the fit its unit shares: :mod:`.fit_sharing`), score
+validation and test images, compute metrics.
 
 Whatever happens, the job ends with a folder in ``jobs/<job-id>/``: ``done`` with its tables, or
 ``failed`` with the error and traceback. The detector's ``fit`` receives the training normals
@@ -14,7 +15,7 @@ import socket
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from medad.atomic_files import make_dirs
 from medad.benchmark.acceleration import autocast, precision_tags, resolve_memory_format
 from medad.benchmark.config import hyperparameters
 from medad.benchmark.examples import EXAMPLES_FILE, examples_npz
+from medad.benchmark.fit_sharing import FitUnit, SharedFit, as_unit, fit_id, training_fingerprint
 from medad.benchmark.jobs import Job
 from medad.benchmark.resources import PeakMemory, resolve_device, seed_everything
 from medad.benchmark.run_folder import RunFolder, now
@@ -224,9 +226,10 @@ class JobLog:
             self.live.unlink(missing_ok=True)
 
 
-def execute(job: Job, run_id: str, progress: bool = False,
-            job_log: JobLog | None = None) -> tuple[dict[str, Any], dict[str, pd.DataFrame], dict[str, bytes]]:
-    """Run ``job``; return its timings, tables and files. Raises on any failure."""
+def execute(job: Job, run_id: str, progress: bool = False, job_log: JobLog | None = None,
+            shared: SharedFit | None = None) -> tuple[dict[str, Any], dict[str, pd.DataFrame], dict[str, bytes]]:
+    """Run ``job``; return its timings, tables and files. Raises on any failure. ``shared``: the fit of the job's
+    unit (:mod:`medad.benchmark.fit_sharing`), trained here if no job of the unit has trained it yet."""
     job_log = job_log or JobLog()
     times = PhaseTimes()
     device = resolve_device(job.device)
@@ -240,13 +243,20 @@ def execute(job: Job, run_id: str, progress: bool = False,
             f"validation, {len(subset.test)} test ({int(subset.test.labels.sum())} anomalous)")
     cls = DETECTORS.get(job.detector_name)
     check_needs(cls, subset, job.dataset)
-    detector = cls(image_size=job.image_size, channels=job.channels, device=str(device), seed=job.seed,
-                   **job.detector_params)
-    detector.use_memory_format(resolve_memory_format(job.memory_format, device))
     log = TrainLog(progress=progress, description=f"{job.detector} epochs", sink=job_log)
-    with times.phase("train"), autocast(device, job.precision):
-        fit_detector(detector, subset, log)
-    job_log(f"fit: {times['train_s']:.1f} s")
+
+    def train() -> Detector:
+        detector = cls(image_size=job.image_size, channels=job.channels, device=str(device), seed=job.seed,
+                       **job.detector_params)
+        detector.use_memory_format(resolve_memory_format(job.memory_format, device))
+        with times.phase("train"), autocast(device, job.precision):
+            fit_detector(detector, subset, log)
+        job_log(f"fit: {times['train_s']:.1f} s")
+        return detector
+
+    identity = dataset_identity(job)
+    shared = shared or SharedFit(fit_id(job, share=False))
+    detector = shared.detector_for(job, training_fingerprint(subset, identity), train, job_log)
 
     with autocast(device, job.precision):
         rows, intervals, val_scores, test_scores = _score_subset(detector, subset, job, times)
@@ -257,7 +267,7 @@ def execute(job: Job, run_id: str, progress: bool = False,
     tags = {**detector_tags(detector, job.detector_params), **precision_tags(job.precision)}
     split_rows = subset.split_rows()
     timings["split"] = {**subset.split_info, "fingerprint": split_fingerprint(
-        [i for i, _, _ in split_rows], [part for _, part, _ in split_rows], dataset_identity(job))}
+        [i for i, _, _ in split_rows], [part for _, part, _ in split_rows], identity)}
     scores = [_score_frame(job, run_id, "test", subset.test, test_scores)]
     if val_scores is not None:
         scores.append(_score_frame(job, run_id, "val", subset.val, val_scores))
@@ -314,9 +324,10 @@ def write_lost_job(run_folder: RunFolder, job: Job, error: str, worker: str) -> 
 
 
 def compute_job(job: Job, run_id: str, worker: str = "main", progress: bool = False,
-                live_log: Path | None = None) -> JobOutput:
+                live_log: Path | None = None, shared: SharedFit | None = None) -> JobOutput:
     """Run ``job`` and return its output (status done or failed; its log as ``log.txt``); writes nothing to the run
-    folder but the ``live_log`` file, when given, as the job goes (removed at the end)."""
+    folder but the ``live_log`` file, when given, as the job goes (removed at the end). ``shared``: its unit's fit."""
+    shared = shared or SharedFit(fit_id(job, share=False))
     record = job_record(job, run_id, f"{socket.gethostname()}:{worker}:{os.getpid()}")
     job_log = JobLog(live_log)
     tables: dict[str, pd.DataFrame] = {}
@@ -328,7 +339,7 @@ def compute_job(job: Job, run_id: str, worker: str = "main", progress: bool = Fa
         device = torch.device("cpu")
     with PeakMemory(device) as peak:
         try:
-            timings, tables, files = execute(job, run_id, progress, job_log)
+            timings, tables, files = execute(job, run_id, progress, job_log, shared)
             record.update(timings)
             record["status"] = "done"
         except (Exception, SystemExit) as error:  # recorded, and the matrix goes on (a plugin's sys.exit() too)
@@ -338,6 +349,9 @@ def compute_job(job: Job, run_id: str, worker: str = "main", progress: bool = Fa
             job_log(f"failed: {record['error']}")
     record.update(wall_s=time.perf_counter() - started, peak_rss_mb=peak.rss_mb,
                   peak_gpu_mb=peak.gpu_mb, finished=now())
+    record["fit_id"], record["fit_by"] = shared.used.get(job.job_id, (shared.fit_id, ""))
+    if "metrics" in tables:
+        tables["metrics"]["fit_id"] = record["fit_id"]
     job_log(f"{record['status']} in {record['wall_s']:.1f} s, peak memory {peak.rss_mb:.0f} MB")
     files = {**files, "log.txt": job_log.text()}
     job_log.close()
@@ -355,9 +369,33 @@ def live_log_path(run_folder: RunFolder, job_id: str) -> Path:
     return run_folder.jobs_dir / f".{job_id}.log"
 
 
+def compute_unit(unit: Job | FitUnit, run_id: str, worker: str = "main", progress: bool = False,
+                 live_log: Callable[[str], Path | None] = lambda job_id: None,
+                 stop: Callable[[], bool] | None = None) -> Iterator[JobOutput]:
+    """Run the jobs of ``unit`` in turn, the first training the fit and the others scoring with it; yield each job's
+    output as it ends (``live_log(job_id)``: where its log grows). ``stop()`` true: start no further job."""
+    unit = as_unit(unit)
+    shared = SharedFit(unit.fit_id, uses=len(unit.jobs))
+    for job in unit.jobs:
+        if stop is not None and stop():
+            return
+        yield compute_job(job, run_id, worker, progress, live_log=live_log(job.job_id), shared=shared)
+
+
+def run_unit(unit: Job | FitUnit, run_folder: RunFolder, worker: str = "main", progress: bool = False,
+             stop: Callable[[], bool] | None = None) -> Iterator[dict[str, Any]]:
+    """Run the jobs of ``unit`` (:func:`compute_unit`), writing each job's folder as it ends; yield its record."""
+    make_dirs(run_folder.jobs_dir)
+
+    def live(job_id: str) -> Path:
+        path = live_log_path(run_folder, job_id)
+        path.unlink(missing_ok=True)
+        return path
+
+    for output in compute_unit(unit, run_folder.run_id, worker, progress, live, stop):
+        yield write_output(run_folder, output)
+
+
 def run_job(job: Job, run_folder: RunFolder, worker: str = "main", progress: bool = False) -> dict[str, Any]:
     """Run ``job`` and write its folder; return the job record (status done or failed)."""
-    make_dirs(run_folder.jobs_dir)
-    live = live_log_path(run_folder, job.job_id)
-    live.unlink(missing_ok=True)
-    return write_output(run_folder, compute_job(job, run_folder.run_id, worker, progress, live_log=live))
+    return next(run_unit(job, run_folder, worker, progress))

@@ -32,9 +32,10 @@ RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 KEY_COLUMNS = ["run_id", "dataset", "subset", "detector", "seed"]
 COLUMNS = {
     "jobs": ["run_id", "job_id", "dataset", "subset", "detector", "detector_name", "seed", "status", "error",
-             "wall_s", "load_s", "train_s", "score_s", "maps_s", "metrics_s", "bootstrap_s", "examples_s", "peak_rss_mb", "peak_gpu_mb", "device", "worker", "started", "finished"],
+             "wall_s", "load_s", "train_s", "score_s", "maps_s", "metrics_s", "bootstrap_s", "examples_s", "peak_rss_mb", "peak_gpu_mb", "device", "worker", "started", "finished",
+             "fit_id", "fit_by"],  # the fit the job used, the job that trained it (medad.benchmark.fit_sharing)
     "metrics": KEY_COLUMNS + ["supervision", "weights", "metric", "value", "ci_low", "ci_high", "threshold_policy",
-                              "oracle", "note"],
+                              "oracle", "note", "fit_id"],
     "scores": KEY_COLUMNS + ["part", "sample_id", "label", "score"],
     "history": KEY_COLUMNS + ["epoch", "step", "loss_name", "value"],
     "splits": ["run_id", "dataset", "subset", "sample_id", "part", "label"],

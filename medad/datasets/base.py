@@ -184,6 +184,14 @@ class Dataset(abc.ABC):
         whether a dataset changed since (``medad run --extend``, ``medad report A B``)."""
         return ""
 
+    @classmethod
+    def training_view(cls, subset: str) -> str:
+        """The name of the images ``subset``'s detectors train on (training and validation normals, anomaly pool):
+        subsets with the same training view train on the same images, so jobs that differ only in the subset share
+        one fit. Default: the subset's own. An adapter returns one name for several subsets only where its split
+        gives them the same training images by construction (the harness checks it before sharing)."""
+        return subset
+
     def check_subset(self, subset: str) -> None:
         """Raise a clear error for an unknown subset name."""
         if subset not in self.subsets:

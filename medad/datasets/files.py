@@ -178,6 +178,13 @@ class FileDataset(Dataset):
         """The name of the record set decoded and cached together (default: the subset)."""
         return subset
 
+    def split_scope(self, subset: str, records: list[Record]) -> list[Record]:
+        """The records (of the decode view) split together, of which ``subset`` takes its own (default: its own,
+        :meth:`select`). Subsets
+        that share their normals return all their records: each normal then falls in the same part whichever of
+        them is loaded (a normal grouped with any subset's test image is left out of every subset's training)."""
+        return self.select(subset, records)
+
     def ignored(self, relpath: str) -> bool:
         """True for files that ship with the download but are not images the adapter reads."""
         return Path(relpath).suffix.lower() in {".txt", ".csv", ".json", ".md", ".pdf", ".xlsx", ".xls", ".h5", ".tar", ".zip", ".gz"}
@@ -365,28 +372,32 @@ class FileDataset(Dataset):
         if len(index) == 0:
             raise DatasetError(f"{self.name}: subset {subset!r} has no images under {self.data_root()}")
         labels = np.array([r.label for r in chosen], dtype=np.int64)
+        scope = self.split_scope(subset, records)
+        scope_labels = np.array([r.label for r in scope], dtype=np.int64)
         duplicates, copies = None, CopyCounts()
         if self.dedupe:
             hashed = self.hash_inputs(view, view_records)
-            matches = near_duplicate_matches(hashed["thumbs"][index], self.duplicate_distance)
-            duplicates = duplicate_groups(len(chosen), matches)
-            copies = copy_counts(duplicates.labels, matches, hashed["pixels"][index], hashed["files"][index])
+            in_scope = np.array([position[r.id] for r in scope], dtype=np.int64)
+            matches = near_duplicate_matches(hashed["thumbs"][in_scope], self.duplicate_distance)
+            duplicates = duplicate_groups(len(scope), matches)
+            copies = copy_counts(duplicates.labels, matches, hashed["pixels"][in_scope], hashed["files"][in_scope])
             if duplicates.refused_by_cap:
                 warnings.warn(f"{self.name}/{subset}: {duplicates.refused_by_cap} merges of near duplicates were refused "
                               f"at the cap of {MAX_DUPLICATE_GROUP} images a group: the download holds more than "
                               f"{MAX_DUPLICATE_GROUP} mutual near copies of one image (e.g. "
-                              f"{self._largest_group_example(chosen, duplicates.labels)}); the copies beyond the cap "
+                              f"{self._largest_group_example(scope, duplicates.labels)}); the copies beyond the cap "
                               "form further groups, which the split may put on both sides", stacklevel=2)
-        groups = group_labels(len(chosen), [r.group for r in chosen],
+        groups = group_labels(len(scope), [r.group for r in scope],
                               duplicates=None if duplicates is None else duplicates.labels)
-        parts = assign_parts(labels, groups, [r.part for r in chosen], self.plan)
+        part_of = dict(zip((r.id for r in scope), assign_parts(scope_labels, groups, [r.part for r in scope], self.plan)))
+        parts = [part_of[r.id] for r in chosen]
         sizes = duplicates.sizes() if duplicates is not None else []
-        examples = {f"example_{kind}": [chosen[i].id, chosen[j].id] for kind, (i, j) in copies.examples.items()}
+        examples = {f"example_{kind}": [scope[i].id, scope[j].id] for kind, (i, j) in copies.examples.items()}
         info = {"root": str(self.data_root()), "duplicate_distance": self.duplicate_distance if self.dedupe else None,
                 "near_duplicate_pairs": duplicates.pairs if duplicates is not None else 0,
                 "duplicate_groups": len(sizes), "images_in_duplicate_groups": sum(sizes),
                 "largest_duplicate_group": sizes[0] if sizes else 1,
-                "largest_duplicate_group_example": (self._largest_group_example(chosen, duplicates.labels)
+                "largest_duplicate_group_example": (self._largest_group_example(scope, duplicates.labels)
                                                     if sizes else ""),
                 "duplicate_merges_refused_by_cap": duplicates.refused_by_cap if duplicates is not None else 0,
                 "exact_copy_pairs": copies.exact, "byte_identical_pairs": copies.byte_identical,
@@ -395,12 +406,12 @@ class FileDataset(Dataset):
         return SplitResult(view, view_records, chosen, index, labels, parts, info)
 
     @staticmethod
-    def _largest_group_example(chosen: list[Record], labels: np.ndarray) -> str:
+    def _largest_group_example(records: list[Record], labels: np.ndarray) -> str:
         """The first file of the largest near-duplicate group and how many images the group holds."""
         counts = np.bincount(labels)
         members = np.flatnonzero(labels == counts.argmax())
         others = len(members) - 1
-        return f"{chosen[members[0]].id} and {others} near cop{'y' if others == 1 else 'ies'}"
+        return f"{records[members[0]].id} and {others} near cop{'y' if others == 1 else 'ies'}"
 
     def load(self, subset: str) -> Subset:
         split = self.split(subset)

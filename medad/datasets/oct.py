@@ -65,6 +65,13 @@ class RetinalOCT(FileDataset):
     def decode_view(self, subset: str) -> str:
         return "all"  # the normals are shared by the three tasks: decode them once
 
+    def split_scope(self, subset: str, records: list[Record]) -> list[Record]:
+        return records  # one split for the three tasks: the same training, validation and test normals
+
+    @classmethod
+    def training_view(cls, subset: str) -> str:
+        return "normals"  # the three tasks train on the same normals (split_scope): one fit serves all three
+
     def ignored(self, relpath: str) -> bool:
         parts = relpath.split("/")
         return super().ignored(relpath) or parts[0].lower().rstrip(" _") in ("val",) or (

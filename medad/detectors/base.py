@@ -160,6 +160,14 @@ class Detector(abc.ABC):
         Never true by default; such a detector must say so in :meth:`extra_tags`."""
         return False
 
+    @classmethod
+    def fit_shareable(cls, params: dict[str, Any]) -> bool:
+        """Whether jobs that train this detector with ``params`` identically (same data, seed and settings; other
+        subsets of a dataset that trains them on the same images) may share one fit, the first training and the
+        others scoring. False where the training sees the job's own test set (:attr:`sees_test_set`: it is never
+        the same training for two subsets); a detector may also return False to always train per job."""
+        return True
+
     # --- checkpoints ---------------------------------------------------------------------------
     def networks(self) -> dict[str, nn.Module]:
         """The modules whose weights make up a checkpoint (default: every nn.Module attribute)."""

@@ -26,21 +26,24 @@ def auc_table(run_path: Path, metric: str = "roc_auc") -> str:
     return f"{metric} (mean over seeds)\n" + table.to_string()
 
 
-def job_table(jobs: list, statuses: dict[str, str] | None = None) -> str:
-    """The dry run's listing: one line per job (dataset, subset, detector label, seed, input, resources, status),
-    then the totals."""
+def job_table(jobs: list, statuses: dict[str, str] | None = None, fits: dict[str, str] | None = None) -> str:
+    """The dry run's listing: one line per job (dataset, subset, detector label, seed, input, resources, status, and
+    the fit it uses where ``fits`` maps job ids to fit ids), then the totals (jobs, fits to train, per detector)."""
     statuses = statuses or {}
     rows = []
     for job in jobs:
         resources = ", ".join(f"{k}={v}" for k, v in sorted(job.resources.items())) or "-"
         rows.append({"dataset": job.dataset, "subset": job.subset, "detector": job.detector, "seed": job.seed,
                      "input": f"{job.image_size}px x{job.channels}", "resources": resources,
-                     "status": statuses.get(job.job_id, "pending")})
+                     "status": statuses.get(job.job_id, "pending"),
+                     **({"fit": fits[job.job_id]} if fits is not None else {})})
     if not rows:
         return "no jobs"
     frame = pd.DataFrame(rows)
     counts = frame["status"].value_counts()
     per_detector = frame.groupby("detector", sort=False).size()
-    totals = (f"{len(frame)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+    fit_count = (f"\n{len(frame)} jobs, {frame['fit'].nunique()} fits (jobs with the same fit train it once)"
+                 if fits is not None else "")
+    totals = (f"{len(frame)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + fit_count
               + "\nper detector: " + ", ".join(f"{d} {n}" for d, n in per_detector.items()))
     return frame.to_string(index=False) + "\n\n" + totals

@@ -23,6 +23,10 @@ def unit_name(dataset: str, subset: str) -> str:
 _TEXT_COLUMNS = {"dataset": str, "subset": str, "detector": str, "sample_id": str, "job_id": str}
 
 
+# standard columns that runs of an earlier medad lack: such a run still loads
+_LATER_COLUMNS = ("ci_low", "ci_high", "note", "oracle", "fit_id", "fit_by")
+
+
 def _read(path: Path, name: str) -> pd.DataFrame:
     """``path`` as a frame with at least the standard columns of table ``name`` (empty when absent)."""
     if not path.is_file() or path.stat().st_size == 0:
@@ -37,7 +41,7 @@ def _read(path: Path, name: str) -> pd.DataFrame:
 def _standard(frame: pd.DataFrame, name: str, path: Path) -> pd.DataFrame:
     """``frame`` with table ``name``'s columns first; a clear error when a standard column is missing."""
     frame = frame.astype({c: str for c in _TEXT_COLUMNS if c in frame.columns and not frame.empty})
-    missing = [c for c in COLUMNS[name] if c not in frame.columns and c not in ("ci_low", "ci_high", "note", "oracle")]
+    missing = [c for c in COLUMNS[name] if c not in frame.columns and c not in _LATER_COLUMNS]
     if missing and not frame.empty:
         raise ValueError(f"{path}: missing columns {missing}; expected {COLUMNS[name]}")
     return frame.reindex(columns=list(COLUMNS[name]) + [c for c in frame.columns if c not in COLUMNS[name]])

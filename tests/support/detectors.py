@@ -68,3 +68,24 @@ class WrongCountDetector(TemplateDistance):
 
     def score(self, images: torch.Tensor) -> torch.Tensor:
         return super().score(images)[:-1]
+
+
+class CountedFit(TemplateDistance):
+    """Appends a line (its seed) to ``count_file`` each time it is fitted: counts the fits a run trained. With
+    ``sees_test`` its training takes the test set (``sees_test_set``, a reference-protocol quirk) without declaring
+    it in ``fit_shareable``: the harness must still not share its fits."""
+
+    def __init__(self, *, image_size: int, channels: int, device: str = "cpu", seed: int = 0, count_file: str = "",
+                 sees_test: bool = False) -> None:
+        super().__init__(image_size=image_size, channels=channels, device=device, seed=seed)
+        self.count_file, self.sees_test = count_file, sees_test
+
+    @property
+    def sees_test_set(self) -> bool:
+        return self.sees_test
+
+    def fit(self, train: ImageSet, val: ImageSet | None = None, log: TrainLog | None = None,
+            test: ImageSet | None = None) -> None:
+        with open(self.count_file, "a") as handle:
+            handle.write(f"{self.seed}\n")
+        super().fit(train if test is None else ImageSet.concat([train, test.without_labels()]), val, log)

@@ -3,8 +3,9 @@
 The pool follows anomalib's runner split: the engine expands jobs, an executor runs them and calls
 back with each job's record. On a machine with GPUs, worker ``i`` is started with
 ``CUDA_VISIBLE_DEVICES=<gpu i>`` so it sees exactly one GPU; workers pull jobs from one shared queue,
-so a fast GPU takes more jobs. A worker that dies (out of memory, segfault) has its job recorded as
-failed and is replaced.
+so a fast GPU takes more jobs. Jobs that share a fit (:mod:`medad.benchmark.fit_sharing`) are one item of
+the queue: the worker trains once and scores each. A worker that dies (out of memory, segfault) has the jobs
+of its item not yet finished recorded as failed and is replaced.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from medad.benchmark.job_runner import run_job, write_lost_job
+from medad.benchmark.fit_sharing import FitUnit, as_unit
+from medad.benchmark.job_runner import run_unit, write_lost_job
 from medad.benchmark.jobs import Job
 from medad.benchmark.run_folder import RunFolder
 
@@ -37,25 +39,29 @@ class InProcessExecutor:
 
     name = "local"
 
-    def run(self, jobs: Sequence[Job], run_folder: RunFolder, on_record: OnRecord, progress: bool = True,
+    def run(self, jobs: Sequence[Job | FitUnit], run_folder: RunFolder, on_record: OnRecord, progress: bool = True,
             stop: Callable[[], bool] | None = None) -> None:
-        for job in tqdm(jobs, desc="jobs", disable=not progress):
-            if stop is not None and stop():
-                return
-            on_record(run_job(job, run_folder, worker="main", progress=progress))
+        units = [as_unit(item) for item in jobs]
+        with tqdm(total=sum(len(unit.jobs) for unit in units), desc="jobs", disable=not progress) as bar:
+            for unit in units:
+                for record in run_unit(unit, run_folder, worker="main", progress=progress, stop=stop):
+                    on_record(record)
+                    bar.update()
 
 
-def queue_order(jobs: Sequence[Job]) -> list[Job]:
-    """The order a pool takes ``jobs`` in: each detector's jobs side by side (in the config's order otherwise).
+def queue_order(jobs: Sequence[Job | FitUnit]) -> list[FitUnit]:
+    """The order a pool takes ``jobs`` (or units of jobs sharing a fit) in: each detector's side by side (in the
+    config's order otherwise).
 
     Jobs of one detector take about as long as each other, so running them together keeps every worker busy
     to the end: in the matrix's own order (dataset, subset, detector, seed) the slowest detector of the last
     subset started last and ran alone (the default run's last 70 s on one of two cores).
     """
+    units = [as_unit(item) for item in jobs]
     first = {}
-    for index, job in enumerate(jobs):
-        first.setdefault(job.detector, index)
-    return sorted(jobs, key=lambda job: first[job.detector])
+    for index, unit in enumerate(units):
+        first.setdefault(unit.leader.detector, index)
+    return sorted(units, key=lambda unit: first[unit.leader.detector])
 
 
 def _all_workers_exited(remaining: int, started_any: bool) -> str:
@@ -109,11 +115,12 @@ def _worker_main(run_path: str, tasks: mp.Queue, results: mp.Queue, worker: str,
         torch.set_num_threads(threads)
     run_folder = RunFolder(run_path)
     while True:
-        job = tasks.get()
-        if job is None:
+        unit = tasks.get()
+        if unit is None:
             return
-        results.put(("start", worker, job.job_id))
-        results.put(("record", worker, run_job(job, run_folder, worker=worker)))
+        results.put(("start", worker, unit.leader.job_id))
+        for record in run_unit(unit, run_folder, worker=worker):
+            results.put(("record", worker, record))
 
 
 class ProcessPoolExecutor:
@@ -152,19 +159,21 @@ class ProcessPoolExecutor:
         if not jobs:
             return
         tasks, results = self.context.Queue(), self.context.Queue()
-        by_id = {job.job_id: job for job in jobs}
-        for job in queue_order(jobs):
-            tasks.put(job)
-        count = min(self.workers, len(jobs))
+        units = queue_order(jobs)
+        by_id = {unit.leader.job_id: unit for unit in units}
+        total = sum(len(unit.jobs) for unit in units)
+        for unit in units:
+            tasks.put(unit)
+        count = min(self.workers, len(units))
         for _ in range(count):
             tasks.put(None)
         processes = {}
         for i in range(count):
             process = self._start(i, run_folder, tasks, results)
             processes[process.name] = (i, process)
-        running: dict[str, str] = {}  # worker name -> job id
-        remaining = len(jobs)
-        bar = tqdm(total=len(jobs), desc="jobs", disable=not progress)
+        running: dict[str, list[Job]] = {}  # worker name -> the jobs of its unit not yet recorded
+        remaining = total
+        bar = tqdm(total=total, desc="jobs", disable=not progress)
         stopping, began = False, time.monotonic()
         try:
             while remaining:
@@ -174,20 +183,23 @@ class ProcessPoolExecutor:
                     remaining -= self._reap_dead(processes, running, by_id, run_folder, on_record, bar, tasks, results)
                     if not any(p.is_alive() for _, p in processes.values()) and remaining:
                         raise RuntimeError(_all_workers_exited(remaining, started_any=bool(running) or
-                                                               remaining < len(jobs))) from None
+                                                               remaining < total)) from None
                     continue
                 if kind == "start":
-                    running[worker] = payload
+                    running[worker] = list(by_id[payload].jobs)
                     log.info("%s: started %s", worker, payload)
                 else:
-                    running.pop(worker, None)
+                    left = [job for job in running.get(worker, []) if job.job_id != payload["job_id"]]
+                    running[worker] = left
+                    if not left:
+                        running.pop(worker, None)
                     on_record(payload)
                     bar.update()
                     remaining -= 1
-                    done = len(jobs) - remaining
+                    done = total - remaining
                     eta = (time.monotonic() - began) / done * remaining
                     log.info("%s: %s %s in %.0f s (%d of %d jobs, about %.0f s left)", worker, payload["job_id"],
-                             payload["status"], payload.get("wall_s") or 0.0, done, len(jobs), eta)
+                             payload["status"], payload.get("wall_s") or 0.0, done, total, eta)
         except BaseException:  # Ctrl-C, a write error: stop the workers now, their jobs stay pending
             stopping = True
             raise
@@ -203,16 +215,17 @@ class ProcessPoolExecutor:
 
     def _reap_dead(self, processes, running, by_id, run_folder: RunFolder, on_record: OnRecord, bar,
                    tasks=None, results=None) -> int:
-        """Record the job of each worker that died mid-job as failed, start a replacement; return how many."""
+        """Record the jobs a worker that died mid-unit had not finished (the one it ran, and the others of its shared
+        fit) as failed, start a replacement; return how many."""
         lost = 0
         for name, (index, process) in list(processes.items()):
             if process.is_alive() or name not in running:
                 continue
-            job = by_id[running.pop(name)]
-            on_record(write_lost_job(run_folder, job, f"worker {name} died (exit code {process.exitcode}) while "
-                                                      "running the job", name))
-            bar.update()
-            lost += 1
+            for job in running.pop(name):
+                on_record(write_lost_job(run_folder, job, f"worker {name} died (exit code {process.exitcode}) while "
+                                                          "running the job or another job of its shared fit", name))
+                bar.update()
+                lost += 1
             tasks.put(None)  # the replacement's own stop sentinel
             replacement = self._start(index, run_folder, tasks, results)
             processes[name] = (index, replacement)

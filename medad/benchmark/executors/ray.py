@@ -1,5 +1,8 @@
 """``--executor ray``: each job is a Ray task; its output comes back to the driver, which writes the run folder.
 
+Jobs that share a fit (:mod:`medad.benchmark.fit_sharing`) are one task: it trains once and scores each of
+them; their outputs come back together when the task ends, and a lost task runs the whole unit again.
+
 Each task asks for the resources its job's config states (:func:`medad.benchmark.executors.remote.job_resources`:
 by default 1 CPU, and 1 GPU when the cluster has GPUs). Ray sets ``CUDA_VISIBLE_DEVICES`` for the task,
 so device ``auto`` uses the GPU it was given.
@@ -21,7 +24,8 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from medad.benchmark.executors.local import OnRecord
-from medad.benchmark.executors.remote import error_line, job_resources, missing_extra, remote_job
+from medad.benchmark.executors.remote import error_line, job_resources, missing_extra, remote_unit
+from medad.benchmark.fit_sharing import FitUnit, as_unit
 from medad.benchmark.job_runner import write_lost_job, write_output
 from medad.benchmark.jobs import Job
 from medad.benchmark.run_folder import RunFolder
@@ -69,7 +73,7 @@ class RayExecutor:
             raise ConnectionError(f"--ray-address {self.address}: cannot connect to a Ray cluster: {error}") from error
         return True
 
-    def run(self, jobs: Sequence[Job], run_folder: RunFolder, on_record: OnRecord, progress: bool = True,
+    def run(self, jobs: Sequence[Job | FitUnit], run_folder: RunFolder, on_record: OnRecord, progress: bool = True,
             stop: Callable[[], bool] | None = None) -> None:
         if not jobs:
             return
@@ -81,7 +85,9 @@ class RayExecutor:
             if started_here:
                 ray.shutdown()
 
-    def _submit(self, ray, task, job: Job, run_id: str, gpus_available: bool):
+    def _submit(self, ray, task, unit: Job | FitUnit, run_id: str, gpus_available: bool):
+        unit = as_unit(unit)
+        job = unit.leader
         resources = job_resources(job, gpus_available)
         if resources.gpus and not gpus_available:
             log.warning("job %s asks for %s GPU(s) but the Ray cluster has none yet; it waits until a GPU node joins",
@@ -90,38 +96,42 @@ class RayExecutor:
                                    "max_retries": self.max_retries, "retry_exceptions": False}
         if resources.memory_gb is not None:
             options["memory"] = int(resources.memory_gb * 2**30)
-        return task.options(**options).remote(job, run_id, "ray", resources.threads)
+        return task.options(**options).remote(unit, run_id, "ray", resources.threads)
 
-    def _run(self, ray, pending: list[Job], run_folder: RunFolder, on_record: OnRecord, progress: bool,
+    def _run(self, ray, items: list[Job | FitUnit], run_folder: RunFolder, on_record: OnRecord, progress: bool,
              stop: Callable[[], bool] | None) -> None:
-        task = ray.remote(remote_job)
+        task = ray.remote(remote_unit)
         gpus_available = ray.cluster_resources().get("GPU", 0) > 0
-        in_flight: dict[Any, Job] = {}
-        bar = tqdm(total=len(pending), desc="jobs (ray)", disable=not progress)
+        pending = [as_unit(item) for item in items]
+        in_flight: dict[Any, FitUnit] = {}
+        bar = tqdm(total=sum(len(unit.jobs) for unit in pending), desc="jobs (ray)", disable=not progress)
         try:
             while pending or in_flight:
                 stopping = stop is not None and stop()
                 while pending and not stopping and (self.max_in_flight is None or len(in_flight) < self.max_in_flight):
-                    job = pending.pop(0)
-                    in_flight[self._submit(ray, task, job, run_folder.run_id, gpus_available)] = job
+                    unit = pending.pop(0)
+                    in_flight[self._submit(ray, task, unit, run_folder.run_id, gpus_available)] = unit
                 if not in_flight:
                     return
                 ready, _ = ray.wait(list(in_flight), num_returns=1)
                 for ref in ready:
-                    job = in_flight.pop(ref)
-                    self._collect(ray, ref, job, run_folder, on_record)
-                    bar.update()
+                    unit = in_flight.pop(ref)
+                    self._collect(ray, ref, unit, run_folder, on_record)
+                    bar.update(len(unit.jobs))
         finally:
             bar.close()
 
-    def _collect(self, ray, ref, job: Job, run_folder: RunFolder, on_record: OnRecord) -> None:
-        """Write the task's output, or record it failed when it raised or its worker was lost past the retries."""
+    def _collect(self, ray, ref, unit: FitUnit, run_folder: RunFolder, on_record: OnRecord) -> None:
+        """Write the task's outputs, or record its jobs failed when it raised or its worker was lost past the retries."""
         try:
-            output = ray.get(ref)
-        except ray.exceptions.RayTaskError as error:  # raised outside the job's own try (e.g. cannot unpickle)
-            on_record(write_lost_job(run_folder, job, f"the Ray task raised: {error_line(error, last=True)}", "ray"))
+            outputs = ray.get(ref)
+        except ray.exceptions.RayTaskError as error:  # raised outside the jobs' own try (e.g. cannot unpickle)
+            lost = f"the Ray task raised: {error_line(error, last=True)}"
         except ray.exceptions.RayError as error:  # worker or node lost, also after max_retries attempts
-            on_record(write_lost_job(run_folder, job, f"lost after {self.max_retries} retries: "
-                                                      f"{type(error).__name__}: {error_line(error)}", "ray"))
+            lost = f"lost after {self.max_retries} retries: {type(error).__name__}: {error_line(error)}"
         else:
-            on_record(write_output(run_folder, output))
+            for output in outputs:
+                on_record(write_output(run_folder, output))
+            return
+        for job in unit.jobs:
+            on_record(write_lost_job(run_folder, job, lost, "ray"))

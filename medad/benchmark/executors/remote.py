@@ -1,6 +1,8 @@
 """What the cluster executors (Ray, SLURM) share: the function a remote worker runs, and what a job asks for.
 
-A remote worker computes the job and sends its whole output (record, tables, file bytes) back to the
+A remote task runs one unit of jobs sharing a fit (:mod:`medad.benchmark.fit_sharing`; most units are one job;
+all jobs of a unit ask for the same resources, which are part of the training identity). A remote worker
+computes the unit's jobs and sends their whole outputs (record, tables, file bytes) back to the
 driver, which writes the run folder exactly as the local executor does; so the workers need the
 datasets (read from ``--data-root`` as the workers see it) but no file system shared with the driver.
 """
@@ -14,7 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from medad.benchmark.config import ConfigError
-from medad.benchmark.job_runner import JobOutput, compute_job
+from medad.benchmark.fit_sharing import FitUnit
+from medad.benchmark.job_runner import JobOutput, compute_unit
 from medad.benchmark.jobs import Job
 
 # The time a SLURM job may run when the config states none (submitit's own default is 5 minutes).
@@ -45,10 +48,11 @@ def job_resources(job: Job, gpus_available: bool) -> JobResources:
                         memory_gb=stated.get("memory_gb"), time_min=int(stated.get("time_min", DEFAULT_TIME_MIN)))
 
 
-def remote_job(job: Job, run_id: str, worker: str, threads: int) -> JobOutput:
-    """Run ``job`` on a remote worker with ``threads`` torch threads; return its output (files as bytes)."""
+def remote_unit(unit: FitUnit, run_id: str, worker: str, threads: int) -> list[JobOutput]:
+    """Run the jobs of ``unit`` (one fit, then each job's scoring) on a remote worker with ``threads`` torch threads;
+    return their outputs (files as bytes), which reach the driver together when the unit ends."""
     torch.set_num_threads(threads)
-    return compute_job(job, run_id, worker=worker)
+    return list(compute_unit(unit, run_id, worker=worker))
 
 
 def whole_gpus(gpus: float) -> int:

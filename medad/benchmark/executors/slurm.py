@@ -1,6 +1,7 @@
 """``--executor slurm``: the matrix as SLURM array jobs through submitit; outputs come back to the driver.
 
-Jobs are grouped by the resources they ask for (:func:`medad.benchmark.executors.remote.job_resources`; most
+Jobs that share a fit (:mod:`medad.benchmark.fit_sharing`) are one array task (one fit, then each job's scoring).
+Units are grouped by the resources they ask for (:func:`medad.benchmark.executors.remote.job_resources`; most
 matrices have one group) and each group is submitted as one array job with those resources
 (``cpus_per_task``, ``gpus_per_node``, ``mem_gb``, ``timeout_min``; ``--workers`` caps how many array
 tasks run at once). Each task returns the job's output through submitit's result file and the driver
@@ -27,7 +28,8 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from medad.benchmark.executors.local import OnRecord
-from medad.benchmark.executors.remote import JobResources, error_line, job_resources, missing_extra, remote_job, whole_gpus
+from medad.benchmark.executors.remote import JobResources, error_line, job_resources, missing_extra, remote_unit, whole_gpus
+from medad.benchmark.fit_sharing import FitUnit, as_unit
 from medad.benchmark.job_runner import write_lost_job, write_output
 from medad.benchmark.jobs import Job
 from medad.benchmark.run_folder import RunFolder
@@ -92,38 +94,39 @@ class SlurmExecutor:
             raise ValueError(f"--slurm-param: {error}") from None
         return executor
 
-    def run(self, jobs: Sequence[Job], run_folder: RunFolder, on_record: OnRecord, progress: bool = True,
+    def run(self, jobs: Sequence[Job | FitUnit], run_folder: RunFolder, on_record: OnRecord, progress: bool = True,
             stop: Callable[[], bool] | None = None) -> None:
         if not jobs:
             return
         submitit = _import_submitit()
         folder = run_folder.path / "submitit"
         gpus_available = self._gpus_available()
-        groups: dict[JobResources, list[Job]] = defaultdict(list)
-        for job in jobs:
-            groups[job_resources(job, gpus_available)].append(job)
-        running: list[tuple[Any, Job, Any, int]] = []  # (submitit job, job, executor, attempt)
+        units = [as_unit(item) for item in jobs]
+        groups: dict[JobResources, list[FitUnit]] = defaultdict(list)
+        for unit in units:  # the jobs of a unit ask for the same resources (part of their training identity)
+            groups[job_resources(unit.leader, gpus_available)].append(unit)
+        running: list[tuple[Any, FitUnit, Any, int]] = []  # (submitit job, unit, executor, attempt)
         for resources, group in groups.items():
             executor = self._executor(submitit, folder, run_folder.run_id, resources)
             with executor.batch():  # one array job per resource group
-                handles = [executor.submit(remote_job, job, run_folder.run_id, "slurm", resources.threads)
-                           for job in group]
-            running += [(handle, job, executor, 0) for handle, job in zip(handles, group)]
-        bar = tqdm(total=len(jobs), desc=f"jobs ({self.cluster})", disable=not progress)
+                handles = [executor.submit(remote_unit, unit, run_folder.run_id, "slurm", resources.threads)
+                           for unit in group]
+            running += [(handle, unit, executor, 0) for handle, unit in zip(handles, group)]
+        bar = tqdm(total=sum(len(unit.jobs) for unit in units), desc=f"jobs ({self.cluster})", disable=not progress)
         try:
             while running:
                 still = []
-                for handle, job, executor, attempt in running:
+                for handle, unit, executor, attempt in running:
                     if not handle.done():
-                        still.append((handle, job, executor, attempt))
+                        still.append((handle, unit, executor, attempt))
                         continue
-                    retry = self._collect(submitit, handle, job, attempt, run_folder, on_record)
+                    retry = self._collect(submitit, handle, unit, attempt, run_folder, on_record)
                     if retry:
-                        resources = job_resources(job, gpus_available)
-                        again = executor.submit(remote_job, job, run_folder.run_id, "slurm", resources.threads)
-                        still.append((again, job, executor, attempt + 1))
+                        resources = job_resources(unit.leader, gpus_available)
+                        again = executor.submit(remote_unit, unit, run_folder.run_id, "slurm", resources.threads)
+                        still.append((again, unit, executor, attempt + 1))
                     else:
-                        bar.update()
+                        bar.update(len(unit.jobs))
                 running = still
                 if stop is not None and stop():
                     for handle, _, _, _ in running:  # not recorded: the engine marks them skipped
@@ -134,19 +137,22 @@ class SlurmExecutor:
         finally:
             bar.close()
 
-    def _collect(self, submitit, handle, job: Job, attempt: int, run_folder: RunFolder, on_record: OnRecord) -> bool:
-        """Record a finished task's output (or its failure); return True when it was lost and may run again."""
+    def _collect(self, submitit, handle, unit: Job | FitUnit, attempt: int, run_folder: RunFolder,
+                 on_record: OnRecord) -> bool:
+        """Record a finished task's outputs (or its jobs' failure); return True when it was lost and may run again."""
         try:
-            output = handle.result()
-        except submitit.core.utils.FailedJobError as error:  # raised outside the job's own try: not retried
-            on_record(write_lost_job(run_folder, job, f"the SLURM task raised: {error_line(error, last=True)}",
-                                     f"slurm:{handle.job_id}"))
+            outputs = handle.result()
+        except submitit.core.utils.FailedJobError as error:  # raised outside the jobs' own try: not retried
+            lost = f"the SLURM task raised: {error_line(error, last=True)}"
         except submitit.core.utils.UncompletedJobError as error:  # lost: node failure, killed, out of time
             if attempt < self.max_retries:
                 return True
-            on_record(write_lost_job(run_folder, job, f"lost after {self.max_retries} retries (SLURM job "
-                                                      f"{handle.job_id}): {error_line(error)}", f"slurm:{handle.job_id}"))
+            lost = f"lost after {self.max_retries} retries (SLURM job {handle.job_id}): {error_line(error)}"
         else:
-            on_record(write_output(run_folder, output))
+            for output in outputs:
+                on_record(write_output(run_folder, output))
+            return False
+        for job in as_unit(unit).jobs:
+            on_record(write_lost_job(run_folder, job, lost, f"slurm:{handle.job_id}"))
         return False
 

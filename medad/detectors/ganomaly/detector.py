@@ -36,6 +36,7 @@ statistics twice); each backward pass is restricted to the parameters its optimi
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Literal
 
 import numpy as np
@@ -87,9 +88,19 @@ class GanomalyDetector(Detector):
         self.score_range: tuple[float, float] | None = None
 
     # --- what the rows say ---------------------------------------------------------------------
+    @staticmethod
+    def _uses_test_set(protocol: str, test_minmax: bool) -> bool:
+        return protocol == "reference" or test_minmax
+
     @property
     def sees_test_set(self) -> bool:
-        return self.protocol == "reference" or self.test_minmax
+        return self._uses_test_set(self.protocol, self.test_minmax)
+
+    @classmethod
+    def fit_shareable(cls, params: dict) -> bool:
+        defaults = {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()}
+        settings = {**defaults, **params}
+        return not cls._uses_test_set(settings["protocol"], settings["test_minmax"])
 
     def extra_tags(self) -> dict[str, str]:
         return {"protocol": self.protocol, "selection": self.selection,
