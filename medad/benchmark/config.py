@@ -8,7 +8,8 @@ Schema (DESIGN.md)::
     seeds: [0]
     device: auto
     memory_format: auto                # auto (= channels_last: faster on CUDA and CPU), channels_last or contiguous
-    precision: fp32                    # fp32, or bf16 (autocast; rows tagged precision=bf16)
+    precision: fp32                    # fp32 (TF32 off on CUDA), tf32 (CUDA only) or bf16 (autocast); rows tagged
+    deterministic: false               # true: deterministic algorithms (same seed, same numbers on CUDA too)
     score_batch_size: 64
     save_checkpoints: false
     resources: {cpus: 1, gpus: 1, memory_gb: 16, time_min: 240}   # optional: what each job asks a cluster for
@@ -90,6 +91,7 @@ class RunConfig:
     resources: dict[str, Any] = field(default_factory=dict)
     memory_format: str = "auto"
     precision: str = "fp32"
+    deterministic: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,10 +102,10 @@ Seed = Annotated[int, Range(0, 2**32 - 1)]
 _TOP_KEYS = {
     "name": str, "image_size": ImageSize, "channels": Literal[1, 3], "seeds": list[Seed], "device": str,
     "score_batch_size": PositiveInt, "save_checkpoints": bool, "datasets": list, "detectors": list, "resources": dict,
-    "memory_format": Literal[MEMORY_FORMATS], "precision": Literal[PRECISIONS],
+    "memory_format": Literal[MEMORY_FORMATS], "precision": Literal[PRECISIONS], "deterministic": bool,
 }
 _DEFAULTS = {"channels": 1, "seeds": [0], "device": "auto", "score_batch_size": 64, "save_checkpoints": False,
-             "resources": {}, "memory_format": "auto", "precision": "fp32"}
+             "resources": {}, "memory_format": "auto", "precision": "fp32", "deterministic": False}
 _DATASET_KEYS = ("name", "subsets", "params", "root")
 _DETECTOR_KEYS = ("name", "label", "params", "resources", "image_size", "channels", "datasets")
 # What a job may ask a cluster (Ray, SLURM) for; the smallest value each may take.
@@ -146,6 +148,13 @@ def check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     """Raise ConfigError unless ``value`` is one of ``choices``."""
     if value not in choices:
         raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {short_repr(value)}")
+
+
+def check_numerics(prefix: str, precision: str, deterministic: bool) -> None:
+    """``deterministic`` turns TensorFloat-32 off, so it cannot go with ``precision: tf32``."""
+    if deterministic and precision == "tf32":
+        raise ConfigError(f"{prefix}deterministic: true turns TF32 off, and {prefix}precision is tf32: use precision fp32 "
+                          "(or bf16) for a deterministic run")
 
 
 def check_resources(where: str, resources: Any) -> dict[str, Any]:
@@ -346,6 +355,7 @@ def _parse(raw: Any) -> RunConfig:
         _check_type(key, values[key], expected)
     check_run_id("name", values["name"])
     check_device("device", values["device"])
+    check_numerics("", values["precision"], values["deterministic"])
     if not values["seeds"]:
         raise ConfigError("seeds: expected at least one seed")
     if not values["datasets"] or not values["detectors"]:
@@ -391,7 +401,7 @@ def _parse(raw: Any) -> RunConfig:
         seeds=list(values["seeds"]), device=values["device"], score_batch_size=values["score_batch_size"],
         save_checkpoints=values["save_checkpoints"], datasets=datasets, detectors=detectors,
         resources=check_resources("resources", values["resources"]),
-        memory_format=values["memory_format"], precision=values["precision"],
+        memory_format=values["memory_format"], precision=values["precision"], deterministic=values["deterministic"],
     )
 
 
@@ -484,7 +494,7 @@ def _set_path(node: Any, parts: list[str], value: Any, key: str) -> None:
 
 def narrow(config: RunConfig, *, detectors: list[str] | None = None, datasets: list[str] | None = None,
            seeds: list[int] | None = None, device: str | None = None, memory_format: str | None = None,
-           precision: str | None = None) -> RunConfig:
+           precision: str | None = None, deterministic: bool | None = None) -> RunConfig:
     """A copy of ``config`` restricted to the named detectors, datasets and seeds (the CLI flags).
 
     ``--detectors`` names labels (the names in the CSVs). A registry name selects every entry of that
@@ -522,4 +532,8 @@ def narrow(config: RunConfig, *, detectors: list[str] | None = None, datasets: l
     if precision:
         check_choice("--precision", precision, PRECISIONS)
         changes["precision"] = precision
+    if deterministic is not None:
+        changes["deterministic"] = deterministic
+    if precision or deterministic is not None:
+        check_numerics("--", changes.get("precision", config.precision), changes.get("deterministic", config.deterministic))
     return copy.deepcopy(replace(config, **changes))
