@@ -68,3 +68,21 @@ class WrongCountDetector(TemplateDistance):
 
     def score(self, images: torch.Tensor) -> torch.Tensor:
         return super().score(images)[:-1]
+
+
+class NumericsProbe(TemplateDistance):
+    """Records, when built, the process's arithmetic flags (deterministic algorithms, cuDNN, TF32, the cuBLAS
+    workspace variable) as tag columns of its rows: what a job had set before building its detector."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.flags = {
+            "probe_deterministic": str(torch.are_deterministic_algorithms_enabled()),
+            "probe_cudnn": f"deterministic={torch.backends.cudnn.deterministic} benchmark={torch.backends.cudnn.benchmark}",
+            "probe_tf32": f"matmul={torch.backends.cuda.matmul.allow_tf32} cudnn={torch.backends.cudnn.allow_tf32} "
+                          f"{torch.get_float32_matmul_precision()}",
+            "probe_cublas": os.environ.get("CUBLAS_WORKSPACE_CONFIG", "unset"),
+        }
+
+    def extra_tags(self) -> dict[str, str]:
+        return self.flags
