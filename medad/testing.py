@@ -179,12 +179,12 @@ def _compare(kit: DetectorUnderTest, check: str, actual: torch.Tensor, expected:
         return
     tolerance = NONDETERMINISTIC_TOLERANCES[check]
     difference, fraction = spread_difference(actual, expected)
-    line = (f"{check}: {what}: largest difference {difference:.3g} = {fraction:.3g} of the values' spread "
+    line = (f"{what}: largest difference {difference:.3g} = {fraction:.3g} of the values' spread "
             f"(tolerance {tolerance:g} on {kit.device.type} without deterministic algorithms)")
     if not fraction <= tolerance:
         raise ConformanceError(f"{line}: above the tolerance")
-    kit.measurements.append(f"{kit.label} {line}")
-    warnings.warn(f"{kit.label} {line}", ConformanceMeasurement, stacklevel=2)
+    kit.measurements.append(f"{kit.label} {check}: {line}")
+    warnings.warn(kit.measurements[-1], ConformanceMeasurement, stacklevel=2)
 
 
 def scores_finite_and_separating(kit: DetectorUnderTest) -> None:

@@ -11,8 +11,14 @@ import torch
 
 from medad.benchmark.config import ConfigError, load_config, narrow, parse_config
 from medad.benchmark.jobs import expand_jobs
-from medad.benchmark.numerics import (CUBLAS_WORKSPACE_ENV, NumericsState, check_precision_on, configure_numerics,
-                                      numerics, set_cublas_workspace)
+from medad.benchmark.numerics import (
+    CUBLAS_WORKSPACE_ENV,
+    NumericsState,
+    check_precision_on,
+    configure_numerics,
+    numerics,
+    set_cublas_workspace,
+)
 from medad.cli import main
 from tests.conftest import write_config
 

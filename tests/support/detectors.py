@@ -86,3 +86,38 @@ class NumericsProbe(TemplateDistance):
 
     def extra_tags(self) -> dict[str, str]:
         return self.flags
+
+
+class JitteryTemplate(TemplateDistance):
+    """Adds unseeded noise of size ``jitter`` to its template after fitting: two same-seed fits differ by about that
+    much, as fits on a GPU without deterministic algorithms differ in their last bits (here at a chosen size)."""
+
+    name = "jittery-template"
+    smoke_params = {"jitter": 3e-3}
+
+    def __init__(self, *, image_size: int, channels: int, device: str = "cpu", seed: int = 0, jitter: float = 0.0) -> None:
+        super().__init__(image_size=image_size, channels=channels, device=device, seed=seed)
+        self.jitter = jitter
+
+    def fit(self, train: ImageSet, val: ImageSet | None = None, log: TrainLog | None = None) -> None:
+        super().fit(train, val, log)
+        unseeded = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
+        self.template = self.template + self.jitter * torch.randn(self.template.shape, generator=unseeded)
+
+
+class VeryJitteryTemplate(JitteryTemplate):
+    """:class:`JitteryTemplate` whose same-seed fits differ by far more than any tolerance."""
+
+    name = "very-jittery-template"
+    smoke_params = {"jitter": 0.3}
+
+
+class SigmoidBCEDetector(TemplateDistance):
+    """Logs a loss computed with ``F.binary_cross_entropy`` on sigmoid outputs: the op CUDA's autocast refuses."""
+
+    name = "sigmoid-bce"
+
+    def fit(self, train: ImageSet, val: ImageSet | None = None, log: TrainLog | None = None) -> None:
+        super().fit(train, val, log)
+        probability = torch.sigmoid(self.template.flatten()[:8])
+        (log or TrainLog()).log(0, 1, bce=torch.nn.functional.binary_cross_entropy(probability, torch.ones(8)))
