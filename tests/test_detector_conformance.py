@@ -85,3 +85,11 @@ def test_the_bf16_check_on_the_cpu_refuses_what_cuda_autocast_refuses():
     with pytest.raises(ConformanceError, match="bf16_channels_last_runs: RuntimeError: torch.nn.functional.binary_cross_"
                                                "entropy and torch.nn.BCELoss are unsafe to autocast"):
         check_detector(SigmoidBCEDetector, checks=["bf16_channels_last_runs"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", DETECTORS.names())
+def test_every_detector_trains_under_deterministic_algorithms_with_the_same_numbers_twice(name):
+    """``deterministic: true`` on the CPU: no op of the detector lacks a deterministic kernel (torch would raise), fresh
+    tensors filled with NaN by torch's deterministic mode are never read, and two same-seed fits score alike."""
+    assert check_detector(name, checks=["seeded"], device="cpu", deterministic=True) == []
