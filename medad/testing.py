@@ -27,6 +27,10 @@ off). ``deterministic`` says how the comparing checks (``batch_independent``, ``
   :class:`ConformanceMeasurement` warning), above it, the check fails;
 - ``None`` (the default): the device's own: exact on the CPU, whose kernels are deterministic, measured elsewhere.
 
+With ``deterministic=True`` on CUDA the kit sets ``CUBLAS_WORKSPACE_CONFIG=:4096:8``; cuBLAS's workspace is fixed at
+the process's first matrix product on the GPU, so a script or test session that used CUDA before should set it in
+its environment from the start.
+
 Use it from a test::
 
     from medad.testing import check_detector, parametrize_with_checks

@@ -135,3 +135,12 @@ def test_tf32_on_the_cpu_is_refused_before_the_run(tmp_path, capsys):
     assert main(["run", "--config", str(path), "--results", str(tmp_path), "--run-id", "t", "--quiet",
                  "--precision", "tf32"]) == 2
     assert "precision: tf32 is TensorFloat-32 on CUDA GPUs and this run's device is the CPU" in capsys.readouterr().err
+
+
+def test_extend_keeps_the_runs_deterministic_setting():
+    from medad.benchmark.engine import extend_config
+
+    run = parse_config(config(deterministic=True))
+    with pytest.raises(ConfigError, match="--extend: deterministic false but the run's is true: rows would not compare"):
+        extend_config(run, parse_config(config(seeds=[1])))
+    assert extend_config(run, parse_config(config(seeds=[1], deterministic=True))).deterministic is True
