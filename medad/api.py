@@ -112,7 +112,7 @@ def run(config: str | Path | dict | RunConfig | None = None, *, data_root: str |
         results: str | Path = "results", reports: str | Path | None = "reports", run_id: str | None = None,
         detectors: list[str] | None = None, datasets: list[str] | None = None, seeds: list[int] | None = None,
         device: str | None = None, memory_format: str | None = None, precision: str | None = None,
-        executor: str = "local", workers: int | None = None, fail_fast: bool = False, progress: bool = False,
+        deterministic: bool | None = None, executor: str = "local", workers: int | None = None, fail_fast: bool = False, progress: bool = False,
         executor_options: dict[str, Any] | None = None) -> Run:
     """Run a benchmark matrix, as ``medad run`` does; return the run (folder, frames, report).
 
@@ -123,7 +123,7 @@ def run(config: str | Path | dict | RunConfig | None = None, *, data_root: str |
     from medad.benchmark.engine import run_matrix
 
     chosen = narrow(_config(config), detectors=detectors, datasets=datasets, seeds=seeds, device=device,
-                    memory_format=memory_format, precision=precision)
+                    memory_format=memory_format, precision=precision, deterministic=deterministic)
     run_id = run_id or f"{chosen.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     check_run_id("run_id", run_id)
     folder = RunFolder(Path(results) / run_id)

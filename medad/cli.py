@@ -50,7 +50,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-format", default=None, choices=MEMORY_FORMATS,
                         help="tensor layout of networks and images (default: the config's; auto = channels_last)")
     parser.add_argument("--precision", default=None, choices=PRECISIONS,
-                        help="fp32, or bf16 autocast for training and scoring (rows tagged precision=bf16)")
+                        help="fp32 (full float32, TF32 off on CUDA), tf32 (CUDA's TensorFloat-32), or bf16 autocast for "
+                             "training and scoring (rows tagged precision=tf32 / bf16)")
+    parser.add_argument("--deterministic", action="store_true", default=None,
+                        help="deterministic algorithms (cuDNN, cuBLAS, TF32 off): same seed, same numbers on CUDA too "
+                             "(rows tagged deterministic=true); on the CPU the numbers are the same without it")
     parser.add_argument("--executor", default="local", choices=["local", "ray", "slurm"],
                         help="how jobs are run: local processes, Ray tasks (medad[ray]), SLURM array jobs (medad[slurm])")
     parser.add_argument("--workers", type=int, default=None,
@@ -88,6 +92,9 @@ def _run_config(args: argparse.Namespace):
         if args.precision and args.precision != config.precision:  # the layout and device only move rounding
             raise ConfigError(f"--precision {args.precision}: this run was started with precision "
                               f"{config.precision}; a resumed run keeps it so that its rows stay comparable")
+        if args.deterministic and not config.deterministic:
+            raise ConfigError("--deterministic: this run was started without it; a resumed or extended run keeps its "
+                              "setting so that its rows stay comparable")
         if args.extend is not None:
             if not args.config and not args.seeds:
                 raise ConfigError("--extend RUN needs --config MORE (new detectors, datasets) and/or --seeds")
@@ -99,7 +106,7 @@ def _run_config(args: argparse.Namespace):
         return folder, config
     config = load_config(args.config or DEFAULT_CONFIG, args.set)
     config = narrow(config, detectors=args.detectors, datasets=args.datasets, seeds=args.seeds, device=args.device,
-                    memory_format=args.memory_format, precision=args.precision)
+                    memory_format=args.memory_format, precision=args.precision, deterministic=args.deterministic)
     run_id = args.run_id or f"{config.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     check_run_id("--run-id", run_id)
     if args.results.exists() and not args.results.is_dir():

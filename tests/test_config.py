@@ -34,7 +34,7 @@ def test_shipped_default_config_is_valid():
     (base(seeds=[0, "one"]), "seeds[1]: expected int"),
     (base(device="tpu"), "device: expected one of auto, cpu, cuda"),
     (base(memory_format="nhwc"), "memory_format: expected one of auto, channels_last, contiguous, got 'nhwc'"),
-    (base(precision="fp16"), "precision: expected one of fp32, bf16, got 'fp16'"),
+    (base(precision="fp16"), "precision: expected one of fp32, tf32, bf16, got 'fp16'"),
     (base(channels=2), "channels: expected one of 1, 3, got 2"),
     (base(detectors=[{"name": "nope"}]), "detectors[0].name: unknown detector 'nope'; known detectors: "),
     (base(datasets=[{"name": "nope"}]), "datasets[0].name: unknown dataset 'nope'"),
@@ -106,7 +106,7 @@ def test_narrowing_by_cli_flags():
     assert parse_config(base()).memory_format == "auto" and parse_config(base()).precision == "fp32"
     narrowed = narrow(parse_config(base()), memory_format="channels_last", precision="bf16")
     assert (narrowed.memory_format, narrowed.precision) == ("channels_last", "bf16")
-    with pytest.raises(ConfigError, match="--precision: expected one of fp32, bf16"):
+    with pytest.raises(ConfigError, match="--precision: expected one of fp32, tf32, bf16"):
         narrow(parse_config(base()), precision="half")
 
 

@@ -123,3 +123,27 @@ def test_sure_roi_separates_obvious_lesions_at_64_px(one_thread):
     auc = roc_auc_score(subset.test.labels, score_in_batches(detector, subset.test, 64))
     print(f"sure-roi ROC AUC {auc:.3f}, {time.process_time() - start:.1f} s CPU")
     assert auc >= 0.75, f"sure-roi ROC AUC {auc:.3f}"
+
+
+def test_discriminator_loss_is_eq_4_3_from_logits_and_runs_under_autocast_where_cuda_refuses_bce():
+    """Dc's loss is ½[BCE(Dc(Ŷ), 0) + BCE(Dc(Y), 1)] on its sigmoid outputs, computed from its logits: the same numbers
+    (unsaturated), and a step under bf16 autocast no longer calls BCE on probabilities, which CUDA's autocast refuses."""
+    from medad.testing import CudaAutocastRefusals
+
+    torch.manual_seed(0)
+    detector = SureROIDetector(image_size=32, channels=1, width=8, latent=16)
+    images = torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    masks = torch.ones(4, 32, 32)
+    optimizers = [torch.optim.SGD(net.parameters(), lr=0.0) for net in (detector.generator_net, detector.discriminator)]
+    detector.train_mode()
+    losses = detector._step(images, masks, 0.05, *optimizers)  # lr 0: the nets stay as they are
+    with torch.no_grad():
+        target = roi_target(images, masks) * 2.0 - 1.0
+        real = detector.discriminator(target)
+        fake = detector.discriminator(detector.generator_net(images * 2.0 - 1.0)[1])
+        bce = 0.5 * (torch.nn.functional.binary_cross_entropy(fake, torch.zeros_like(fake))
+                     + torch.nn.functional.binary_cross_entropy(real, torch.ones_like(real)))
+    assert float(losses["l_d"]) == pytest.approx(float(bce), rel=1e-5)
+    with CudaAutocastRefusals(), torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = detector._step(images, masks, 0.05, *optimizers)
+    assert torch.isfinite(losses["l_d"])

@@ -8,7 +8,8 @@ Schema (DESIGN.md)::
     seeds: [0]
     device: auto
     memory_format: auto                # auto (= channels_last: faster on CUDA and CPU), channels_last or contiguous
-    precision: fp32                    # fp32, or bf16 (autocast; rows tagged precision=bf16)
+    precision: fp32                    # fp32 (TF32 off on CUDA), tf32 (CUDA only) or bf16 (autocast); rows tagged
+    deterministic: false               # true: deterministic algorithms (same seed, same numbers on CUDA too)
     score_batch_size: 64
     save_checkpoints: false
     share_fits: true                   # jobs whose training is identical train once (medad.benchmark.fit_sharing)
@@ -92,6 +93,7 @@ class RunConfig:
     memory_format: str = "auto"
     precision: str = "fp32"
     share_fits: bool = True
+    deterministic: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,9 +105,10 @@ _TOP_KEYS = {
     "name": str, "image_size": ImageSize, "channels": Literal[1, 3], "seeds": list[Seed], "device": str,
     "score_batch_size": PositiveInt, "save_checkpoints": bool, "datasets": list, "detectors": list, "resources": dict,
     "memory_format": Literal[MEMORY_FORMATS], "precision": Literal[PRECISIONS], "share_fits": bool,
+    "deterministic": bool,
 }
 _DEFAULTS = {"channels": 1, "seeds": [0], "device": "auto", "score_batch_size": 64, "save_checkpoints": False,
-             "resources": {}, "memory_format": "auto", "precision": "fp32", "share_fits": True}
+             "resources": {}, "memory_format": "auto", "precision": "fp32", "share_fits": True, "deterministic": False}
 _DATASET_KEYS = ("name", "subsets", "params", "root")
 _DETECTOR_KEYS = ("name", "label", "params", "resources", "image_size", "channels", "datasets")
 # What a job may ask a cluster (Ray, SLURM) for; the smallest value each may take.
@@ -148,6 +151,13 @@ def check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     """Raise ConfigError unless ``value`` is one of ``choices``."""
     if value not in choices:
         raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {short_repr(value)}")
+
+
+def check_numerics(prefix: str, precision: str, deterministic: bool) -> None:
+    """``deterministic`` turns TensorFloat-32 off, so it cannot go with ``precision: tf32``."""
+    if deterministic and precision == "tf32":
+        raise ConfigError(f"{prefix}deterministic: true turns TF32 off, and {prefix}precision is tf32: use precision fp32 "
+                          "(or bf16) for a deterministic run")
 
 
 def check_resources(where: str, resources: Any) -> dict[str, Any]:
@@ -348,6 +358,7 @@ def _parse(raw: Any) -> RunConfig:
         _check_type(key, values[key], expected)
     check_run_id("name", values["name"])
     check_device("device", values["device"])
+    check_numerics("", values["precision"], values["deterministic"])
     if not values["seeds"]:
         raise ConfigError("seeds: expected at least one seed")
     if not values["datasets"] or not values["detectors"]:
@@ -394,6 +405,7 @@ def _parse(raw: Any) -> RunConfig:
         save_checkpoints=values["save_checkpoints"], datasets=datasets, detectors=detectors,
         resources=check_resources("resources", values["resources"]),
         memory_format=values["memory_format"], precision=values["precision"], share_fits=values["share_fits"],
+        deterministic=values["deterministic"],
     )
 
 
@@ -486,7 +498,7 @@ def _set_path(node: Any, parts: list[str], value: Any, key: str) -> None:
 
 def narrow(config: RunConfig, *, detectors: list[str] | None = None, datasets: list[str] | None = None,
            seeds: list[int] | None = None, device: str | None = None, memory_format: str | None = None,
-           precision: str | None = None) -> RunConfig:
+           precision: str | None = None, deterministic: bool | None = None) -> RunConfig:
     """A copy of ``config`` restricted to the named detectors, datasets and seeds (the CLI flags).
 
     ``--detectors`` names labels (the names in the CSVs). A registry name selects every entry of that
@@ -524,4 +536,8 @@ def narrow(config: RunConfig, *, detectors: list[str] | None = None, datasets: l
     if precision:
         check_choice("--precision", precision, PRECISIONS)
         changes["precision"] = precision
+    if deterministic is not None:
+        changes["deterministic"] = deterministic
+    if precision or deterministic is not None:
+        check_numerics("--", changes.get("precision", config.precision), changes.get("deterministic", config.deterministic))
     return copy.deepcopy(replace(config, **changes))

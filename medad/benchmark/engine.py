@@ -23,6 +23,7 @@ from medad.benchmark.config import ConfigError, DatasetEntry, RunConfig, parse_c
 from medad.benchmark.executors import make_executor
 from medad.benchmark.fit_sharing import fit_units
 from medad.benchmark.jobs import Job, expand_jobs
+from medad.benchmark.numerics import set_cublas_workspace
 from medad.benchmark.preflight import Problem
 from medad.benchmark.resources import git_commit, hardware
 from medad.benchmark.run_folder import RunFolder, now, ordered
@@ -94,11 +95,15 @@ def extend_config(run: RunConfig, more: RunConfig) -> RunConfig:
     """The run's config grown by ``more``'s datasets, subsets, detectors and seeds (``medad run --extend``).
 
     What the run already has must not change: a dataset in both must have the same parameters and root (its
-    split would differ), a detector label in both the same entry; the precision must be the run's. A new
+    split would differ), a detector label in both the same entry; the precision and deterministic setting must be
+    the run's. A new
     detector without its own input size keeps ``more``'s ``image_size`` and ``channels``.
     """
     if more.precision != run.precision:
         raise ConfigError(f"--extend: precision {more.precision} but the run's is {run.precision}: rows would not compare")
+    if more.deterministic != run.deterministic:
+        raise ConfigError(f"--extend: deterministic {str(more.deterministic).lower()} but the run's is "
+                          f"{str(run.deterministic).lower()}: rows would not compare")
     datasets = {d.name: copy.deepcopy(d) for d in run.datasets}
     for entry in more.datasets:
         known = datasets.get(entry.name)
@@ -231,6 +236,8 @@ def _run_locked(config: RunConfig, run_folder: RunFolder, *, data_root: str | No
     manifest["status"] = "running"
     run_folder.write_manifest(manifest)
 
+    if config.deterministic:  # before any worker starts: each inherits it before its first cuBLAS call
+        set_cublas_workspace()
     jobs = expand_jobs(config, data_root)
     done = run_folder.done_job_ids()
     pending = [job for job in jobs if job.job_id not in done]

@@ -31,6 +31,7 @@ from medad.benchmark.config import hyperparameters
 from medad.benchmark.examples import EXAMPLES_FILE, examples_npz
 from medad.benchmark.fit_sharing import FitUnit, SharedFit, as_unit, fit_id, training_fingerprint
 from medad.benchmark.jobs import Job
+from medad.benchmark.numerics import check_precision_on, configure_numerics, deterministic_tags
 from medad.benchmark.resources import PeakMemory, resolve_device, seed_everything
 from medad.benchmark.run_folder import RunFolder, now
 from medad.datasets.base import DatasetError, ImageSet, Subset
@@ -233,10 +234,12 @@ def execute(job: Job, run_id: str, progress: bool = False, job_log: JobLog | Non
     job_log = job_log or JobLog()
     times = PhaseTimes()
     device = resolve_device(job.device)
+    check_precision_on(device, job.precision)
+    configure_numerics(job.precision, job.deterministic)  # process-wide flags: set for every job, before any op
     seed_everything(job.seed)
     job_log(f"{job.job_id}: {job.detector} ({job.detector_name}) on {job.dataset}/{job.subset}, seed {job.seed}, "
-            f"{job.image_size} px x{job.channels}, {device} ({torch.get_num_threads()} threads), {job.precision}, "
-            f"{job.memory_format} memory format")
+            f"{job.image_size} px x{job.channels}, {device} ({torch.get_num_threads()} threads), {job.precision}"
+            f"{', deterministic' if job.deterministic else ''}, {job.memory_format} memory format")
     with times.phase("load"):
         subset = load_subset(job)
     job_log(f"data: {len(subset.train)} training normals, {len(subset.val) if subset.val is not None else 0} "
@@ -264,7 +267,8 @@ def execute(job: Job, run_id: str, progress: bool = False, job_log: JobLog | Non
     job_log(f"scored: {times['score_s']:.1f} s (maps {times.get('maps_s', 0.0):.1f} s), ROC AUC {auc:.4f}")
     timings: dict[str, Any] = times
 
-    tags = {**detector_tags(detector, job.detector_params), **precision_tags(job.precision)}
+    tags = {**detector_tags(detector, job.detector_params), **precision_tags(job.precision),
+            **deterministic_tags(job.deterministic)}
     split_rows = subset.split_rows()
     timings["split"] = {**subset.split_info, "fingerprint": split_fingerprint(
         [i for i, _, _ in split_rows], [part for _, part, _ in split_rows], identity)}

@@ -29,6 +29,7 @@ class Job:
     resources: dict[str, Any] = field(default_factory=dict)  # what to ask a cluster for (config ``resources``)
     memory_format: str = "auto"  # config ``memory_format`` (medad.benchmark.acceleration)
     precision: str = "fp32"      # config ``precision``
+    deterministic: bool = False  # config ``deterministic`` (medad.benchmark.numerics)
 
     @property
     def job_id(self) -> str:
@@ -62,6 +63,7 @@ def expand_jobs(config: RunConfig, data_root: str | None = None) -> list[Job]:
                         dataset_params=dict(dataset.params), detector_params=dict(detector.params), dataset_root=root,
                         resources={**config.resources, **detector.resources},
                         memory_format=config.memory_format, precision=config.precision,
+                        deterministic=config.deterministic,
                     ))
     ids = [job.job_id for job in jobs]
     if len(set(ids)) != len(ids):

@@ -96,6 +96,17 @@ def check_device(config: RunConfig) -> list[Problem]:
     return []
 
 
+def check_precision(config: RunConfig, executor: str) -> list[Problem]:
+    """``precision: tf32`` runs on a CUDA GPU: refused for ``device: cpu``, and for ``auto`` on a local machine
+    without one (a cluster's nodes may have GPUs the driver lacks)."""
+    if config.precision != "tf32":
+        return []
+    if config.device == "cpu" or (config.device == "auto" and executor == "local" and not torch.cuda.is_available()):
+        return [Problem("precision", "tf32 is TensorFloat-32 on CUDA GPUs and this run's device is the CPU, where it "
+                                     "would be fp32 by another name: use precision fp32 (or bf16)")]
+    return []
+
+
 def reachable(url: str, timeout: float = 3.0) -> bool:
     """Whether the host of ``url`` accepts a connection (the machine is online for a weights download)."""
     host = urlparse(url).hostname
@@ -156,5 +167,5 @@ def check_disk(config: RunConfig, jobs: list[Job], results: Path) -> list[Proble
 def preflight(config: RunConfig, jobs: list[Job], *, data_root: str | None, executor: str = "local",
               results: Path = Path("results")) -> list[Problem]:
     """Every problem the pre-flight check finds (empty: ready to run)."""
-    return (check_datasets(config, data_root) + check_executor(executor) + check_device(config)
+    return (check_datasets(config, data_root) + check_executor(executor) + check_device(config) + check_precision(config, executor)
             + check_weights(config) + check_inputs(config, jobs) + check_disk(config, jobs, results))

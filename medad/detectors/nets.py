@@ -102,8 +102,9 @@ def count_parameters(module: nn.Module) -> int:
 class DCGANDiscriminator(nn.Module):
     """DCGAN/GANomaly discriminator: :class:`DCGANEncoder` features f(x), then a 4x4 valid conv to one logit.
 
-    ``features`` gives f(x) (GANomaly's feature-matching target), ``classify`` the sigmoid probability
-    of "real" from features, ``forward`` both steps.
+    ``features`` gives f(x) (GANomaly's feature-matching target), ``logit`` the logit of "real" from features
+    (for a loss: ``binary_cross_entropy_with_logits``, which autocast runs in float32, equals BCE on the
+    sigmoid), ``classify`` its sigmoid probability, ``forward`` features then probability.
     """
 
     def __init__(self, image_size: int, channels: int, width: int = 64) -> None:
@@ -113,8 +114,11 @@ class DCGANDiscriminator(nn.Module):
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.body.features(images)
 
+    def logit(self, features: torch.Tensor) -> torch.Tensor:
+        return self.body.head(features).flatten()
+
     def classify(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.body.head(features)).flatten()
+        return torch.sigmoid(self.logit(features))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.classify(self.features(images))

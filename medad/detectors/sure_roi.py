@@ -18,8 +18,11 @@ Losses (generator = E1, De, E2 under one Adam; eq. 4.1-4.4, weights 1 / 50 / 1 f
 
   With ``sure_literal=True`` the formula as printed: no 1/τ and the inner product with the unmasked b.
   ``loss="l2"`` is the dissertation's "Mywork_Oracle" ablation (plain MSE in l_sure's slot).
-- discriminator: ``0.5·BCE(Dc(Ŷ.detach()), 0) + 0.5·BCE(Dc(Y), 1)`` (eq. 4.3); re-initialised when
-  its loss falls below 1e-5 (GANomaly's rule for the dissertation's "weights small", A5).
+- discriminator: ``0.5·BCE(Dc(Ŷ.detach()), 0) + 0.5·BCE(Dc(Y), 1)`` (eq. 4.3), Dc ending in a sigmoid;
+  computed from Dc's logits with ``binary_cross_entropy_with_logits``, as for GANomaly: the same function
+  of the logit without BCE's clamp of log p at -100, and safe under bf16 autocast (which refuses BCE on
+  probabilities on CUDA); re-initialised when its loss falls below 1e-5 (GANomaly's rule for the
+  dissertation's "weights small", A5).
 
 Score (eq. 4.5): the latent distance ``mean((E1(X) − E2(De(E1(X))))²)`` (GANomaly's form; the same
 ranking as the L2 norm). The dissertation's min-max scaling over the evaluated set (eq. 4.6) is not
@@ -45,11 +48,11 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from medad.datasets.base import DatasetError, ImageSet
 from medad.detectors.base import Detector, TrainLog
+from medad.detectors.ganomaly.losses import discriminator_loss
 from medad.detectors.nets import DCGANDecoder, DCGANDiscriminator, DCGANEncoder, check_dcgan_size, dcgan_init
 from medad.evaluation.metrics import roc_auc
 from medad.params import Beta, NonNegativeFloat, PositiveFloat, PositiveInt
@@ -248,9 +251,9 @@ class SureROIDetector(Detector):
         optimizer_g.step()
         self.discriminator.requires_grad_(True)
 
-        real = self.discriminator.classify(real_features)
-        fake = self.discriminator(generated.detach())
-        l_d = 0.5 * (F.binary_cross_entropy(fake, torch.zeros_like(fake)) + F.binary_cross_entropy(real, torch.ones_like(real)))
+        real = self.discriminator.logit(real_features)
+        fake = self.discriminator.logit(self.discriminator.features(generated.detach()))
+        l_d = discriminator_loss(real, fake)
         optimizer_d.zero_grad(set_to_none=True)
         l_d.backward()
         optimizer_d.step()

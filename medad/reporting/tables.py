@@ -118,6 +118,8 @@ TAG_MEANINGS = {
                 "reference code's quirks",
     "selection": "how the reported epoch was chosen",
     "precision": "arithmetic precision of training and scoring",
+    "deterministic": "trained and scored with deterministic algorithms: the same seed gives the same numbers on this "
+                     "device",
     "score": "the image score used",
 }
 WARNING_TAGS = {"adaptation"}

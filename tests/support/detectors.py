@@ -89,3 +89,56 @@ class CountedFit(TemplateDistance):
         with open(self.count_file, "a") as handle:
             handle.write(f"{self.seed}\n")
         super().fit(train if test is None else ImageSet.concat([train, test.without_labels()]), val, log)
+
+
+class NumericsProbe(TemplateDistance):
+    """Records, when built, the process's arithmetic flags (deterministic algorithms, cuDNN, TF32, the cuBLAS
+    workspace variable) as tag columns of its rows: what a job had set before building its detector."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.flags = {
+            "probe_deterministic": str(torch.are_deterministic_algorithms_enabled()),
+            "probe_cudnn": f"deterministic={torch.backends.cudnn.deterministic} benchmark={torch.backends.cudnn.benchmark}",
+            "probe_tf32": f"matmul={torch.backends.cuda.matmul.allow_tf32} cudnn={torch.backends.cudnn.allow_tf32} "
+                          f"{torch.get_float32_matmul_precision()}",
+            "probe_cublas": os.environ.get("CUBLAS_WORKSPACE_CONFIG", "unset"),
+        }
+
+    def extra_tags(self) -> dict[str, str]:
+        return self.flags
+
+
+class JitteryTemplate(TemplateDistance):
+    """Adds unseeded noise of size ``jitter`` to its template after fitting: two same-seed fits differ by about that
+    much, as fits on a GPU without deterministic algorithms differ in their last bits (here at a chosen size)."""
+
+    name = "jittery-template"
+    smoke_params = {"jitter": 3e-3}
+
+    def __init__(self, *, image_size: int, channels: int, device: str = "cpu", seed: int = 0, jitter: float = 0.0) -> None:
+        super().__init__(image_size=image_size, channels=channels, device=device, seed=seed)
+        self.jitter = jitter
+
+    def fit(self, train: ImageSet, val: ImageSet | None = None, log: TrainLog | None = None) -> None:
+        super().fit(train, val, log)
+        unseeded = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
+        self.template = self.template + self.jitter * torch.randn(self.template.shape, generator=unseeded)
+
+
+class VeryJitteryTemplate(JitteryTemplate):
+    """:class:`JitteryTemplate` whose same-seed fits differ by far more than any tolerance."""
+
+    name = "very-jittery-template"
+    smoke_params = {"jitter": 0.3}
+
+
+class SigmoidBCEDetector(TemplateDistance):
+    """Logs a loss computed with ``F.binary_cross_entropy`` on sigmoid outputs: the op CUDA's autocast refuses."""
+
+    name = "sigmoid-bce"
+
+    def fit(self, train: ImageSet, val: ImageSet | None = None, log: TrainLog | None = None) -> None:
+        super().fit(train, val, log)
+        probability = torch.sigmoid(self.template.flatten()[:8])
+        (log or TrainLog()).log(0, 1, bce=torch.nn.functional.binary_cross_entropy(probability, torch.ones(8)))

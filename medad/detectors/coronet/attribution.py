@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
+from medad.detectors.blocks.deterministic import interpolate_bilinear
 from medad.detectors.scoring import gaussian_blur
 
 
@@ -43,7 +43,7 @@ def meaningful_perturbation(class_probability: Callable[[torch.Tensor], torch.Te
                       requires_grad=True)
     optimizer = torch.optim.Adam([mask], lr=lr)
     for _ in range(iterations):
-        upsampled = F.interpolate(mask, size=(height, width), mode="bilinear", align_corners=False)
+        upsampled = interpolate_bilinear(mask, size=(height, width))
         perturbed = upsampled * images + (1.0 - upsampled) * blurred
         loss = class_probability(perturbed) + l1 * (1.0 - mask).abs().flatten(1).mean(dim=1) + tv * total_variation(mask, beta)
         optimizer.zero_grad(set_to_none=True)
@@ -52,5 +52,5 @@ def meaningful_perturbation(class_probability: Callable[[torch.Tensor], torch.Te
         with torch.no_grad():
             mask.clamp_(0.0, 1.0)
     with torch.no_grad():
-        upsampled = F.interpolate(mask, size=(height, width), mode="bilinear", align_corners=False)
+        upsampled = interpolate_bilinear(mask, size=(height, width))
     return (1.0 - upsampled[:, 0]).detach()

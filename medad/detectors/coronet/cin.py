@@ -13,6 +13,7 @@ from pathlib import Path
 
 from torch import nn
 
+from medad.detectors.blocks.deterministic import AdaptiveAvgPool2d
 from medad.detectors.pretrained import PretrainedWeightsError, hub_checkpoint, local_state_dict, torchvision_state_dict
 
 WEIGHT_CHOICES = ("imagenet", "none")
@@ -49,4 +50,5 @@ def build_cin(classes: int, weights: str = "imagenet", weights_path: str | None 
             raise PretrainedWeightsError(f"{weights_path or cached_imagenet_path()} is not a torchvision ResNet-18 "
                                          f"state dict: {str(error).splitlines()[0]}") from None
     model.fc = nn.Linear(model.fc.in_features, classes)
+    model.avgpool = AdaptiveAvgPool2d(model.avgpool.output_size)  # differentiable under deterministic algorithms on CUDA
     return model

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medad.detectors.blocks.deterministic import interpolate_bilinear
+
 
 def _conv(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, stride, 1)
@@ -24,7 +26,7 @@ def _conv(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
 def _upsample_to(features: torch.Tensor, size: int) -> torch.Tensor:
     """Bilinear x2 steps (align_corners=False) until the side is ``size``, as the reference code does (A11)."""
     while features.shape[-1] < size:
-        features = F.interpolate(features, scale_factor=2, mode="bilinear", align_corners=False)
+        features = interpolate_bilinear(features, scale_factor=2)
     return features
 
 

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medad.detectors.blocks.deterministic import adaptive_avg_pool2d
+
 MODES = ("same", "down", "up")
 
 
@@ -83,7 +85,7 @@ class MultiScaleAttention(nn.Module):
             cq = self.query(out_p)
         ck, cv = self.channel_kv(out_p).chunk(2, dim=1)
         if self.kv_pool_side and max(ck.shape[-2:]) > self.kv_pool_side:
-            pooled = F.adaptive_avg_pool2d(torch.cat([ck, cv], dim=1), self.kv_pool_side)
+            pooled = adaptive_avg_pool2d(torch.cat([ck, cv], dim=1), self.kv_pool_side)
             ck, cv = pooled.chunk(2, dim=1)
         batch, channels, hq, wq = cq.shape
         # Eq. 4 as attention with queries CQ (HqWq tokens) over keys/values CK, CV (HW tokens)

@@ -11,10 +11,10 @@ share the design (two weight sets). At 256 px the code is ``64 x 16 x 16``.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from medad.detectors.blocks.conv import DoubleConv
+from medad.detectors.blocks.deterministic import interpolate_bilinear
 from medad.detectors.blocks.memory import NearestNeighbourMemory
 
 
@@ -54,7 +54,7 @@ class ProxyDecoder(nn.Module):
     def forward(self, code: torch.Tensor) -> torch.Tensor:
         h = self.lift(code)
         for stage in self.stages:
-            h = stage(F.interpolate(h, scale_factor=2, mode="bilinear", align_corners=False))
+            h = stage(interpolate_bilinear(h, scale_factor=2))
         return torch.sigmoid(self.head(h))
 
 
