@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pandas as pd
 
-
 BELOW_CHANCE_MARK = "(<0.5)"
 BELOW_CHANCE_LEGEND = (f"{BELOW_CHANCE_MARK}: below chance: every seed's 95% bootstrap interval (ci_high in metrics.csv) "
                        "lies below 0.5, the scores rank anomalies below normals on this data")
