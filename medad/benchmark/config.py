@@ -9,6 +9,7 @@ Schema (DESIGN.md)::
     device: auto
     memory_format: auto                # auto (= channels_last: faster on CUDA and CPU), channels_last or contiguous
     precision: fp32                    # fp32, or bf16 (autocast; rows tagged precision=bf16)
+    test_curve: false                  # true: a test-set diagnostic, the test ROC AUC after every epoch (below)
     score_batch_size: 64
     save_checkpoints: false
     resources: {cpus: 1, gpus: 1, memory_gb: 16, time_min: 240}   # optional: what each job asks a cluster for
@@ -25,6 +26,15 @@ Schema (DESIGN.md)::
 
 Detector and dataset ``params`` are checked against the keyword arguments of the class's
 ``__init__``: an unknown key lists the allowed ones, a wrong type names the expected one.
+
+``test_curve: true`` scores the labelled test set after every training epoch and records the ROC AUC in
+history.csv (``diagnostic_test_roc_auc``), to show whether any epoch ranked anomalies above normals. It is a
+test-set diagnostic: it never chooses an epoch, a threshold or a rank, never changes the fit (the job runner
+restores the networks' modes and buffers and every random generator after each scoring), and every row of such
+a run carries the tag ``diagnostics: test-curve``. It is refused (:func:`check_test_curve`) beside any detector
+entry whose settings let labelled held-out images choose its weights or see the test set
+(:meth:`~medad.detectors.base.Detector.held_out_label_use`), so that no selected epoch is ever read against a
+curve drawn on the test set.
 """
 
 from __future__ import annotations
@@ -90,6 +100,7 @@ class RunConfig:
     resources: dict[str, Any] = field(default_factory=dict)
     memory_format: str = "auto"
     precision: str = "fp32"
+    test_curve: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,10 +111,10 @@ Seed = Annotated[int, Range(0, 2**32 - 1)]
 _TOP_KEYS = {
     "name": str, "image_size": ImageSize, "channels": Literal[1, 3], "seeds": list[Seed], "device": str,
     "score_batch_size": PositiveInt, "save_checkpoints": bool, "datasets": list, "detectors": list, "resources": dict,
-    "memory_format": Literal[MEMORY_FORMATS], "precision": Literal[PRECISIONS],
+    "memory_format": Literal[MEMORY_FORMATS], "precision": Literal[PRECISIONS], "test_curve": bool,
 }
 _DEFAULTS = {"channels": 1, "seeds": [0], "device": "auto", "score_batch_size": 64, "save_checkpoints": False,
-             "resources": {}, "memory_format": "auto", "precision": "fp32"}
+             "resources": {}, "memory_format": "auto", "precision": "fp32", "test_curve": False}
 _DATASET_KEYS = ("name", "subsets", "params", "root")
 _DETECTOR_KEYS = ("name", "label", "params", "resources", "image_size", "channels", "datasets")
 # What a job may ask a cluster (Ray, SLURM) for; the smallest value each may take.
@@ -391,8 +402,26 @@ def _parse(raw: Any) -> RunConfig:
         seeds=list(values["seeds"]), device=values["device"], score_batch_size=values["score_batch_size"],
         save_checkpoints=values["save_checkpoints"], datasets=datasets, detectors=detectors,
         resources=check_resources("resources", values["resources"]),
-        memory_format=values["memory_format"], precision=values["precision"],
+        memory_format=values["memory_format"], precision=values["precision"], test_curve=values["test_curve"],
     )
+
+
+def check_test_curve(config: RunConfig) -> None:
+    """Raise ConfigError when ``test_curve`` is on beside a detector entry whose settings let labelled held-out
+    images choose its weights or see the test set (:meth:`~medad.detectors.base.Detector.held_out_label_use`:
+    SURE-ROI's ``select: best_val_auroc``, GANomaly's ``protocol: reference`` best-epoch-on-test selection or its
+    ``test_minmax``); the message names both keys. Checked on the matrix as it will run (after ``--detectors``),
+    so a config whose other entries select can still run the diagnostic on the ones that do not."""
+    if not config.test_curve:
+        return
+    for i, entry in enumerate(config.detectors):
+        use = DETECTORS.get(entry.name).held_out_label_use(entry.params)
+        if use is not None:
+            key, _, value = use.partition(":")
+            raise ConfigError(f"test_curve: true cannot run beside detectors[{i}].params.{key.strip()}: {value.strip()} "
+                              f"(entry {entry.label!r}): labelled held-out images choose its weights or scale its "
+                              "scores, and a test-set curve beside a selected epoch invites reading one against the "
+                              "other; drop test_curve, or leave that entry out (--detectors)")
 
 
 SHIPPED_CONFIGS = Path(__file__).resolve().parent.parent / "configs"

@@ -82,7 +82,8 @@ def build_sections(data: RunData, folder: Path, delong: Any) -> list[UnitSection
     sections = []
     for index, unit in enumerate(data.units):
         section = UnitSection(unit, f"unit-{index}")
-        for figure in (fig.roc_pr_figure(data, unit, folder), fig.history_figure(data, unit, folder)):
+        for figure in (fig.roc_pr_figure(data, unit, folder), fig.history_figure(data, unit, folder),
+                       fig.test_curve_figure(data, unit, folder)):
             if figure is not None:
                 section.figures.append(figure)
         section.tables.append(tab.study_table(data, "val_q95", [unit], f"table3-val_q95-{index}"))

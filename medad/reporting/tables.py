@@ -120,6 +120,9 @@ TAG_MEANINGS = {
     "selection": "how the reported epoch was chosen",
     "precision": "arithmetic precision of training and scoring",
     "score": "the image score used",
+    "diagnostics": "test-curve: the run scored the test set after every epoch as a diagnostic (history.csv, "
+                   "diagnostic_test_roc_auc); never used for selection, thresholds or ranking, and the fit is "
+                   "bit-identical to a run without it",
 }
 WARNING_TAGS = {"adaptation"}
 

@@ -91,6 +91,13 @@ class GanomalyDetector(Detector):
     def sees_test_set(self) -> bool:
         return self.protocol == "reference" or self.test_minmax
 
+    @classmethod
+    def held_out_label_use(cls, params: dict) -> str | None:
+        """``protocol: reference`` keeps the epoch of the best test AUC; ``test_minmax`` scales by the test set."""
+        if params.get("protocol") == "reference":
+            return "protocol: reference (best-epoch-on-test selection)"
+        return "test_minmax: true (scores scaled by the test set)" if params.get("test_minmax") else None
+
     def extra_tags(self) -> dict[str, str]:
         return {"protocol": self.protocol, "selection": self.selection,
                 "score_scaling": "test-minmax" if self.test_minmax else "none"}
