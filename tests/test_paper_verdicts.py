@@ -144,3 +144,15 @@ def test_console_table_marks_cells_whose_intervals_lie_below_chance(head_ct_run,
     mixed = make_run(tmp_path, "mixed", {"ganomaly": [0.54, 0.16, 0.31], "f-anogan": [0.89]})
     assert BELOW_CHANCE_MARK not in auc_table(mixed.path)
     assert BELOW_CHANCE_MARK not in auc_table(head_ct_run.path, metric="pr_auc")  # no chance level of 0.5
+
+
+def test_the_ganomaly_rows_carry_the_evidence_and_call_the_label_order_a_hypothesis():
+    paper = load_paper_results()
+    rows = paper[(paper["detector"] == "ganomaly") & (paper["metric"] == "roc_auc")
+                 & (paper["source"] == "esmaeili2023-table3")].set_index("dataset")
+    head_ct, btmri = rows.loc["head-ct", "note"], rows.loc["brain-tumor-mri", "note"]
+    for text in ("0.36 / 0.33 / 0.23", "samet-akcay/ganomaly", "0.20 at its final epoch", "f-AnoGAN on the same splits 0.82",
+                 "HYPOTHESIS, not a fact", "'hemorrhage' < 'normal'"):
+        assert text in head_ct
+    for text in ("0.54 / 0.16 / 0.31", "f-AnoGAN on the same splits 0.89", "HYPOTHESIS, not a fact"):
+        assert text in btmri

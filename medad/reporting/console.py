@@ -1,4 +1,4 @@
-"""The table ``medad run`` prints at the end: ROC AUC per dataset/subset x detector."""
+"""The table ``medad run`` prints at the end: ROC AUC per dataset/subset x detector, below-chance cells marked."""
 
 from __future__ import annotations
 
