@@ -22,6 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve  # noqa: E402
 
 from medad.benchmark.diagnostics import TEST_CURVE_LOSS  # noqa: E402
@@ -225,14 +226,15 @@ def test_curve_figure(data: RunData, unit: str, folder: Path) -> Figure | None:
         detector_rows = rows[rows["detector"] == detector]
         last_phase = max(detector_rows["loss_name"], key=lambda name: (len(name), name))
         for (seed, curve), curve_rows in detector_rows.groupby(["seed", "loss_name"]):
-            label = plain(f"{detector}" + (f" ({curve.removeprefix(TEST_CURVE_LOSS + '_')})" if curve != TEST_CURVE_LOSS
-                                           else "")) if seed == rows["seed"].min() else None
+            phase = curve.removeprefix(TEST_CURVE_LOSS + "_").replace("phase", "phase ")
+            label = plain(detector + (f" ({phase})" if curve != TEST_CURVE_LOSS else "")) if seed == rows["seed"].min() else None
             curve_rows = curve_rows.sort_values("epoch")
             ax.plot(curve_rows["epoch"] + 1, curve_rows["value"], marker=".", color=palette[detector],
                     lw=1.0 if label else 0.6, alpha=1.0 if label else 0.5, label=label,
                     ls="-" if curve == last_phase else ":")
     ax.axhline(0.5, color="grey", lw=0.8, ls="--", label="chance")
     ax.set(title=plain(f"{unit}: {TEST_CURVE_WARNING}"), xlabel="epoch", ylabel="test ROC AUC", ylim=(0, 1))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.title.set_fontsize(8)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
