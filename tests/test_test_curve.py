@@ -123,7 +123,7 @@ def test_the_curve_names_phases_and_never_fails_the_fit():
     detector.score = broken
     failing = TestCurve(detector, test, TrainLog(), batch_size=4, seed=0)
     failing(0, 2), failing(1, 2)
-    assert failing.history_rows() == [] and failing.error == "epoch 0: RuntimeError: no memory yet"
+    assert failing.history_rows() == [] and failing.error == "epoch 1: RuntimeError: no memory yet"
 
 
 def test_a_detector_that_sees_the_test_set_is_refused():

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
+from torch import nn
 
 from medad.datasets.base import ImageSet
 from medad.detectors.base import Detector, TrainLog
@@ -48,7 +49,9 @@ def untouched(detector: Detector) -> Iterator[None]:
     """Run the block with ``detector``'s networks in eval mode, then restore every module's training flag, every
     buffer, the detector's ``torch.Generator`` attributes and the global random generators (Python, NumPy, torch CPU,
     CUDA once initialised), so that what the block did leaves no trace on a fit in progress."""
-    modules = [module for network in detector.networks().values() for module in network.modules()]
+    # every module of every network, and of any other module attribute (a frozen backbone left out of a checkpoint)
+    networks = [*detector.networks().values(), *(v for v in vars(detector).values() if isinstance(v, nn.Module))]
+    modules = list({id(module): module for network in networks for module in network.modules()}.values())
     modes = [(module, module.training) for module in modules]
     buffers = [(buffer, buffer.detach().clone()) for module in modules for buffer in module.buffers(recurse=False)]
     generators = [(g, g.get_state()) for g in vars(detector).values() if isinstance(g, torch.Generator)]
@@ -103,7 +106,7 @@ class TestCurve:
                                                 torch.Generator().manual_seed(self.seed))
             auc = float(METRIC_FUNCTIONS["roc_auc"](self.test.labels, scores.double().numpy()))
         except Exception as error:  # a diagnostic never fails the job: recorded, the curve ends here
-            self.error = f"epoch {self.offset + epoch}: {type(error).__name__}: {error}"
+            self.error = f"epoch {self.offset + epoch + 1}: {type(error).__name__}: {error}"
             self._say(f"test-curve diagnostic stopped: {self.error}")
             return
         step = self.log.rows[-1][1] if self.log.rows else 0
