@@ -10,6 +10,7 @@ Schema (DESIGN.md)::
     memory_format: auto                # auto (= channels_last: faster on CUDA and CPU), channels_last or contiguous
     precision: fp32                    # fp32 (TF32 off on CUDA), tf32 (CUDA only) or bf16 (autocast); rows tagged
     deterministic: false               # true: deterministic algorithms (same seed, same numbers on CUDA too)
+    test_curve: false                  # true: a test-set diagnostic, the test ROC AUC after every epoch (below)
     score_batch_size: 64
     save_checkpoints: false
     share_fits: true                   # jobs whose training is identical train once (medad.benchmark.fit_sharing)
@@ -27,6 +28,15 @@ Schema (DESIGN.md)::
 
 Detector and dataset ``params`` are checked against the keyword arguments of the class's
 ``__init__``: an unknown key lists the allowed ones, a wrong type names the expected one.
+
+``test_curve: true`` scores the labelled test set after every training epoch and records the ROC AUC in
+history.csv (``diagnostic_test_roc_auc``), to show whether any epoch ranked anomalies above normals. It is a
+test-set diagnostic: it never chooses an epoch, a threshold or a rank, never changes the fit (the job runner
+restores the networks' modes and buffers and every random generator after each scoring), and every row of such
+a run carries the tag ``diagnostics: test-curve``. It is refused (:func:`check_test_curve`) beside any detector
+entry whose settings let labelled held-out images choose its weights or see the test set
+(:meth:`~medad.detectors.base.Detector.held_out_label_use`), so that no selected epoch is ever read against a
+curve drawn on the test set.
 """
 
 from __future__ import annotations
@@ -94,6 +104,7 @@ class RunConfig:
     precision: str = "fp32"
     share_fits: bool = True
     deterministic: bool = False
+    test_curve: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,10 +116,11 @@ _TOP_KEYS = {
     "name": str, "image_size": ImageSize, "channels": Literal[1, 3], "seeds": list[Seed], "device": str,
     "score_batch_size": PositiveInt, "save_checkpoints": bool, "datasets": list, "detectors": list, "resources": dict,
     "memory_format": Literal[MEMORY_FORMATS], "precision": Literal[PRECISIONS], "share_fits": bool,
-    "deterministic": bool,
+    "deterministic": bool, "test_curve": bool,
 }
 _DEFAULTS = {"channels": 1, "seeds": [0], "device": "auto", "score_batch_size": 64, "save_checkpoints": False,
-             "resources": {}, "memory_format": "auto", "precision": "fp32", "share_fits": True, "deterministic": False}
+             "resources": {}, "memory_format": "auto", "precision": "fp32", "share_fits": True, "deterministic": False,
+             "test_curve": False}
 _DATASET_KEYS = ("name", "subsets", "params", "root")
 _DETECTOR_KEYS = ("name", "label", "params", "resources", "image_size", "channels", "datasets")
 # What a job may ask a cluster (Ray, SLURM) for; the smallest value each may take.
@@ -405,8 +417,26 @@ def _parse(raw: Any) -> RunConfig:
         save_checkpoints=values["save_checkpoints"], datasets=datasets, detectors=detectors,
         resources=check_resources("resources", values["resources"]),
         memory_format=values["memory_format"], precision=values["precision"], share_fits=values["share_fits"],
-        deterministic=values["deterministic"],
+        deterministic=values["deterministic"], test_curve=values["test_curve"],
     )
+
+
+def check_test_curve(config: RunConfig) -> None:
+    """Raise ConfigError when ``test_curve`` is on beside a detector entry whose settings let labelled held-out
+    images choose its weights or see the test set (:meth:`~medad.detectors.base.Detector.held_out_label_use`:
+    SURE-ROI's ``select: best_val_auroc``, GANomaly's ``protocol: reference`` best-epoch-on-test selection or its
+    ``test_minmax``); the message names both keys. Checked on the matrix as it will run (after ``--detectors``),
+    so a config whose other entries select can still run the diagnostic on the ones that do not."""
+    if not config.test_curve:
+        return
+    for i, entry in enumerate(config.detectors):
+        use = DETECTORS.get(entry.name).held_out_label_use(entry.params)
+        if use is not None:
+            key, _, value = use.partition(":")
+            raise ConfigError(f"test_curve: true cannot run beside detectors[{i}].params.{key.strip()}: {value.strip()} "
+                              f"(entry {entry.label!r}): labelled held-out images choose its weights or scale its "
+                              "scores, and a test-set curve beside a selected epoch invites reading one against the "
+                              "other; drop test_curve, or leave that entry out (--detectors)")
 
 
 SHIPPED_CONFIGS = Path(__file__).resolve().parent.parent / "configs"

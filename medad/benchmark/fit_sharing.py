@@ -9,7 +9,8 @@ detector's label, the scoring batch size, whether checkpoints are saved). The su
 on the same images (OCT's three tasks on the same normals) share it. A new job field is part of the identity
 unless it is listed here, so a setting added later can never make two different fits share by mistake.
 
-Jobs never share when sharing is off (config ``share_fits: false``), or when their detector says so
+Jobs never share when sharing is off (config ``share_fits: false``), when they record the test-set diagnostic
+(``test_curve``: its curve is scored on the job's own test set during the fit), or when their detector says so
 (:meth:`medad.detectors.base.Detector.fit_shareable`: false where the training sees the job's own test set, a
 reference-protocol quirk; a plugin may opt out the same way). The identity is decided from the config alone
 (dry runs and cluster drivers need no data); the worker then checks the data itself (:class:`SharedFit`): a job
@@ -54,7 +55,10 @@ def training_identity(job: Job) -> dict[str, Any]:
 
 
 def shareable(job: Job) -> bool:
-    """Whether ``job``'s detector lets jobs share its fits (see :meth:`Detector.fit_shareable`)."""
+    """Whether ``job``'s fit may be shared: its detector allows it (:meth:`Detector.fit_shareable`) and the job does
+    not record the test-set diagnostic (``test_curve``: the curve belongs to one job's test set, scored during the fit)."""
+    if job.test_curve:
+        return False
     try:
         cls = DETECTORS.get(job.detector_name)
     except RegistryError:  # the job fails by itself, on its own

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from medad.atomic_files import make_dirs
 from medad.benchmark.acceleration import autocast, precision_tags, resolve_memory_format
 from medad.benchmark.config import hyperparameters
+from medad.benchmark.diagnostics import TestCurve, diagnostic_tags
 from medad.benchmark.examples import EXAMPLES_FILE, examples_npz
 from medad.benchmark.fit_sharing import FitUnit, SharedFit, as_unit, fit_id, training_fingerprint
 from medad.benchmark.jobs import Job
@@ -247,11 +248,16 @@ def execute(job: Job, run_id: str, progress: bool = False, job_log: JobLog | Non
     cls = DETECTORS.get(job.detector_name)
     check_needs(cls, subset, job.dataset)
     log = TrainLog(progress=progress, description=f"{job.detector} epochs", sink=job_log)
+    curve: TestCurve | None = None
 
     def train() -> Detector:
+        nonlocal curve
         detector = cls(image_size=job.image_size, channels=job.channels, device=str(device), seed=job.seed,
                        **job.detector_params)
         detector.use_memory_format(resolve_memory_format(job.memory_format, device))
+        if job.test_curve:  # the test-set diagnostic: scores the test set after each epoch, leaves the fit untouched
+            curve = TestCurve(detector, subset.test, log, batch_size=job.score_batch_size, seed=job.seed, report=job_log)
+            log.epoch_end = curve
         with times.phase("train"), autocast(device, job.precision):
             fit_detector(detector, subset, log)
         job_log(f"fit: {times['train_s']:.1f} s")
@@ -268,7 +274,9 @@ def execute(job: Job, run_id: str, progress: bool = False, job_log: JobLog | Non
     timings: dict[str, Any] = times
 
     tags = {**detector_tags(detector, job.detector_params), **precision_tags(job.precision),
-            **deterministic_tags(job.deterministic)}
+            **deterministic_tags(job.deterministic), **diagnostic_tags(job.test_curve)}
+    if curve is not None and curve.error:
+        timings["test_curve_error"] = curve.error
     split_rows = subset.split_rows()
     timings["split"] = {**subset.split_info, "fingerprint": split_fingerprint(
         [i for i, _, _ in split_rows], [part for _, part, _ in split_rows], identity)}
@@ -279,7 +287,7 @@ def execute(job: Job, run_id: str, progress: bool = False, job_log: JobLog | Non
         "metrics": _metric_frame(job, run_id, rows, tags, intervals),
         "scores": pd.concat(scores, ignore_index=True),
         "history": pd.DataFrame([{"run_id": run_id, **job.keys(), "epoch": e, "step": s, "loss_name": n, "value": v}
-                                 for e, s, n, v in log.rows]),
+                                 for e, s, n, v in log.rows + (curve.history_rows() if curve else [])]),
         "splits": pd.DataFrame([{"run_id": run_id, "dataset": job.dataset, "subset": job.subset, "sample_id": i,
                                  "part": part, "label": label} for i, part, label in split_rows]),
     }

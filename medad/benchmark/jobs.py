@@ -6,7 +6,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from medad.benchmark.config import RunConfig
+from medad.benchmark.config import RunConfig, check_test_curve
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class Job:
     memory_format: str = "auto"  # config ``memory_format`` (medad.benchmark.acceleration)
     precision: str = "fp32"      # config ``precision``
     deterministic: bool = False  # config ``deterministic`` (medad.benchmark.numerics)
+    test_curve: bool = False     # config ``test_curve``: the test-set diagnostic (medad.benchmark.test_curve)
 
     @property
     def job_id(self) -> str:
@@ -46,7 +47,9 @@ class Job:
 
 
 def expand_jobs(config: RunConfig, data_root: str | None = None) -> list[Job]:
-    """The jobs of ``config``, ordered dataset, subset, detector, seed (data loaded once per subset)."""
+    """The jobs of ``config``, ordered dataset, subset, detector, seed (data loaded once per subset); ConfigError
+    when ``test_curve`` is on beside a detector that selects with held-out labels (:func:`check_test_curve`)."""
+    check_test_curve(config)
     jobs = []
     for dataset in config.datasets:
         root = dataset.root or (f"{data_root}/{dataset.name}" if data_root else None)
@@ -64,6 +67,7 @@ def expand_jobs(config: RunConfig, data_root: str | None = None) -> list[Job]:
                         resources={**config.resources, **detector.resources},
                         memory_format=config.memory_format, precision=config.precision,
                         deterministic=config.deterministic,
+                        test_curve=config.test_curve,
                     ))
     ids = [job.job_id for job in jobs]
     if len(set(ids)) != len(ids):

@@ -28,7 +28,9 @@ class TrainLog:
     """Collects training curves (epoch, step, loss name, value) and stops on a NaN/inf loss.
 
     Detectors call :meth:`log` for every loss they want in ``history.csv`` and wrap their epoch
-    loop in :meth:`epochs` for a progress bar.
+    loop in :meth:`epochs` for a progress bar. ``epoch_end``, when the harness sets it, is called with
+    ``(epoch, count)`` after each epoch of :meth:`epochs` (the run setting ``test_curve`` hooks in there; it
+    must leave the fit as it found it).
     """
 
     def __init__(self, *, progress: bool = False, description: str = "epochs",
@@ -37,6 +39,7 @@ class TrainLog:
         self.progress = progress
         self.description = description
         self.sink = sink  # receives a line per finished epoch (the job's log.txt)
+        self.epoch_end: Callable[[int, int], None] | None = None
 
     def log(self, epoch: int, step: int, **losses: float | torch.Tensor) -> None:
         """Record ``losses`` at (epoch, step); raise :class:`NonFiniteLossError` on NaN/inf."""
@@ -55,6 +58,8 @@ class TrainLog:
             if self.sink is not None:
                 elapsed = time.perf_counter() - started
                 self.sink(f"epoch {epoch + 1}/{count} ({elapsed:.1f} s): {self.summary(epoch, first_row)}")
+            if self.epoch_end is not None:
+                self.epoch_end(epoch, count)
 
     def summary(self, epoch: int, first_row: int = 0) -> str:
         """The mean of each loss logged in ``epoch``, as ``name=value`` pairs; ``first_row`` skips the rows logged
@@ -152,6 +157,14 @@ class Detector(abc.ABC):
         words; the harness adds the changed :attr:`paper_settings` and joins all into the rows' ``deviations``
         tag, which the report shows beside every paper-vs-reproduced difference. Empty: the paper's setting."""
         return []
+
+    @classmethod
+    def held_out_label_use(cls, params: dict[str, Any]) -> str | None:
+        """The setting among ``params`` (a config entry's) under which labelled held-out images choose this
+        detector's weights or scale its scores (selection on the test set or on a labelled validation set, or
+        :attr:`sees_test_set`), as ``"key: value"``; None when there is none (the default: the final epoch, no
+        labels). The run setting ``test_curve`` is refused beside such an entry."""
+        return None
 
     @property
     def sees_test_set(self) -> bool:

@@ -161,6 +161,11 @@ class SureROIDetector(Detector):
         dcgan_init(self.discriminator)
         self.fitted_sigma = torch.tensor(float("nan"))
 
+    @classmethod
+    def held_out_label_use(cls, params: dict) -> str | None:
+        """``select: best_val_auroc`` picks the epoch on validation normals plus labelled anomalies."""
+        return "select: best_val_auroc" if params.get("select") == "best_val_auroc" else None
+
     def extra_tags(self) -> dict[str, str]:
         tags = {"loss": self.loss, "selection": "best-val-epoch" if self.select == "best_val_auroc" else "final-epoch"}
         if self.loss == "sure":

@@ -1,4 +1,4 @@
-"""The table ``medad run`` prints at the end: ROC AUC per dataset/subset x detector."""
+"""The table ``medad run`` prints at the end: ROC AUC per dataset/subset x detector, below-chance cells marked."""
 
 from __future__ import annotations
 
@@ -6,9 +6,19 @@ from pathlib import Path
 
 import pandas as pd
 
+BELOW_CHANCE_MARK = "(<0.5)"
+BELOW_CHANCE_LEGEND = (f"{BELOW_CHANCE_MARK}: below chance: every seed's 95% bootstrap interval (ci_high in metrics.csv) "
+                       "lies below 0.5, the scores rank anomalies below normals on this data")
+
 
 def auc_table(run_path: Path, metric: str = "roc_auc") -> str:
-    """Mean (and std over seeds) of ``metric`` per dataset/subset (rows) x detector (columns), as text."""
+    """Mean (and std over seeds) of ``metric`` per dataset/subset (rows) x detector (columns), as text.
+
+    A ROC AUC cell is marked :data:`BELOW_CHANCE_MARK` (and a legend line added) when every seed's own 95% bootstrap
+    interval (stratified bootstrap of its test set: ``ci_high`` in metrics.csv) lies below 0.5. Each seed's interval
+    is used rather than the report's seed-mean interval: it needs nothing but metrics.csv, and it is the stricter
+    rule (one seed whose interval reaches 0.5, or has none, leaves the cell unmarked).
+    """
     path = Path(run_path) / "metrics.csv"
     metrics = pd.read_csv(path) if path.is_file() else pd.DataFrame()
     if metrics.empty:
@@ -17,13 +27,18 @@ def auc_table(run_path: Path, metric: str = "roc_auc") -> str:
     if rows.empty:
         return f"no {metric} values yet (no job finished)"
     rows["dataset/subset"] = rows["dataset"] + "/" + rows["subset"]
-    grouped = rows.groupby(["dataset/subset", "detector"])["value"]
-    mean, std, count = grouped.mean(), grouped.std(), grouped.count()
+    ci_high = pd.to_numeric(rows["ci_high"], errors="coerce") if "ci_high" in rows else pd.Series(float("nan"), rows.index)
+    rows["seed_below_chance"] = (ci_high < 0.5) & (metric in ("roc_auc", "pixel_roc_auc"))  # NaN compares False
+    groups = rows.groupby(["dataset/subset", "detector"])
+    mean, std, count = groups["value"].mean(), groups["value"].std(), groups["value"].count()
+    marked = groups["seed_below_chance"].all()
     # one string per cell, built in Python: masked assignment into a string Series breaks on pandas 3.0's str dtype
-    cells = pd.Series([f"{m:.3f}±{s:.3f}" if n > 1 else f"{m:.3f}" for m, s, n in zip(mean, std.fillna(0.0), count)],
+    cells = pd.Series([(f"{m:.3f}±{s:.3f}" if n > 1 else f"{m:.3f}") + (f" {BELOW_CHANCE_MARK}" if below else "")
+                       for m, s, n, below in zip(mean, std.fillna(0.0), count, marked)],
                       index=mean.index, dtype=object)
     table = cells.unstack("detector").fillna("-")
-    return f"{metric} (mean over seeds)\n" + table.to_string()
+    legend = f"\n{BELOW_CHANCE_LEGEND}" if marked.any() else ""
+    return f"{metric} (mean over seeds)\n" + table.to_string() + legend
 
 
 def job_table(jobs: list, statuses: dict[str, str] | None = None, fits: dict[str, str] | None = None) -> str:

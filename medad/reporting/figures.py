@@ -4,6 +4,7 @@
 - sensitivity and specificity per dataset x detector at the honest threshold (study Figs. 6-7)
 - ROC AUC heatmap dataset x detector
 - training curves from history.csv (study Fig. 9)
+- the test-set diagnostic curve (run setting ``test_curve``): test ROC AUC after each epoch, drawn apart
 - example test images with reconstructions and anomaly maps, predictions marked right/wrong (Figs. 10-12)
 - the critical-difference diagram of average ranks (Demšar 2006)
 """
@@ -21,8 +22,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve  # noqa: E402
 
+from medad.benchmark.diagnostics import TEST_CURVE_LOSS  # noqa: E402
 from medad.benchmark.examples import read_examples  # noqa: E402
 from medad.evaluation.statistics import critical_difference  # noqa: E402
 from medad.reporting.run_data import RunData  # noqa: E402
@@ -171,8 +174,11 @@ def heatmap_figure(matrix: pd.DataFrame, folder: Path, metric_label: str = "ROC 
 
 
 def history_figure(data: RunData, unit: str, folder: Path) -> Figure | None:
-    """Training curves per detector of one unit: each loss against the step (every seed drawn)."""
+    """Training curves per detector of one unit: each loss against the step (every seed drawn); the test-set
+    diagnostic is not a loss and has its own figure (:func:`test_curve_figure`)."""
     history = data.unit_rows(data.history, unit)
+    if not history.empty:
+        history = history[~is_test_curve(history)]
     if history.empty:
         return None
     detectors = [d for d in data.detectors if d in set(history["detector"])]
@@ -196,6 +202,46 @@ def history_figure(data: RunData, unit: str, folder: Path) -> Figure | None:
         ax.grid(alpha=0.3)
     return save(fig, folder, slug("history", unit), f"Training curves on {unit} (from history.csv; thin lines: further seeds).",
                 f"training curves for {unit}")
+
+
+def is_test_curve(history: pd.DataFrame) -> pd.Series:
+    """Which history.csv rows are the test-set diagnostic's (``diagnostic_test_roc_auc``, per phase or not)."""
+    return history["loss_name"].astype(str).str.startswith(TEST_CURVE_LOSS)
+
+
+TEST_CURVE_WARNING = "test-set diagnostic: never used for selection, thresholds or ranking"
+
+
+def test_curve_figure(data: RunData, unit: str, folder: Path) -> Figure | None:
+    """The test ROC AUC after each training epoch per detector of one unit (run setting ``test_curve``), every seed
+    drawn, chance marked; None when the run has no such rows."""
+    history = data.unit_rows(data.history, unit)
+    rows = history[is_test_curve(history)] if not history.empty else history
+    if rows.empty:
+        return None
+    detectors = [d for d in data.detectors if d in set(rows["detector"])]
+    fig, ax = plt.subplots(figsize=(5.6, 3.4), layout="constrained")
+    palette = colours(detectors)
+    for detector in detectors:
+        detector_rows = rows[rows["detector"] == detector]
+        last_phase = max(detector_rows["loss_name"], key=lambda name: (len(name), name))
+        for (seed, curve), curve_rows in detector_rows.groupby(["seed", "loss_name"]):
+            phase = curve.removeprefix(TEST_CURVE_LOSS + "_").replace("phase", "phase ")
+            label = plain(detector + (f" ({phase})" if curve != TEST_CURVE_LOSS else "")) if seed == rows["seed"].min() else None
+            curve_rows = curve_rows.sort_values("epoch")
+            ax.plot(curve_rows["epoch"] + 1, curve_rows["value"], marker=".", color=palette[detector],
+                    lw=1.0 if label else 0.6, alpha=1.0 if label else 0.5, label=label,
+                    ls="-" if curve == last_phase else ":")
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--", label="chance")
+    ax.set(title=plain(f"{unit}: {TEST_CURVE_WARNING}"), xlabel="epoch", ylabel="test ROC AUC", ylim=(0, 1))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.title.set_fontsize(8)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return save(fig, folder, slug("test-curve", unit),
+                f"Test-set diagnostic on {unit}: the test ROC AUC after each training epoch (run setting test_curve; "
+                "thin lines: further seeds; dotted: an earlier training phase). It is never used for selection, "
+                "thresholds or ranking: the reported rows are the final epoch's.", f"test-set diagnostic curve for {unit}")
 
 
 def _tile(image: np.ndarray, kind: str, map_range: tuple[float, float]) -> np.ndarray:

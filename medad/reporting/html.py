@@ -82,7 +82,8 @@ def build_sections(data: RunData, folder: Path, delong: Any) -> list[UnitSection
     sections = []
     for index, unit in enumerate(data.units):
         section = UnitSection(unit, f"unit-{index}")
-        for figure in (fig.roc_pr_figure(data, unit, folder), fig.history_figure(data, unit, folder)):
+        for figure in (fig.roc_pr_figure(data, unit, folder), fig.history_figure(data, unit, folder),
+                       fig.test_curve_figure(data, unit, folder)):
             if figure is not None:
                 section.figures.append(figure)
         section.tables.append(tab.study_table(data, "val_q95", [unit], f"table3-val_q95-{index}"))
@@ -130,7 +131,7 @@ def build_report(run_dir: str | Path, reports_dir: str | Path = "reports", paper
     table3.downloads = tab.export_study(data, "val_q95", tables_dir)
     table3_oracle = tab.study_table(data, "best_f1")
     table3_oracle.downloads = tab.export_study(data, "best_f1", tables_dir)
-    comparison = compare(load_paper_results(paper_files), data.metrics)
+    comparison = tab.with_verdicts(data, compare(load_paper_results(paper_files), data.metrics))
     comparison.to_csv(tables_dir / "paper_vs_reproduced.csv", index=False)
     paper = tab.paper_table(data, comparison)
     paper.downloads = [("CSV", "tables/paper_vs_reproduced.csv")]

@@ -13,6 +13,10 @@ contributor adds for another paper; one row per number)::
                       corresponds to (best_f1 and youden are oracles: chosen on test labels)
     split_match       yes (the paper's own file lists), sizes (same split sizes, our seeded draw), no
     note              free text (how the number was read, caveats)
+
+Each compared row gets a verdict (:func:`verdict`, column ``verdict`` of ``paper_vs_reproduced.csv``): where
+the paper's value lies against the reproduced 95% interval, and for ROC AUC whether that interval lies below
+chance and whether the paper's value is what the reproduced scores give with the labels reversed.
 """
 
 from __future__ import annotations
@@ -28,6 +32,15 @@ from medad.evaluation.metrics import ORACLE_POLICIES
 PAPER_COLUMNS = ["source", "paper", "dataset", "subset", "detector", "metric", "value", "threshold_policy",
                  "split_match", "note"]
 SPLIT_MATCHES = ("yes", "sizes", "no")
+# Metrics where swapping the two labels maps the value v to exactly 1 - v (the probability that an anomaly
+# outscores a normal becomes the probability that a normal outscores an anomaly), so 0.5 is chance and an
+# interval turned over is the interval the paper would get with reversed labels. PR AUC has no such symmetry:
+# its chance level is the anomaly prevalence and reversing the labels changes which class it measures.
+SYMMETRIC_METRICS = ("roc_auc", "pixel_roc_auc")
+INSIDE, ABOVE, BELOW = "inside", "above", "below"
+NO_INTERVAL = "no interval"
+INVERTED = "reproduced interval below 0.5: scores inverted on this data"
+REVERSED_LABELS = "consistent with reversed labels in the paper's evaluation"
 
 
 def packaged_files() -> list[Path]:
@@ -59,6 +72,27 @@ def load_paper_results(paths: list[Path] | None = None) -> pd.DataFrame:
     """Every paper number (the packaged files unless ``paths`` is given), one frame."""
     frames = [read_paper_results(Path(p)) for p in (packaged_files() if paths is None else paths)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PAPER_COLUMNS)
+
+
+def verdict(metric: str, paper_value: float, low: float, high: float) -> str:
+    """Where the paper's value lies against the reproduced 95% interval [low, high], in words joined by "; ".
+
+    ``inside`` (low <= value <= high), ``above`` (value > high: the paper reports more than was reproduced)
+    or ``below`` (value < low); ``no interval`` when either end is not finite. For a label-symmetric metric
+    (:data:`SYMMETRIC_METRICS`, ROC AUC) two more findings may follow: :data:`INVERTED` when high < 0.5 (the
+    whole interval ranks anomalies below normals), and :data:`REVERSED_LABELS` when the value lies outside the
+    interval but inside the interval turned over, [1 - high, 1 - low] (the value a reversed label order would
+    give; when the value is inside the interval itself the reversed reading adds nothing).
+    """
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return NO_INTERVAL
+    parts = [INSIDE if low <= paper_value <= high else ABOVE if paper_value > high else BELOW]
+    if metric in SYMMETRIC_METRICS:
+        if high < 0.5:
+            parts.append(INVERTED)
+        if parts[0] != INSIDE and 1.0 - high <= paper_value <= 1.0 - low:
+            parts.append(REVERSED_LABELS)
+    return "; ".join(parts)
 
 
 def compare(paper: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:

@@ -24,6 +24,7 @@ from medad.evaluation.statistics import (
     rank_table,
     seed_mean_bootstrap,
 )
+from medad.reporting.paper_results import verdict
 from medad.reporting.run_data import DetectorTags, RunData, tags_using_test_labels, unit_name
 
 STUDY_METRICS = ("precision", "recall", "f1")
@@ -121,6 +122,9 @@ TAG_MEANINGS = {
     "deterministic": "trained and scored with deterministic algorithms: the same seed gives the same numbers on this "
                      "device",
     "score": "the image score used",
+    "diagnostics": "test-curve: the run scored the test set after every epoch as a diagnostic (history.csv, "
+                   "diagnostic_test_roc_auc); never used for selection, thresholds or ranking, and the fit is "
+                   "bit-identical to a run without it",
 }
 WARNING_TAGS = {"adaptation"}
 
@@ -520,30 +524,58 @@ def split_cell(split_match: str, split_info: dict | None) -> Cell:
     return Cell(split_match, split_match)
 
 
+def with_verdicts(data: RunData, comparison: pd.DataFrame) -> pd.DataFrame:
+    """``comparison`` (:func:`~medad.reporting.paper_results.compare`) with the reproduced 95% interval of each row
+    (``ci_low``, ``ci_high``, and ``interval``: how it was built or why there is none) and its ``verdict``.
+
+    The interval is the report's own (:func:`metric_interval`, as in TABLE 3): with one seed, that seed's
+    stratified bootstrap from metrics.csv; over several, the stratified bootstrap of the seed-mean with the test
+    images resampled jointly across seeds. Metrics without one (thresholded metrics over several seeds) get the
+    verdict "no interval", and so does a paper row that was not run.
+    """
+    lows, highs, hows, verdicts = [], [], [], []
+    for r in comparison.itertuples(index=False):
+        ci = (metric_interval(data, r.unit, r.detector, _select(data, r.unit, r.detector, r.metric, r.threshold_policy))
+              if r.seeds > 0 else Interval(float("nan"), float("nan"), "not run"))
+        ci = ci or Interval(float("nan"), float("nan"), f"metrics.csv has no interval of {r.metric}")
+        lows.append(ci.low), highs.append(ci.high), hows.append(ci.how)
+        verdicts.append(verdict(r.metric, float(r.value), ci.low, ci.high))
+    return comparison.assign(ci_low=lows, ci_high=highs, interval=hows, verdict=verdicts)
+
+
 def paper_table(data: RunData, comparison: pd.DataFrame) -> Table:
+    """Paper vs reproduced; ``comparison`` as :func:`with_verdicts` returns it."""
     rows = []
     for r in comparison.itertuples(index=False):
         policy = Cell(r.threshold_policy, r.threshold_policy)
         if r.oracle:
             policy.badges.append(Badge("oracle", "oracle", POLICY_TEXT.get(r.threshold_policy, "")))
+        values = _select(data, r.unit, r.detector, r.metric, r.threshold_policy)["value"]
         reproduced = (Cell("not run", None, "num") if r.seeds == 0 else
-                      Cell(fmt(r.reproduced) if r.seeds == 1 else f"{fmt(r.reproduced)} ± {fmt(r.std)}", r.reproduced, "num",
-                           f"{r.seeds} seed(s)"))
+                      number_cell(values, ci=Interval(r.ci_low, r.ci_high, r.interval)))
         rows.append([Cell(r.unit, r.unit), detector_cell(data, r.detector), Cell(LABELS.get(r.metric, r.metric), r.metric),
                      policy, Cell(fmt(r.value), r.value, "num"), reproduced,
                      Cell("–" if not np.isfinite(r.difference) else f"{r.difference:+.3f}",
                           r.difference if np.isfinite(r.difference) else None, "num"),
+                     Cell(r.verdict, r.verdict, "verdict", r.interval),
                      split_cell(r.split_match, data.manifest.get("splits", {}).get(r.unit)),
                      protocol_cell(data.tags.get(r.detector)), Cell(r.paper, r.paper, title=r.note)])
-    note = ("Paper numbers ship in medad/data/paper_results*.csv. Difference = reproduced − paper. "
+    note = ("Paper numbers ship in medad/data/paper_results*.csv. Reproduced: mean ± std over seeds [95% interval]; "
+            f"{INTERVAL_TEXT}. Difference = reproduced − paper. Verdict: the paper's value against that interval: "
+            "inside, above or below it (no interval: thresholded metrics over several seeds). For ROC AUC, "
+            "'reproduced interval below 0.5: scores inverted on this data' when the whole interval lies below chance "
+            "(the detector ranks anomalies below normals here), and 'consistent with reversed labels in the paper's "
+            "evaluation' when the paper's value lies outside the interval but inside the interval turned over "
+            "(1 − high, 1 − low): what the same scores give with the two labels swapped. That is a possible "
+            "explanation to check, not a finding about the paper. "
             "Protocol: what makes the reproduced rows differ from the paper's setting (the detector's own account, "
             "its 'deviations' tag, and protocol tags), beside each difference. "
             "split_match: yes = the paper's own file lists, sizes = the same split sizes drawn with our seed (checked "
             "against this run: 'test sizes only' when part of the training normals was carved off for validation), "
             "no = a different split.")
     return Table("paper-vs-reproduced", "Paper vs reproduced", ["Dataset/subset", "Detector", "Metric", "Policy", "Paper",
-                                                               "Reproduced", "Difference", "Split", "Protocol vs the paper",
-                                                               "Paper source"], rows, note)
+                                                               "Reproduced [95% CI]", "Difference", "Verdict", "Split",
+                                                               "Protocol vs the paper", "Paper source"], rows, note)
 
 
 def protocol_cell(tags: DetectorTags | None) -> Cell:
