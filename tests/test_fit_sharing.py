@@ -103,6 +103,17 @@ def test_fit_ids_share_across_oct_tasks_but_not_seeds_settings_or_test_set_seein
     assert set(fit_ids(expand_jobs(other_split, str(data_root))).values()).isdisjoint(ids.values())  # ... other fits
 
 
+def test_jobs_recording_the_test_set_diagnostic_never_share_a_fit(data_root, tmp_path):
+    """The test-curve diagnostic scores the job's own test set during the fit: a fit that records it is that job's."""
+    from medad.benchmark.fit_sharing import fit_ids
+
+    config = load_config(oct_config(tmp_path / "c.yaml", data_root, [{"name": "ae", "params": {"epochs": 1}}]))
+    shared = fit_ids(expand_jobs(config))
+    assert len(set(shared.values())) == 1
+    with_curve = fit_ids(expand_jobs(parse_config({**config.to_dict(), "test_curve": True})))
+    assert len(set(with_curve.values())) == len(SUBSETS)
+
+
 def test_shared_and_unshared_fits_give_the_same_metrics_and_scores_and_only_the_first_task_trains(data_root, tmp_path):
     detectors = [{"name": "ae", "params": {"epochs": 2, "batch_size": 8}}]
     shared = run(oct_config(tmp_path / "s.yaml", data_root, detectors, seeds=(0, 1)), tmp_path / "shared").path
