@@ -56,6 +56,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=None,
                         help="local: worker processes (default: one per GPU; CPU: one per core as memory allows, or "
                              "$MEDAD_WORKERS; 1 = in this process); ray/slurm: jobs at once (default: all)")
+    parser.add_argument("--workers-per-gpu", type=int, default=None, metavar="N",
+                        help="local: jobs sharing each GPU at once (default: as 80%% of its free memory holds at the jobs' "
+                             "measured peak, 4 GB each when unknown, at most 4, one core each); ray: each GPU job asks "
+                             "for 1/N GPU (default 1); slurm: N jobs per GPU task. Every worker gets cores // workers "
+                             "torch threads")
     parser.add_argument("--ray-address", default=None,
                         help="Ray cluster to use: 'auto' or ray://host:port (default: start a local Ray instance)")
     parser.add_argument("--max-retries", type=int, default=2,
@@ -146,7 +151,7 @@ def command_run(args: argparse.Namespace) -> int:
         summary = run_matrix(config, run_folder, data_root=data_root, executor=args.executor, workers=args.workers,
                              resume=existing is not None, progress=not args.quiet, fail_fast=args.fail_fast,
                              argv=sys.argv, executor_options=options, extend=args.extend is not None,
-                             overrides=list(args.set))
+                             overrides=list(args.set), workers_per_gpu=args.workers_per_gpu)
     except WriteError as error:
         print(f"medad: error: {error}. Every finished job is kept: fix this (free disk space, permissions), then "
               f"resume with: medad run --resume {run_folder.path}", file=sys.stderr)

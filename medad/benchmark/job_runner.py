@@ -314,10 +314,14 @@ def write_lost_job(run_folder: RunFolder, job: Job, error: str, worker: str) -> 
 
 
 def compute_job(job: Job, run_id: str, worker: str = "main", progress: bool = False,
-                live_log: Path | None = None) -> JobOutput:
+                live_log: Path | None = None, placement: dict[str, Any] | None = None) -> JobOutput:
     """Run ``job`` and return its output (status done or failed; its log as ``log.txt``); writes nothing to the run
-    folder but the ``live_log`` file, when given, as the job goes (removed at the end)."""
+    folder but the ``live_log`` file, when given, as the job goes (removed at the end). The record names the torch
+    ``threads`` the job ran on and, from the executor's ``placement``, the ``workers_per_gpu`` sharing its GPU."""
     record = job_record(job, run_id, f"{socket.gethostname()}:{worker}:{os.getpid()}")
+    record["threads"] = torch.get_num_threads()
+    if placement and placement.get("workers_per_gpu") is not None:
+        record["workers_per_gpu"] = placement["workers_per_gpu"]
     job_log = JobLog(live_log)
     tables: dict[str, pd.DataFrame] = {}
     files: dict[str, bytes] = {}
@@ -355,9 +359,11 @@ def live_log_path(run_folder: RunFolder, job_id: str) -> Path:
     return run_folder.jobs_dir / f".{job_id}.log"
 
 
-def run_job(job: Job, run_folder: RunFolder, worker: str = "main", progress: bool = False) -> dict[str, Any]:
+def run_job(job: Job, run_folder: RunFolder, worker: str = "main", progress: bool = False,
+            placement: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run ``job`` and write its folder; return the job record (status done or failed)."""
     make_dirs(run_folder.jobs_dir)
     live = live_log_path(run_folder, job.job_id)
     live.unlink(missing_ok=True)
-    return write_output(run_folder, compute_job(job, run_folder.run_id, worker, progress, live_log=live))
+    return write_output(run_folder, compute_job(job, run_folder.run_id, worker, progress, live_log=live,
+                                                placement=placement))
