@@ -42,7 +42,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a config value before validation (repeatable): image_size=128, "
                              "detectors.ganomaly.params.epochs=5 (entries by label or name)")
     parser.add_argument("--dry-run", action="store_true",
-                        help="check everything, print the job table (and on --resume/--extend what is done), run nothing")
+                        help="check everything, print the job table (and on --resume/--extend what is done) and each "
+                             "pending job's estimated device time from a short calibration (cached), run nothing")
+    parser.add_argument("--no-estimate", action="store_true", help="with --dry-run: no time estimate (no calibration)")
     parser.add_argument("--detectors", type=_csv, default=None, help="only these detectors (comma-separated)")
     parser.add_argument("--datasets", type=_csv, default=None, help="only these datasets (comma-separated)")
     parser.add_argument("--seeds", type=_seeds, default=None, help="these seeds instead of the config's")
@@ -138,6 +140,11 @@ def command_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         statuses = {r["job_id"]: r["status"] for r in run_folder.records()} if existing is not None else {}
         print(job_table(jobs, statuses))
+        pending = [job for job in jobs if statuses.get(job.job_id) != "done"]
+        if pending and not args.no_estimate:
+            from medad.benchmark.estimate import estimate_jobs, format_estimate
+
+            print(f"\n{format_estimate(estimate_jobs(pending), config.name)}")
         if problems:
             print(f"\n{PreflightError(problems)}", file=sys.stderr)
         return 2 if problems else 0
