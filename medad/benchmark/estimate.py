@@ -10,8 +10,9 @@ with ``epoch`` and ``setup`` in seconds per training image and ``step`` in secon
 
 The calibration (:func:`calibrate`) builds the detector with the job's own hyper-parameters, input size and
 channels on the job's device, precision and memory format, and fits it on ``n_cal`` random images (two
-batches: content does not change the arithmetic) with every budget at 1 unit: twice, the first a warm-up
-(cuDNN autotuning, the allocator, lazy modules), the second timed (``base``). Then, once per budget
+batches: content does not change the arithmetic) with every budget at 1 unit, timed (``base``), after a
+warm-up fit (on CUDA for every setting: cuDNN autotunes per shape; on the CPU once per process: imports,
+thread pools). Then, once per budget
 hyper-parameter, a fit with that one raised by ``extra`` units: its extra time / ``extra`` is one unit
 (an epoch over ``n_cal`` images, or one step). What the warm base fit spends beyond one unit of each
 budget (``setup``: caches of source features, memory settling, statistics over the training set) is
@@ -57,7 +58,8 @@ from medad.detectors.base import Detector, TrainLog
 from medad.registry import DETECTORS
 
 CALIBRATION_VERSION = 1  # part of the cache key: a change of the method times again
-EXTRA_UNITS = {"epochs": 2, "steps": 8}  # how far each budget is raised above 1 to time one unit of it
+EXTRA_UNITS = {"epochs": 1, "steps": 4}  # how far each budget is raised above 1 to time one unit of it
+_WARM_CPU: set[str] = set()  # {"cpu"} once this process has fitted a detector on the CPU (see calibrate)
 
 
 def random_images(count: int, channels: int, size: int, seed: int = 0, label: int = 0) -> ImageSet:
@@ -175,7 +177,9 @@ def calibrate(detector_name: str, params: dict[str, Any], *, image_size: int, ch
                     anomaly_pool=random_images(n_cal // 2, channels, image_size, seed=4, label=1))
     ones = {**params, **{name: 1 for name in budget}}
     args = (subset, image_size, channels, resolved, precision, memory_format)
-    _timed_fit(cls, ones, *args)  # warm-up
+    if resolved.type != "cpu" or "cpu" not in _WARM_CPU:
+        _timed_fit(cls, ones, *args)  # warm-up
+        _WARM_CPU.add(resolved.type)
     base, detector = _timed_fit(cls, ones, *args)
     score = _score_seconds_per_image(detector, subset.train, score_batch_size, resolved, precision)
     unit_s = {}
