@@ -60,7 +60,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                              "$MEDAD_WORKERS; 1 = in this process); ray/slurm: jobs at once (default: all)")
     parser.add_argument("--workers-per-gpu", type=int, default=None, metavar="N",
                         help="local: jobs sharing each GPU at once (default: as 80%% of its free memory holds at the jobs' "
-                             "measured peak, 4 GB each when unknown, at most 4, one core each); ray: each GPU job asks "
+                             "measured peak + 0.5 GB of CUDA context, 4 GB when unknown, at most 4, one core each); ray: each GPU job asks "
                              "for 1/N GPU (default 1); slurm: N jobs per GPU task. Every worker gets cores // workers "
                              "torch threads")
     parser.add_argument("--ray-address", default=None,

@@ -348,14 +348,15 @@ def fake_gpus(monkeypatch, count: int, free_mb: float | None, cores: int) -> Non
 
 
 def test_default_workers_per_gpu_from_free_memory_measured_peaks_and_cores():
-    from medad.benchmark.executors import JOB_GPU_MB_UNKNOWN, MAX_WORKERS_PER_GPU, default_workers_per_gpu
+    from medad.benchmark.executors import MAX_WORKERS_PER_GPU, default_workers_per_gpu
 
-    assert default_workers_per_gpu([80_000.0], None, cores=16) == MAX_WORKERS_PER_GPU == 4  # memory for 15: capped
+    assert default_workers_per_gpu([80_000.0], None, cores=16) == MAX_WORKERS_PER_GPU == 4  # memory for 13: capped
     assert default_workers_per_gpu([80_000.0], None, cores=16, cap=8) == 8
-    # an 8 GB card: unknown peaks are planned at 4 GB each, 80 % of the free memory holds one; measured 1 GB: six
-    assert default_workers_per_gpu([8_000.0], None, cores=16) == int(8_000 * 0.8 // JOB_GPU_MB_UNKNOWN) == 1
-    assert default_workers_per_gpu([8_000.0], 1_000.0, cores=16, cap=8) == 6
-    assert default_workers_per_gpu([80_000.0, 9_000.0], 2_000.0, cores=16) == 3    # the fullest GPU decides
+    # an 8 GB card: unknown peaks are planned at 4 GB + 0.5 GB of CUDA context each, 80 % of the free memory holds
+    # one; a measured peak of 1 GB: 6400 MB // 1.5 GB = four
+    assert default_workers_per_gpu([8_000.0], None, cores=16) == 1
+    assert default_workers_per_gpu([8_000.0], 1_000.0, cores=16, cap=8) == 4
+    assert default_workers_per_gpu([80_000.0, 9_000.0], 2_000.0, cores=16) == 2    # the fullest GPU decides
     assert default_workers_per_gpu([80_000.0] * 2, 500.0, cores=6) == 3              # a core for each worker
     assert default_workers_per_gpu([80_000.0] * 4, 500.0, cores=2) == 1              # never fewer than one
     assert default_workers_per_gpu([80_000.0, None], 500.0, cores=16) == 1           # memory unknown: one

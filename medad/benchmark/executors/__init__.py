@@ -32,10 +32,12 @@ MEMORY_PER_WORKER_GB = 2.5  # what one CPU worker may need: its RSS reaches 1.0-
 # processes training the same small fit on one GPU together trained 4.5x the images of one. A job whose peak is not
 # known yet is assumed to need JOB_GPU_MB_UNKNOWN (ten times the largest measured, room for 128 px study fits); at
 # most GPU_MEMORY_SHARE of a GPU's free memory is planned for, and no GPU gets more than MAX_WORKERS_PER_GPU workers
-# by default (more launch streams than that stop adding throughput and only add contention).
+# by default (more launch streams than that stop adding throughput and only add contention). A job's measured peak
+# (torch's max_memory_allocated) leaves out its process's CUDA context and the allocator's slack: CUDA_CONTEXT_MB more.
 MAX_WORKERS_PER_GPU = 4
 JOB_GPU_MB_UNKNOWN = 4096.0
 GPU_MEMORY_SHARE = 0.8
+CUDA_CONTEXT_MB = 512.0
 
 
 def available_memory_gb() -> float:
@@ -92,12 +94,12 @@ def gpu_free_memory_mb(count: int) -> list[float | None]:
 def default_workers_per_gpu(free_mb: Sequence[float | None], job_gpu_mb: float | None, cores: int,
                             cap: int = MAX_WORKERS_PER_GPU) -> int:
     """How many jobs each GPU runs at once by default: as many as :data:`GPU_MEMORY_SHARE` of the fullest GPU's
-    free memory holds at ``job_gpu_mb`` per job (the jobs' measured peak; None: :data:`JOB_GPU_MB_UNKNOWN`),
-    no more than ``cores`` workers in all (each keeps at least one core), at most ``cap``, at least 1. A GPU
+    free memory holds at ``job_gpu_mb`` per job (the jobs' measured peak; None: :data:`JOB_GPU_MB_UNKNOWN`) plus
+    :data:`CUDA_CONTEXT_MB` per worker process, no more than ``cores`` workers in all (each keeps at least one core), at most ``cap``, at least 1. A GPU
     whose free memory cannot be read gets 1 (nothing is planned on memory nobody measured)."""
     if not free_mb or any(free is None for free in free_mb):
         return 1
-    need = job_gpu_mb if job_gpu_mb is not None and job_gpu_mb > 0 else JOB_GPU_MB_UNKNOWN
+    need = (job_gpu_mb if job_gpu_mb is not None and job_gpu_mb > 0 else JOB_GPU_MB_UNKNOWN) + CUDA_CONTEXT_MB
     by_memory = int(min(free_mb) * GPU_MEMORY_SHARE // need)
     by_cores = cores // len(free_mb)
     return max(1, min(cap, by_memory, by_cores))
