@@ -301,7 +301,7 @@ def estimate_jobs(jobs: list[Job], fit_ids: dict[str, str] | None = None, *, n_c
             estimate.fit_s = calibration.fit_seconds(full, estimate.n_train)
     total = sum(e.total_s for e in estimates if e.total_s is not None)
     fits = len({e.fit_id for e in estimates})
-    device = ", ".join(sorted(devices)) or device_label(resolve_device(jobs[0].device if jobs else "auto"))
+    device = ", ".join(sorted(devices)) or "no device (nothing calibrated)"
     return Estimate(estimates, device, gpu, fits, total,
                     {key: value for key, value in calibrations.items() if isinstance(value, Calibration)})
 
