@@ -28,6 +28,7 @@ far below the peak wastes time somewhere; one near it can only go faster with le
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from collections import defaultdict
@@ -40,8 +41,8 @@ from torch.utils.flop_counter import flop_registry
 
 from medad.benchmark.acceleration import MEMORY_FORMATS, PRECISIONS, autocast, resolve_memory_format
 from medad.benchmark.config import hyperparameters
+from medad.benchmark.estimate import random_images
 from medad.benchmark.resources import resolve_device
-from medad.datasets.base import ImageSet
 from medad.detectors.base import TrainLog
 from medad.registry import DETECTORS
 
@@ -125,16 +126,6 @@ def matmul_gflops(device: torch.device, size: int = 4096, rounds: int = 5, round
     return best
 
 
-def random_images(count: int, channels: int, size: int, seed: int = 0) -> ImageSet:
-    """``count`` uniform-noise uint8 images: content does not change the arithmetic of a step."""
-    generator = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (count, channels, size, size), dtype=torch.uint8, generator=generator)
-    roi = torch.zeros(count, size, size, dtype=torch.uint8)
-    roi[:, size // 8: -size // 8, size // 8: -size // 8] = 1  # an organ region, for detectors that need one (sure-roi)
-    return ImageSet(images=images, labels=np.zeros(count, dtype=np.int64), ids=[f"img{i}" for i in range(count)],
-                    roi_masks=roi)
-
-
 def parse_params(items: list[str]) -> dict[str | None, dict[str, object]]:
     """``key=value`` (every detector) and ``name.key=value`` (one detector) -> {name or None: {key: value}}."""
     parsed: dict[str | None, dict[str, object]] = defaultdict(dict)
@@ -159,13 +150,15 @@ def build(name: str, image_size: int, channels: int, device: str, batch_size: in
     return cls(image_size=image_size, channels=channels, device=device, seed=0, **params), params
 
 
-def measure(name: str, args: argparse.Namespace, overrides: dict) -> list[dict[str, object]]:
-    """Rows (detector, phase, img/s, steps, GFLOP/img) for one detector."""
+def measure(name: str, args: argparse.Namespace, overrides: dict, count_flops: bool = True) -> list[dict[str, object]]:
+    """Rows (detector, phase, img/s, steps, GFLOP/img) for one detector; ``count_flops=False`` times the steps without
+    the FLOP counter (which runs Python at every aten op: GFLOP/img is then NaN)."""
     device = resolve_device(args.device)
     detector, params = build(name, args.image_size, args.channels, str(device), args.batch_size, overrides)
     detector.use_memory_format(resolve_memory_format(args.memory_format, device))
     train = random_images((args.steps + 1) * args.batch_size, args.channels, args.image_size)
-    with FlopCount() as flops, autocast(device, args.precision):
+    counter = FlopCount() if count_flops else contextlib.nullcontext()
+    with counter as flops, autocast(device, args.precision):
         log = TimedTrainLog(flops)
         cpu_started, started = time.process_time(), time.perf_counter()
         if detector.supervision == "semi-supervised":  # coronet-semi: a labelled pool of one batch
@@ -176,7 +169,7 @@ def measure(name: str, args: argparse.Namespace, overrides: dict) -> list[dict[s
             detector.fit(train, None, log)
         fit_seconds, fit_cpu = time.perf_counter() - started, time.process_time() - cpu_started
     rows = [{"detector": name, "phase": f"train:{phase}", "img_per_s": rate, "img_per_cpu_s": cpu_rate, "steps": steps,
-             "gflop_per_img": gflop}
+             "gflop_per_img": gflop if count_flops else float("nan")}
             for phase, (rate, cpu_rate, steps, gflop) in phase_rates(log.stamps, args.batch_size).items()]
     trained = len(log.stamps) * args.batch_size
     rows.append({"detector": name, "phase": "fit (all, incl. set-up)", "img_per_s": trained / fit_seconds,

@@ -113,7 +113,7 @@ def run(config: str | Path | dict | RunConfig | None = None, *, data_root: str |
         detectors: list[str] | None = None, datasets: list[str] | None = None, seeds: list[int] | None = None,
         device: str | None = None, memory_format: str | None = None, precision: str | None = None,
         deterministic: bool | None = None, executor: str = "local", workers: int | None = None, fail_fast: bool = False, progress: bool = False,
-        executor_options: dict[str, Any] | None = None) -> Run:
+        executor_options: dict[str, Any] | None = None, workers_per_gpu: int | None = None) -> Run:
     """Run a benchmark matrix, as ``medad run`` does; return the run (folder, frames, report).
 
     ``config``: a YAML path or a shipped config's name (``default``, ``study``, ``papers``), a mapping in the
@@ -129,7 +129,7 @@ def run(config: str | Path | dict | RunConfig | None = None, *, data_root: str |
     folder = RunFolder(Path(results) / run_id)
     summary = run_matrix(chosen, folder, data_root=data_root or os.environ.get("MEDAD_DATA"), executor=executor,
                          workers=workers, progress=progress, fail_fast=fail_fast, argv=["medad.run()"],
-                         executor_options=executor_options)
+                         executor_options=executor_options, workers_per_gpu=workers_per_gpu)
     report = None
     if reports is not None:
         from medad.reporting.html import build_report

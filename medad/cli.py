@@ -42,7 +42,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a config value before validation (repeatable): image_size=128, "
                              "detectors.ganomaly.params.epochs=5 (entries by label or name)")
     parser.add_argument("--dry-run", action="store_true",
-                        help="check everything, print the job table (and on --resume/--extend what is done), run nothing")
+                        help="check everything, print the job table (and on --resume/--extend what is done) and each "
+                             "pending job's estimated device time from a short calibration (cached), run nothing")
+    parser.add_argument("--no-estimate", action="store_true", help="with --dry-run: no time estimate (no calibration)")
     parser.add_argument("--detectors", type=_csv, default=None, help="only these detectors (comma-separated)")
     parser.add_argument("--datasets", type=_csv, default=None, help="only these datasets (comma-separated)")
     parser.add_argument("--seeds", type=_seeds, default=None, help="these seeds instead of the config's")
@@ -60,6 +62,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=None,
                         help="local: worker processes (default: one per GPU; CPU: one per core as memory allows, or "
                              "$MEDAD_WORKERS; 1 = in this process); ray/slurm: jobs at once (default: all)")
+    parser.add_argument("--workers-per-gpu", type=int, default=None, metavar="N",
+                        help="local: jobs sharing each GPU at once (default: as 80%% of its free memory holds at the jobs' "
+                             "measured peak + 0.5 GB of CUDA context, 4 GB when unknown, at most 4, one core each); ray: each GPU job asks "
+                             "for 1/N GPU (default 1); slurm: N jobs per GPU task. Every worker gets cores // workers "
+                             "torch threads")
     parser.add_argument("--ray-address", default=None,
                         help="Ray cluster to use: 'auto' or ray://host:port (default: start a local Ray instance)")
     parser.add_argument("--max-retries", type=int, default=2,
@@ -141,6 +148,11 @@ def command_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         statuses = {r["job_id"]: r["status"] for r in run_folder.records()} if existing is not None else {}
         print(job_table(jobs, statuses, fits=fit_ids(jobs, config.share_fits)))
+        pending = [job for job in jobs if statuses.get(job.job_id) != "done"]
+        if pending and not args.no_estimate:
+            from medad.benchmark.estimate import estimate_jobs, format_estimate
+
+            print(f"\n{format_estimate(estimate_jobs(pending, fit_ids(pending, config.share_fits)), config.name)}")
         if problems:
             print(f"\n{PreflightError(problems)}", file=sys.stderr)
         return 2 if problems else 0
@@ -154,7 +166,7 @@ def command_run(args: argparse.Namespace) -> int:
         summary = run_matrix(config, run_folder, data_root=data_root, executor=args.executor, workers=args.workers,
                              resume=existing is not None, progress=not args.quiet, fail_fast=args.fail_fast,
                              argv=sys.argv, executor_options=options, extend=args.extend is not None,
-                             overrides=list(args.set))
+                             overrides=list(args.set), workers_per_gpu=args.workers_per_gpu)
     except WriteError as error:
         print(f"medad: error: {error}. Every finished job is kept: fix this (free disk space, permissions), then "
               f"resume with: medad run --resume {run_folder.path}", file=sys.stderr)

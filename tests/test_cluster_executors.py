@@ -11,6 +11,7 @@ import shutil
 import signal
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -286,9 +287,9 @@ def test_a_slurm_task_lost_is_submitted_again_then_recorded_failed(ae_config, tm
     job = expand_jobs(load_config(ae_config))[0]
     run_folder, records = RunFolder(tmp_path / "tiny"), []
     executor = SlurmExecutor(cluster="local", max_retries=1)
-    assert executor._collect(submitit, _LostHandle(), job, 0, run_folder, records.append) is True
+    assert executor._collect(submitit, _LostHandle(), [job], 0, run_folder, records.append) is True
     assert records == [] and run_folder.job_record(job.job_id) is None
-    assert executor._collect(submitit, _LostHandle(), job, 1, run_folder, records.append) is False
+    assert executor._collect(submitit, _LostHandle(), [job], 1, run_folder, records.append) is False
     record = run_folder.job_record(job.job_id)
     assert record["status"] == "failed" and record["error"].startswith("lost after 1 retries (SLURM job 4242_0)")
     assert records == [record]
@@ -332,3 +333,144 @@ def test_local_pool_gives_each_worker_one_gpu_and_spreads_jobs_over_all(tmp_path
     for job in jobs:  # the GPU a job saw is the one its worker was started with
         assert seen[(job.subset, job.seed)][0] == gpu_of_worker[job.job_id]
     assert set(gpu_of_worker.values()) == {"0", "1"}, "the jobs did not spread over both workers"
+
+
+# --- several jobs per GPU, with the GPU count and memory faked ------------------------------------------------
+def fake_gpus(monkeypatch, count: int, free_mb: float | None, cores: int) -> None:
+    """Make this process see ``count`` GPUs with ``free_mb`` free each (None: unreadable) and ``cores`` cores."""
+    from medad.benchmark import executors
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(executors, "gpu_free_memory_mb", lambda n: [free_mb] * n)
+    monkeypatch.setattr(executors, "usable_cores", lambda: cores)
+
+
+def test_default_workers_per_gpu_from_free_memory_measured_peaks_and_cores():
+    from medad.benchmark.executors import MAX_WORKERS_PER_GPU, default_workers_per_gpu
+
+    assert default_workers_per_gpu([80_000.0], None, cores=16) == MAX_WORKERS_PER_GPU == 4  # memory for 13: capped
+    assert default_workers_per_gpu([80_000.0], None, cores=16, cap=8) == 8
+    # an 8 GB card: unknown peaks are planned at 4 GB + 0.5 GB of CUDA context each, 80 % of the free memory holds
+    # one; a measured peak of 1 GB: 6400 MB // 1.5 GB = four
+    assert default_workers_per_gpu([8_000.0], None, cores=16) == 1
+    assert default_workers_per_gpu([8_000.0], 1_000.0, cores=16, cap=8) == 4
+    assert default_workers_per_gpu([80_000.0, 9_000.0], 2_000.0, cores=16) == 2    # the fullest GPU decides
+    assert default_workers_per_gpu([80_000.0] * 2, 500.0, cores=6) == 3              # a core for each worker
+    assert default_workers_per_gpu([80_000.0] * 4, 500.0, cores=2) == 1              # never fewer than one
+    assert default_workers_per_gpu([80_000.0, None], 500.0, cores=16) == 1           # memory unknown: one
+
+
+def test_local_gpu_pool_packs_workers_per_gpu_and_splits_the_cores(monkeypatch):
+    fake_gpus(monkeypatch, count=2, free_mb=80_000.0, cores=16)
+    pool = make_executor("local", "auto", None, jobs=100)
+    assert isinstance(pool, ProcessPoolExecutor)
+    assert (pool.workers, pool.workers_per_gpu, pool.threads_per_worker) == (8, 4, 2)
+    assert [pool.gpu_of(i) for i in range(8)] == ["0", "1"] * 4                      # four workers on each GPU
+    assert pool.placement() == {"workers": 8, "threads": 2, "workers_per_gpu": 4, "gpus": 2}
+    few = make_executor("local", "auto", None, jobs=3)                                # no idle workers
+    assert (few.workers, few.threads_per_worker) == (3, 5)
+    measured = make_executor("local", "auto", None, jobs=100, job_gpu_mb=30_000.0)    # measured peaks: 2 fit
+    assert (measured.workers, measured.workers_per_gpu, measured.threads_per_worker) == (4, 2, 4)
+    asked = make_executor("local", "auto", 3, jobs=100, workers_per_gpu=2)            # --workers: the total
+    assert (asked.workers, asked.workers_per_gpu, asked.threads_per_worker) == (3, 2, 5)
+    assert [asked.gpu_of(i) for i in range(3)] == ["0", "1", "0"]
+    with pytest.raises(ValueError, match="--workers 5 but only 2 GPUs .* 2 worker\\(s\\) per GPU; give --workers-per-gpu 3"):
+        make_executor("local", "auto", 5, workers_per_gpu=2)
+    with pytest.raises(ValueError, match="--workers-per-gpu must be >= 1"):
+        make_executor("local", "auto", None, workers_per_gpu=0)
+    fake_gpus(monkeypatch, count=1, free_mb=None, cores=16)                         # memory unreadable: one
+    assert make_executor("local", "auto", None, jobs=100).workers == 1
+
+
+def test_workers_sharing_a_gpu_see_that_gpu_and_run_their_share_of_the_cores(tmp_path, monkeypatch):
+    fake_gpus(monkeypatch, count=2, free_mb=80_000.0, cores=8)
+    executor = make_executor("local", "auto", None, jobs=4, workers_per_gpu=2)
+    monkeypatch.undo()  # the workers are fresh processes; this one goes back to its real torch
+    assert (executor.workers, executor.threads_per_worker) == (4, 2)
+
+    probe = {"name": f"{PROBES}:DeviceProbe", "label": "probe", "params": {"barrier_dir": str(tmp_path / "barrier")}}
+    config = load_config(write_config(tmp_path / "probe.yaml", detectors=[probe], subsets=SUBSETS, seeds=(0, 1)))
+    jobs = expand_jobs(config)
+    run_folder = RunFolder(tmp_path / "pool")
+    records: list[dict] = []
+    executor.run(jobs, run_folder, records.append, progress=False)
+    run_folder.merge()
+
+    assert sorted(r["job_id"] for r in records) == sorted(job.job_id for job in jobs)
+    assert {r["status"] for r in records} == {"done"}
+    metrics = pd.read_csv(run_folder.path / "metrics.csv", dtype={"cuda_visible_devices": str})
+    seen = metrics.groupby(["subset", "seed"])["cuda_visible_devices"].unique()
+    for record in records:  # worker i runs on GPU i mod 2, and its jobs saw that GPU alone
+        name = record["worker"].split(":")[1]
+        index, gpu = name.removeprefix("worker").split("-gpu")
+        assert gpu == str(int(index) % 2)
+        assert list(seen[(record["subset"], record["seed"])]) == [gpu]
+        assert (record["threads"], record["workers_per_gpu"]) == (2, 2)
+    jobs_csv = pd.read_csv(run_folder.path / "jobs.csv")
+    assert set(jobs_csv["threads"]) == {2} and set(jobs_csv["workers_per_gpu"]) == {2}
+
+
+def test_a_ray_task_asks_for_its_share_of_a_gpu():
+    from medad.benchmark.executors.ray import RayExecutor
+
+    raw = {"name": "r", "image_size": 32, "device": "auto", "datasets": [{"name": "synthetic", "subsets": ["obvious"]}],
+           "detectors": [{"name": "ae"}, {"name": "ae", "label": "ae-whole", "resources": {"gpus": 1, "cpus": 2}},
+                         {"name": "ae", "label": "ae-cpu", "resources": {"gpus": 0}}]}
+    jobs = expand_jobs(parse_config(raw))
+    task, executor = _RecordingTask(), RayExecutor(workers_per_gpu=4)
+    for job in jobs:
+        executor._submit(None, task, job, "r", gpus_available=True)
+    shared, whole, cpu = task.submitted
+    assert (shared["num_gpus"], shared["num_cpus"]) == (0.25, 1)        # four such tasks fill one GPU
+    assert (whole["num_gpus"], whole["num_cpus"]) == (1, 2)             # what a config states wins
+    assert cpu["num_gpus"] == 0
+    assert job_resources(jobs[0], gpus_available=True, workers_per_gpu=3).gpus == 0.3333
+    assert make_executor("ray", "auto", None, workers_per_gpu=3).placement() == {"workers_per_gpu": 3,
+                                                                                  "gpu_per_task": 0.3333}
+
+
+class _RecordingArray:
+    """Stands in for a submitit executor: keeps its parameters and runs each submission at once, in this process."""
+
+    def __init__(self) -> None:
+        self.params: dict = {}
+        self.submitted: list[list] = []
+
+    def update_parameters(self, **params) -> None:
+        self.params.update(params)
+
+    def batch(self):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def submit(self, function, unit, *args):
+        self.submitted.append([job.job_id for job in unit])
+
+        class Done:
+            job_id = "1_0"
+            done = staticmethod(lambda: True)
+            result = staticmethod(lambda: function(unit, *args))
+        return Done()
+
+
+def test_slurm_packs_workers_per_gpu_jobs_into_one_gpu_task(tmp_path, monkeypatch):
+    submitit = pytest.importorskip("submitit")
+    from medad.benchmark.executors.slurm import SlurmExecutor
+
+    array = _RecordingArray()
+    monkeypatch.setattr(submitit, "AutoExecutor", lambda folder, cluster: array)
+    probe = {"name": f"{PROBES}:DeviceProbe", "label": "probe", "params": {"barrier_dir": str(tmp_path / "barrier"),
+                                                                          "workers": 1}}
+    config = load_config(write_config(tmp_path / "probe.yaml", detectors=[probe], subsets=SUBSETS, seeds=(0, 1)))
+    jobs = [replace(job, device="auto") for job in expand_jobs(config)]              # GPU jobs, run on this CPU
+    run_folder, records = RunFolder(tmp_path / "packed"), []
+    SlurmExecutor(cluster="slurm", workers_per_gpu=2, poll_s=0.01).run(jobs, run_folder, records.append, progress=False)
+    assert array.submitted == [[jobs[0].job_id, jobs[1].job_id], [jobs[2].job_id, jobs[3].job_id]]
+    assert (array.params["gpus_per_node"], array.params["cpus_per_task"]) == (1, 2)   # one GPU, a core per job
+    assert sorted(r["job_id"] for r in records) == sorted(job.job_id for job in jobs)
+    assert {r["status"] for r in records} == {"done"} and {r["workers_per_gpu"] for r in records} == {2}
+    pids = {r["job_id"]: r["worker"].rsplit(":", 1)[1] for r in records}
+    assert pids[jobs[0].job_id] != pids[jobs[1].job_id], "the two jobs of a task did not run side by side"

@@ -265,3 +265,16 @@ def test_each_job_keeps_its_log_with_a_line_per_epoch_and_no_live_log_is_left(tm
     assert "epoch 1/2" in text and "epoch 2/2" in text and "mse=" in text and "ROC AUC" in text
     assert "done in" in text.splitlines()[-1]
     assert not list((tmp_path / "r" / "jobs").glob(".*.log"))                        # the live log is gone
+
+
+def test_the_manifest_and_every_job_row_say_how_the_jobs_were_placed(tmp_path):
+    import torch
+
+    config = load_config(write_config(tmp_path / "c.yaml", detectors=[{"name": TEMPLATE, "label": "t"}], seeds=(0, 1)))
+    summary = run_matrix(config, RunFolder(tmp_path / "r"), workers=1, progress=False)
+    assert summary.ok
+    manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert manifest["placement"] == {"workers": 1, "threads": torch.get_num_threads()}
+    assert set(pd.read_csv(tmp_path / "r" / "jobs.csv")["threads"]) == {torch.get_num_threads()}
+    run_matrix(config, RunFolder(tmp_path / "r"), workers=1, progress=False, resume=True)   # a session of its own
+    assert json.loads((tmp_path / "r" / "manifest.json").read_text())["sessions"][-1]["placement"]["workers"] == 1

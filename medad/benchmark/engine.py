@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import math
 import platform
 import signal
 import sys
@@ -192,10 +193,27 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def measured_gpu_peak_mb(run_folder: RunFolder, pending: list[Job]) -> float | None:
+    """The largest GPU memory peak (MB) the run's finished jobs measured for the detectors of ``pending``, or None
+    when a pending detector has no measured job yet (a new run: the executor assumes its documented default)."""
+    peaks: dict[str, float] = {}
+    for record in run_folder.records():
+        try:
+            peak = float(record.get("peak_gpu_mb"))
+        except (TypeError, ValueError):
+            continue
+        if record.get("status") == "done" and math.isfinite(peak):
+            peaks[record["detector"]] = max(peak, peaks.get(record["detector"], 0.0))
+    needed = {job.detector for job in pending}
+    if not needed or not needed <= set(peaks):
+        return None
+    return max(peaks[label] for label in needed)
+
+
 def run_matrix(config: RunConfig, run_folder: RunFolder, *, data_root: str | None = None, executor: str = "local",
                workers: int | None = None, resume: bool = False, progress: bool = True, fail_fast: bool = False,
                argv: list[str] | None = None, executor_options: dict[str, Any] | None = None, extend: bool = False,
-               overrides: list[str] | None = None) -> RunSummary:
+               overrides: list[str] | None = None, workers_per_gpu: int | None = None) -> RunSummary:
     """Run every job of ``config`` not yet done in ``run_folder``; return the counts by status.
 
     ``executor_options`` go to :func:`make_executor` (``ray_address``, ``max_retries``, ``slurm_params``...).
@@ -205,18 +223,20 @@ def run_matrix(config: RunConfig, run_folder: RunFolder, *, data_root: str | Non
     cannot be written stops it with a :class:`~medad.atomic_files.WriteError` naming the path; either way
     every finished job is kept and ``--resume`` goes on from there. ``extend`` (with ``resume``) records
     ``config`` (the run's, grown by :func:`extend_config`) as the run's config: only its new cells run.
-    ``overrides`` (the ``--set`` items) are recorded in the manifest.
+    ``overrides`` (the ``--set`` items) are recorded in the manifest. ``workers_per_gpu``: jobs sharing each GPU
+    (default: from the GPUs' free memory, the peaks this run's finished jobs measured, and the cores); how the
+    executor placed its workers (``workers``, ``threads``, ``workers_per_gpu``) is recorded in the manifest.
     """
     with run_lock(run_folder.path), _sigterm_as_interrupt():
         return _run_locked(config, run_folder, data_root=data_root, executor=executor, workers=workers,
                            resume=resume or extend, progress=progress, fail_fast=fail_fast,
                            argv=argv if argv is not None else sys.argv, executor_options=executor_options or {},
-                           extend=extend, overrides=overrides or [])
+                           extend=extend, overrides=overrides or [], workers_per_gpu=workers_per_gpu)
 
 
 def _run_locked(config: RunConfig, run_folder: RunFolder, *, data_root: str | None, executor: str, workers: int | None,
                 resume: bool, progress: bool, fail_fast: bool, argv: list[str], executor_options: dict[str, Any],
-                extend: bool, overrides: list[str]) -> RunSummary:
+                extend: bool, overrides: list[str], workers_per_gpu: int | None) -> RunSummary:
     if resume:
         manifest = run_folder.read_manifest()
         data_root = manifest.get("data_root") if data_root is None else data_root
@@ -233,11 +253,6 @@ def _run_locked(config: RunConfig, run_folder: RunFolder, *, data_root: str | No
         manifest = new_manifest(config, data_root, executor, argv)
         manifest["run_id"] = run_folder.run_id
         manifest["overrides"] = overrides
-    manifest["status"] = "running"
-    run_folder.write_manifest(manifest)
-
-    if config.deterministic:  # before any worker starts: each inherits it before its first cuBLAS call
-        set_cublas_workspace()
     jobs = expand_jobs(config, data_root)
     done = run_folder.done_job_ids()
     pending = [job for job in jobs if job.job_id not in done]
@@ -246,6 +261,20 @@ def _run_locked(config: RunConfig, run_folder: RunFolder, *, data_root: str | No
     units = fit_units(pending, config.share_fits)  # jobs whose training is identical: one fit, run by one worker
     if len(units) < len(pending):
         log.info("%d jobs to run share %d fits", len(pending), len(units))
+    if config.deterministic:  # before any worker starts: each inherits it before its first cuBLAS call
+        set_cublas_workspace()
+    if fail_fast:  # one job at a time, so that nothing starts after the first failure
+        runner = make_executor(executor, "cpu", 1, **executor_options)
+    else:
+        runner = make_executor(executor, config.device, workers, jobs=len(units), workers_per_gpu=workers_per_gpu,
+                               job_gpu_mb=measured_gpu_peak_mb(run_folder, pending), **executor_options)
+    placement = runner.placement() if hasattr(runner, "placement") else {}
+    if resume:
+        manifest["sessions"][-1]["placement"] = placement
+    else:
+        manifest["placement"] = placement
+    manifest["status"] = "running"
+    run_folder.write_manifest(manifest)
 
     stop = {"failed": False}
 
@@ -256,12 +285,10 @@ def _run_locked(config: RunConfig, run_folder: RunFolder, *, data_root: str | No
             log.warning("job %s failed: %s", record["job_id"], record["error"])
 
     try:
-        if fail_fast:  # one job at a time, so that nothing starts after the first failure
-            make_executor(executor, "cpu", 1, **executor_options).run(units, run_folder, on_record, progress=progress,
-                                                                      stop=lambda: stop["failed"])
+        if fail_fast:
+            runner.run(units, run_folder, on_record, progress=progress, stop=lambda: stop["failed"])
         else:
-            make_executor(executor, config.device, workers, jobs=len(units), **executor_options).run(
-                units, run_folder, on_record, progress=progress)
+            runner.run(units, run_folder, on_record, progress=progress)
     except KeyboardInterrupt:
         _leave_resumable(run_folder, manifest, "interrupted")
         raise RunInterrupted(run_folder.path, len(run_folder.done_job_ids()), len(jobs)) from None

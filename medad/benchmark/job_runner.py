@@ -336,11 +336,17 @@ def write_lost_job(run_folder: RunFolder, job: Job, error: str, worker: str) -> 
 
 
 def compute_job(job: Job, run_id: str, worker: str = "main", progress: bool = False,
-                live_log: Path | None = None, shared: SharedFit | None = None) -> JobOutput:
+                live_log: Path | None = None, shared: SharedFit | None = None,
+                placement: dict[str, Any] | None = None) -> JobOutput:
     """Run ``job`` and return its output (status done or failed; its log as ``log.txt``); writes nothing to the run
-    folder but the ``live_log`` file, when given, as the job goes (removed at the end). ``shared``: its unit's fit."""
+    folder but the ``live_log`` file, when given, as the job goes (removed at the end). ``shared``: its unit's fit.
+    The record names the torch ``threads`` the job ran on and, from the executor's ``placement``, the
+    ``workers_per_gpu`` sharing its GPU."""
     shared = shared or SharedFit(fit_id(job, share=False))
     record = job_record(job, run_id, f"{socket.gethostname()}:{worker}:{os.getpid()}")
+    record["threads"] = torch.get_num_threads()
+    if placement and placement.get("workers_per_gpu") is not None:
+        record["workers_per_gpu"] = placement["workers_per_gpu"]
     job_log = JobLog(live_log)
     tables: dict[str, pd.DataFrame] = {}
     files: dict[str, bytes] = {}
@@ -383,19 +389,21 @@ def live_log_path(run_folder: RunFolder, job_id: str) -> Path:
 
 def compute_unit(unit: Job | FitUnit, run_id: str, worker: str = "main", progress: bool = False,
                  live_log: Callable[[str], Path | None] = lambda job_id: None,
-                 stop: Callable[[], bool] | None = None) -> Iterator[JobOutput]:
+                 stop: Callable[[], bool] | None = None, placement: dict[str, Any] | None = None) -> Iterator[JobOutput]:
     """Run the jobs of ``unit`` in turn, the first training the fit and the others scoring with it; yield each job's
-    output as it ends (``live_log(job_id)``: where its log grows). ``stop()`` true: start no further job."""
+    output as it ends (``live_log(job_id)``: where its log grows). ``stop()`` true: start no further job.
+    ``placement``: the executor's (see :func:`compute_job`)."""
     unit = as_unit(unit)
     shared = SharedFit(unit.fit_id, uses=len(unit.jobs))
     for job in unit.jobs:
         if stop is not None and stop():
             return
-        yield compute_job(job, run_id, worker, progress, live_log=live_log(job.job_id), shared=shared)
+        yield compute_job(job, run_id, worker, progress, live_log=live_log(job.job_id), shared=shared,
+                          placement=placement)
 
 
 def run_unit(unit: Job | FitUnit, run_folder: RunFolder, worker: str = "main", progress: bool = False,
-             stop: Callable[[], bool] | None = None) -> Iterator[dict[str, Any]]:
+             stop: Callable[[], bool] | None = None, placement: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
     """Run the jobs of ``unit`` (:func:`compute_unit`), writing each job's folder as it ends; yield its record."""
     make_dirs(run_folder.jobs_dir)
 
@@ -404,10 +412,11 @@ def run_unit(unit: Job | FitUnit, run_folder: RunFolder, worker: str = "main", p
         path.unlink(missing_ok=True)
         return path
 
-    for output in compute_unit(unit, run_folder.run_id, worker, progress, live, stop):
+    for output in compute_unit(unit, run_folder.run_id, worker, progress, live, stop, placement):
         yield write_output(run_folder, output)
 
 
-def run_job(job: Job, run_folder: RunFolder, worker: str = "main", progress: bool = False) -> dict[str, Any]:
+def run_job(job: Job, run_folder: RunFolder, worker: str = "main", progress: bool = False,
+            placement: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run ``job`` and write its folder; return the job record (status done or failed)."""
-    return next(run_unit(job, run_folder, worker, progress))
+    return next(run_unit(job, run_folder, worker, progress, placement=placement))

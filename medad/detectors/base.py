@@ -119,6 +119,15 @@ class Detector(abc.ABC):
         return []
 
     @classmethod
+    def training_budget(cls, params: dict[str, Any]) -> dict[str, str]:
+        """The hyper-parameters that set how long a fit with ``params`` (every hyper-parameter, defaults filled in)
+        trains, each with its unit: ``"epochs"`` (passes over the training images) or ``"steps"`` (batches, however
+        many training images there are). Read by the cost estimate (:mod:`medad.benchmark.estimate`). Default:
+        every integer hyper-parameter named ``*epochs`` that ``params`` sets above 0."""
+        return {name: "epochs" for name, value in params.items()
+                if name.endswith("epochs") and isinstance(value, int) and not isinstance(value, bool) and value > 0}
+
+    @classmethod
     def check_settings(cls, params: dict[str, Any]) -> None:
         """Raise ValueError for hyper-parameters that are each in range but not valid together.
 

@@ -1,11 +1,13 @@
-"""The local executors: jobs in this process, or a pool of worker processes (one per GPU, or per CPU core).
+"""The local executors: jobs in this process, or a pool of worker processes (N per GPU, or one per CPU core).
 
 The pool follows anomalib's runner split: the engine expands jobs, an executor runs them and calls
 back with each job's record. On a machine with GPUs, worker ``i`` is started with
-``CUDA_VISIBLE_DEVICES=<gpu i>`` so it sees exactly one GPU; workers pull jobs from one shared queue,
-so a fast GPU takes more jobs. Jobs that share a fit (:mod:`medad.benchmark.fit_sharing`) are one item of
-the queue: the worker trains once and scores each. A worker that dies (out of memory, segfault) has the jobs
-of its item not yet finished recorded as failed and is replaced.
+``CUDA_VISIBLE_DEVICES=<gpu i mod GPUs>`` so it sees exactly one GPU, which it shares with the other
+workers of that GPU (``workers_per_gpu``: small fits leave a GPU mostly idle, and several processes
+fill it); workers pull jobs from one shared queue, so a fast GPU takes more jobs. Every worker runs
+``threads_per_worker`` torch threads. Jobs that share a fit (:mod:`medad.benchmark.fit_sharing`) are one
+item of the queue: the worker trains once and scores each. A worker that dies (out of memory, segfault) has
+the jobs of its item not yet finished recorded as failed and is replaced.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ class InProcessExecutor:
     """Runs jobs one after another in this process (the CPU default)."""
 
     name = "local"
+
+    def placement(self) -> dict[str, Any]:
+        """One worker (this process) on torch's threads, for the manifest."""
+        return {"workers": 1, "threads": torch.get_num_threads()}
 
     def run(self, jobs: Sequence[Job | FitUnit], run_folder: RunFolder, on_record: OnRecord, progress: bool = True,
             stop: Callable[[], bool] | None = None) -> None:
@@ -103,48 +109,80 @@ def die_with_parent(parent: int, check_every_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def _worker_main(run_path: str, tasks: mp.Queue, results: mp.Queue, worker: str, threads: int, parent: int) -> None:
-    """A pool worker: take jobs until the ``None`` sentinel; report 'start' and the record of each.
+def set_threads(threads: int) -> None:
+    """Give this process ``threads`` torch threads, intra-op and inter-op (0: torch's defaults).
+
+    The inter-op pool can only be sized before torch first uses it; a process that already did keeps its own."""
+    if threads <= 0:
+        return
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:  # "cannot set number of interop threads after parallel work has started"
+        pass
+
+
+def _worker_main(run_path: str, tasks: mp.Queue, results: mp.Queue, worker: str, threads: int, parent: int,
+                 placement: dict[str, Any] | None = None) -> None:
+    """A pool worker: take jobs until the ``None`` sentinel; report 'start' and the record of each (which carries
+    ``placement``, e.g. how many workers share its GPU).
 
     Ctrl-C reaches the whole process group: workers ignore it and are stopped by the parent, which
     alone reports the interruption.
     """
     die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if threads > 0:
-        torch.set_num_threads(threads)
+    set_threads(threads)
     run_folder = RunFolder(run_path)
     while True:
         unit = tasks.get()
         if unit is None:
             return
         results.put(("start", worker, unit.leader.job_id))
-        for record in run_unit(unit, run_folder, worker=worker):
+        for record in run_unit(unit, run_folder, worker=worker, placement=placement):
             results.put(("record", worker, record))
 
 
 class ProcessPoolExecutor:
-    """A pool of worker processes; ``gpu_ids`` pins one GPU per worker through CUDA_VISIBLE_DEVICES."""
+    """A pool of worker processes; ``gpu_ids`` pins one GPU per worker through CUDA_VISIBLE_DEVICES, worker ``i``
+    getting GPU ``i mod len(gpu_ids)``, so that at most ``workers_per_gpu`` workers share a GPU."""
 
     name = "local"
 
-    def __init__(self, workers: int, gpu_ids: Sequence[str] | None = None, threads_per_worker: int = 0) -> None:
+    def __init__(self, workers: int, gpu_ids: Sequence[str] | None = None, threads_per_worker: int = 0,
+                 workers_per_gpu: int = 1) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
-        if gpu_ids is not None and len(gpu_ids) < workers:
-            raise ValueError(f"{workers} workers but only {len(gpu_ids)} GPUs ({', '.join(gpu_ids)})")
+        if workers_per_gpu < 1:
+            raise ValueError(f"workers_per_gpu must be >= 1, got {workers_per_gpu}")
+        if gpu_ids is not None and len(gpu_ids) * workers_per_gpu < workers:
+            raise ValueError(f"{workers} workers but only {len(gpu_ids)} GPUs ({', '.join(gpu_ids)}) x "
+                             f"{workers_per_gpu} worker(s) per GPU")
         self.workers = workers
         self.gpu_ids = list(gpu_ids) if gpu_ids is not None else None
         self.threads_per_worker = threads_per_worker
+        self.workers_per_gpu = workers_per_gpu if gpu_ids is not None else None
         self.context = mp.get_context("spawn")
 
+    def gpu_of(self, index: int) -> str | None:
+        """The GPU id (``CUDA_VISIBLE_DEVICES`` value) worker ``index`` runs on, None without GPUs."""
+        return self.gpu_ids[index % len(self.gpu_ids)] if self.gpu_ids is not None else None
+
+    def placement(self) -> dict[str, Any]:
+        """How the pool places its workers, for the manifest and every job record."""
+        return {"workers": self.workers, "threads": self.threads_per_worker or torch.get_num_threads(),
+                **({"workers_per_gpu": self.workers_per_gpu, "gpus": len(self.gpu_ids)} if self.gpu_ids is not None
+                   else {})}
+
     def _start(self, index: int, run_folder: RunFolder, tasks, results) -> mp.Process:
-        name = f"worker{index}" + (f"-gpu{self.gpu_ids[index]}" if self.gpu_ids is not None else "")
+        gpu = self.gpu_of(index)
+        name = f"worker{index}" + (f"-gpu{gpu}" if gpu is not None else "")
         process = self.context.Process(target=_worker_main, name=name, daemon=True,
-                                       args=(str(run_folder.path), tasks, results, name, self.threads_per_worker, os.getpid()))
+                                       args=(str(run_folder.path), tasks, results, name, self.threads_per_worker,
+                                             os.getpid(), self.placement()))
         previous = os.environ.get("CUDA_VISIBLE_DEVICES")
-        if self.gpu_ids is not None:  # the child inherits the environment at start
-            os.environ["CUDA_VISIBLE_DEVICES"] = self.gpu_ids[index]
+        if gpu is not None:  # the child inherits the environment at start
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpu
         try:
             process.start()
         finally:

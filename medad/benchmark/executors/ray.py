@@ -4,8 +4,10 @@ Jobs that share a fit (:mod:`medad.benchmark.fit_sharing`) are one task: it trai
 them; their outputs come back together when the task ends, and a lost task runs the whole unit again.
 
 Each task asks for the resources its job's config states (:func:`medad.benchmark.executors.remote.job_resources`:
-by default 1 CPU, and 1 GPU when the cluster has GPUs). Ray sets ``CUDA_VISIBLE_DEVICES`` for the task,
-so device ``auto`` uses the GPU it was given.
+by default 1 CPU, and 1/N of a GPU when the cluster has GPUs, N = ``--workers-per-gpu``, default 1: the
+driver cannot see the nodes' free GPU memory, so packing is asked for, never guessed). Ray schedules N such
+tasks on one GPU at once and sets ``CUDA_VISIBLE_DEVICES`` for each, so device ``auto`` uses the GPU it was
+given; each task runs one torch thread per CPU it asked for.
 
 Faults: a task whose worker process or node is lost is run again by Ray up to ``max_retries`` times
 (``--max-retries``), then recorded ``failed``; a job that fails by itself (an exception in the detector,
@@ -24,7 +26,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from medad.benchmark.executors.local import OnRecord
-from medad.benchmark.executors.remote import error_line, job_resources, missing_extra, remote_unit
+from medad.benchmark.executors.remote import error_line, gpu_share, job_resources, missing_extra, remote_unit
 from medad.benchmark.fit_sharing import FitUnit, as_unit
 from medad.benchmark.job_runner import write_lost_job, write_output
 from medad.benchmark.jobs import Job
@@ -46,14 +48,22 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, address: str | None = None, max_retries: int = 2, max_in_flight: int | None = None) -> None:
+    def __init__(self, address: str | None = None, max_retries: int = 2, max_in_flight: int | None = None,
+                 workers_per_gpu: int = 1) -> None:
         if max_retries < 0:
             raise ValueError(f"--max-retries must be >= 0, got {max_retries}")
         if max_in_flight is not None and max_in_flight < 1:
             raise ValueError(f"--workers (tasks in flight) must be >= 1, got {max_in_flight}")
+        if workers_per_gpu < 1:
+            raise ValueError(f"--workers-per-gpu must be >= 1, got {workers_per_gpu}")
         self.address = address
         self.max_retries = max_retries
         self.max_in_flight = max_in_flight
+        self.workers_per_gpu = workers_per_gpu
+
+    def placement(self) -> dict[str, Any]:
+        """What each GPU task asks for, for the manifest."""
+        return {"workers_per_gpu": self.workers_per_gpu, "gpu_per_task": gpu_share(self.workers_per_gpu)}
 
     def _connect(self, ray) -> bool:
         """Connect to Ray unless this process already is; return whether this call made the connection."""
@@ -88,7 +98,7 @@ class RayExecutor:
     def _submit(self, ray, task, unit: Job | FitUnit, run_id: str, gpus_available: bool):
         unit = as_unit(unit)
         job = unit.leader
-        resources = job_resources(job, gpus_available)
+        resources = job_resources(job, gpus_available, self.workers_per_gpu)
         if resources.gpus and not gpus_available:
             log.warning("job %s asks for %s GPU(s) but the Ray cluster has none yet; it waits until a GPU node joins",
                         job.job_id, resources.gpus)
@@ -96,7 +106,8 @@ class RayExecutor:
                                    "max_retries": self.max_retries, "retry_exceptions": False}
         if resources.memory_gb is not None:
             options["memory"] = int(resources.memory_gb * 2**30)
-        return task.options(**options).remote(unit, run_id, "ray", resources.threads)
+        placement = {"workers_per_gpu": self.workers_per_gpu} if resources.gpus else None
+        return task.options(**options).remote(unit, run_id, "ray", resources.threads, placement)
 
     def _run(self, ray, items: list[Job | FitUnit], run_folder: RunFolder, on_record: OnRecord, progress: bool,
              stop: Callable[[], bool] | None) -> None:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass
-
-import torch
+from typing import Any
 
 from medad.benchmark.config import ConfigError
+from medad.benchmark.executors.local import set_threads
 from medad.benchmark.fit_sharing import FitUnit
 from medad.benchmark.job_runner import JobOutput, compute_unit
 from medad.benchmark.jobs import Job
@@ -39,20 +39,28 @@ class JobResources:
         return max(1, int(self.cpus))
 
 
-def job_resources(job: Job, gpus_available: bool) -> JobResources:
-    """The job's config ``resources``, with defaults: 1 CPU, and 1 GPU when the cluster has GPUs and the
-    job's device is not ``cpu`` (else none)."""
+def gpu_share(workers_per_gpu: int) -> float:
+    """The GPU fraction one of ``workers_per_gpu`` jobs sharing a GPU asks for: 1/N, rounded down to Ray's
+    granularity of 1e-4 so that N of them fit on one GPU."""
+    return math.floor(10_000 / workers_per_gpu) / 10_000
+
+
+def job_resources(job: Job, gpus_available: bool, workers_per_gpu: int = 1) -> JobResources:
+    """The job's config ``resources``, with defaults: 1 CPU, and ``1 / workers_per_gpu`` of a GPU when the cluster
+    has GPUs and the job's device is not ``cpu`` (else none)."""
     stated = job.resources
-    default_gpus = 1 if gpus_available and job.device != "cpu" else 0
+    default_gpus = gpu_share(workers_per_gpu) if gpus_available and job.device != "cpu" else 0
     return JobResources(cpus=stated.get("cpus", 1), gpus=stated.get("gpus", default_gpus),
                         memory_gb=stated.get("memory_gb"), time_min=int(stated.get("time_min", DEFAULT_TIME_MIN)))
 
 
-def remote_unit(unit: FitUnit, run_id: str, worker: str, threads: int) -> list[JobOutput]:
+def remote_unit(unit: FitUnit, run_id: str, worker: str, threads: int,
+                placement: dict[str, Any] | None = None) -> list[JobOutput]:
     """Run the jobs of ``unit`` (one fit, then each job's scoring) on a remote worker with ``threads`` torch threads;
-    return their outputs (files as bytes), which reach the driver together when the unit ends."""
-    torch.set_num_threads(threads)
-    return list(compute_unit(unit, run_id, worker=worker))
+    return their outputs (files as bytes), which reach the driver together when the unit ends. ``placement``: how
+    the worker was placed (``workers_per_gpu``), recorded with each job."""
+    set_threads(threads)
+    return list(compute_unit(unit, run_id, worker=worker, placement=placement))
 
 
 def whole_gpus(gpus: float) -> int:

@@ -4,7 +4,10 @@ Jobs that share a fit (:mod:`medad.benchmark.fit_sharing`) are one array task (o
 Units are grouped by the resources they ask for (:func:`medad.benchmark.executors.remote.job_resources`; most
 matrices have one group) and each group is submitted as one array job with those resources
 (``cpus_per_task``, ``gpus_per_node``, ``mem_gb``, ``timeout_min``; ``--workers`` caps how many array
-tasks run at once). Each task returns the job's output through submitit's result file and the driver
+tasks run at once). SLURM hands out whole GPUs (fractions need a site's MPS or sharding setup), so
+``--workers-per-gpu N`` packs instead: each array task of a GPU group takes N jobs, asks for one GPU's
+worth (``gpus`` rounded up) and N times the job's CPUs, and runs its N jobs at once, each in its own
+process on the task's GPU with the job's CPUs as torch threads (:func:`remote_pack`). Each task returns the job's output through submitit's result file and the driver
 writes the run folder exactly as the local executor does. submitit exchanges its pickles through
 ``<run folder>/submitit/``, so the run folder must be on a file system the compute nodes see (on SLURM
 clusters the home and scratch file systems are); the datasets are read from ``--data-root`` as the
@@ -18,7 +21,9 @@ submitit's local executor (what the tests use).
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
+import multiprocessing as mp
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -30,7 +35,7 @@ from tqdm.auto import tqdm
 from medad.benchmark.executors.local import OnRecord
 from medad.benchmark.executors.remote import JobResources, error_line, job_resources, missing_extra, remote_unit, whole_gpus
 from medad.benchmark.fit_sharing import FitUnit, as_unit
-from medad.benchmark.job_runner import write_lost_job, write_output
+from medad.benchmark.job_runner import JobOutput, write_lost_job, write_output
 from medad.benchmark.jobs import Job
 from medad.benchmark.run_folder import RunFolder
 
@@ -55,15 +60,36 @@ def parse_slurm_params(items: Sequence[str]) -> dict[str, Any]:
     return params
 
 
+def remote_pack(units: list[FitUnit], run_id: str, worker: str, threads: int,
+                placement: dict[str, Any] | None = None) -> list[JobOutput]:
+    """Run ``units`` (each: one fit, then its jobs' scoring) at once on this task's GPU, each in its own process with
+    ``threads`` torch threads; return their jobs' outputs in order (one unit: in this process)."""
+    if len(units) == 1:
+        return remote_unit(units[0], run_id, worker, threads, placement)
+    with concurrent.futures.ProcessPoolExecutor(max_workers=len(units), mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(remote_unit, unit, run_id, f"{worker}-{index}", threads, placement)
+                   for index, unit in enumerate(units)]
+        return [output for future in futures for output in future.result()]
+
+
+def packs(units: list[FitUnit], resources: JobResources, workers_per_gpu: int) -> list[list[FitUnit]]:
+    """The array tasks of one resource group: ``workers_per_gpu`` units each when the group asks for GPUs, else one."""
+    size = workers_per_gpu if resources.gpus > 0 else 1
+    return [units[start:start + size] for start in range(0, len(units), size)]
+
+
 class SlurmExecutor:
     """Runs jobs as SLURM array jobs (or submitit's local processes with ``cluster="local"``)."""
 
     name = "slurm"
 
     def __init__(self, cluster: str = "slurm", max_retries: int = 2, max_in_flight: int | None = None,
-                 slurm_params: dict[str, Any] | None = None, poll_s: float = 5.0) -> None:
+                 slurm_params: dict[str, Any] | None = None, poll_s: float = 5.0, workers_per_gpu: int = 1) -> None:
         if max_retries < 0:
             raise ValueError(f"--max-retries must be >= 0, got {max_retries}")
+        if workers_per_gpu < 1:
+            raise ValueError(f"--workers-per-gpu must be >= 1, got {workers_per_gpu}")
+        self.workers_per_gpu = workers_per_gpu
         self.cluster = cluster
         self.max_retries = max_retries
         self.max_in_flight = max_in_flight
@@ -78,10 +104,14 @@ class SlurmExecutor:
 
         return torch.cuda.is_available()
 
-    def _executor(self, submitit, folder: Path, run_id: str, resources: JobResources):
+    def placement(self) -> dict[str, Any]:
+        """How GPU jobs are packed into array tasks, for the manifest."""
+        return {"workers_per_gpu": self.workers_per_gpu, "jobs_per_gpu_task": self.workers_per_gpu}
+
+    def _executor(self, submitit, folder: Path, run_id: str, resources: JobResources, pack_size: int = 1):
         executor = submitit.AutoExecutor(folder=folder, cluster=self.cluster)
         params: dict[str, Any] = {"name": f"medad-{run_id}", "timeout_min": resources.time_min,
-                                  "cpus_per_task": int(math.ceil(resources.cpus)),
+                                  "cpus_per_task": int(math.ceil(resources.cpus)) * pack_size,
                                   "gpus_per_node": whole_gpus(resources.gpus)}
         if resources.memory_gb is not None:
             params["mem_gb"] = resources.memory_gb
@@ -104,14 +134,16 @@ class SlurmExecutor:
         units = [as_unit(item) for item in jobs]
         groups: dict[JobResources, list[FitUnit]] = defaultdict(list)
         for unit in units:  # the jobs of a unit ask for the same resources (part of their training identity)
-            groups[job_resources(unit.leader, gpus_available)].append(unit)
-        running: list[tuple[Any, FitUnit, Any, int]] = []  # (submitit job, unit, executor, attempt)
+            groups[job_resources(unit.leader, gpus_available, self.workers_per_gpu)].append(unit)
+        running: list[tuple[Any, list[FitUnit], Any, int]] = []  # (submitit job, its pack of units, executor, attempt)
         for resources, group in groups.items():
-            executor = self._executor(submitit, folder, run_folder.run_id, resources)
+            pack_list = packs(group, resources, self.workers_per_gpu)
+            executor = self._executor(submitit, folder, run_folder.run_id, resources, len(pack_list[0]))
+            placement = {"workers_per_gpu": len(pack_list[0])} if resources.gpus > 0 else None
             with executor.batch():  # one array job per resource group
-                handles = [executor.submit(remote_unit, unit, run_folder.run_id, "slurm", resources.threads)
-                           for unit in group]
-            running += [(handle, unit, executor, 0) for handle, unit in zip(handles, group)]
+                handles = [executor.submit(remote_pack, pack, run_folder.run_id, "slurm", resources.threads, placement)
+                           for pack in pack_list]
+            running += [(handle, pack, executor, 0) for handle, pack in zip(handles, pack_list)]
         bar = tqdm(total=sum(len(unit.jobs) for unit in units), desc=f"jobs ({self.cluster})", disable=not progress)
         try:
             while running:
@@ -122,11 +154,13 @@ class SlurmExecutor:
                         continue
                     retry = self._collect(submitit, handle, unit, attempt, run_folder, on_record)
                     if retry:
-                        resources = job_resources(unit.leader, gpus_available)
-                        again = executor.submit(remote_unit, unit, run_folder.run_id, "slurm", resources.threads)
+                        resources = job_resources(unit[0].leader, gpus_available, self.workers_per_gpu)
+                        placement = {"workers_per_gpu": len(unit)} if resources.gpus > 0 else None
+                        again = executor.submit(remote_pack, unit, run_folder.run_id, "slurm", resources.threads,
+                                                placement)
                         still.append((again, unit, executor, attempt + 1))
                     else:
-                        bar.update(len(unit.jobs))
+                        bar.update(sum(len(member.jobs) for member in unit))
                 running = still
                 if stop is not None and stop():
                     for handle, _, _, _ in running:  # not recorded: the engine marks them skipped
@@ -137,9 +171,10 @@ class SlurmExecutor:
         finally:
             bar.close()
 
-    def _collect(self, submitit, handle, unit: Job | FitUnit, attempt: int, run_folder: RunFolder,
+    def _collect(self, submitit, handle, pack: list[FitUnit], attempt: int, run_folder: RunFolder,
                  on_record: OnRecord) -> bool:
-        """Record a finished task's outputs (or its jobs' failure); return True when it was lost and may run again."""
+        """Record a finished task's outputs (or the failure of its jobs); return True when it was lost and may run
+        again."""
         try:
             outputs = handle.result()
         except submitit.core.utils.FailedJobError as error:  # raised outside the jobs' own try: not retried
@@ -152,7 +187,6 @@ class SlurmExecutor:
             for output in outputs:
                 on_record(write_output(run_folder, output))
             return False
-        for job in as_unit(unit).jobs:
+        for job in (job for unit in pack for job in unit.jobs):
             on_record(write_lost_job(run_folder, job, lost, f"slurm:{handle.job_id}"))
         return False
-

@@ -182,6 +182,12 @@ class CoroNetSemi(CoroNetAE):
                     "cin_lr": 1e-3, "cin_weights": "none", "flips": False, "mp_iterations": 5}
 
     @classmethod
+    def training_budget(cls, params: dict) -> dict[str, str]:
+        """The AE and CIN epochs, and the anomaly AE's fine-tuning steps."""
+        steps = {"anomaly_ae_steps": "steps"} if params.get("anomaly_ae_steps", 0) > 0 else {}
+        return {**super().training_budget(params), **steps}
+
+    @classmethod
     def pretrained_files(cls, params: dict) -> list[tuple[Path, str]]:
         if params.get("cin_weights", "imagenet") != "imagenet":
             return []

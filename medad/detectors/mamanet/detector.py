@@ -73,6 +73,11 @@ class MamaNetDetector(Detector):
         if iterations < 1 and epochs < 1:
             raise ValueError(f"give iterations >= 1 or epochs >= 1, got iterations={iterations}, epochs={epochs}")
 
+    @classmethod
+    def training_budget(cls, params: dict) -> dict[str, str]:
+        """Whole epochs when ``epochs`` > 0, else ``iterations`` batches (the paper's budget)."""
+        return {"epochs": "epochs"} if params.get("epochs", 0) > 0 else {"iterations": "steps"}
+
     def __init__(self, *, image_size: int, channels: int, device: str = "cpu", seed: int = 0,
                  iterations: NonNegativeInt = 70000, epochs: NonNegativeInt = 0, batch_size: PositiveInt = 8,
                  lr: PositiveFloat = 0.01, width_mult: PositiveFloat = 1.0, patch_size: PositiveInt = 3,
