@@ -11,6 +11,7 @@ Schema (DESIGN.md)::
     precision: fp32                    # fp32, or bf16 (autocast; rows tagged precision=bf16)
     score_batch_size: 64
     save_checkpoints: false
+    log_every: 50                      # training losses are read from the device every 50 logged steps (and per epoch)
     resources: {cpus: 1, gpus: 1, memory_gb: 16, time_min: 240}   # optional: what each job asks a cluster for
     datasets:
       - name: synthetic
@@ -43,6 +44,7 @@ from typing import Annotated, Any, Literal
 from medad.benchmark.acceleration import MEMORY_FORMATS, PRECISIONS
 from medad.benchmark.config_file import ConfigFileError, parse_yaml_text, read_yaml_file, short_repr
 from medad.benchmark.run_folder import run_id_problem
+from medad.detectors.base import LOG_EVERY
 from medad.params import PositiveInt, Range
 from medad.registry import DATASETS, DETECTORS, RegistryError
 
@@ -90,6 +92,7 @@ class RunConfig:
     resources: dict[str, Any] = field(default_factory=dict)
     memory_format: str = "auto"
     precision: str = "fp32"
+    log_every: int = LOG_EVERY
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,9 +104,10 @@ _TOP_KEYS = {
     "name": str, "image_size": ImageSize, "channels": Literal[1, 3], "seeds": list[Seed], "device": str,
     "score_batch_size": PositiveInt, "save_checkpoints": bool, "datasets": list, "detectors": list, "resources": dict,
     "memory_format": Literal[MEMORY_FORMATS], "precision": Literal[PRECISIONS],
+    "log_every": PositiveInt,
 }
 _DEFAULTS = {"channels": 1, "seeds": [0], "device": "auto", "score_batch_size": 64, "save_checkpoints": False,
-             "resources": {}, "memory_format": "auto", "precision": "fp32"}
+             "resources": {}, "memory_format": "auto", "precision": "fp32", "log_every": LOG_EVERY}
 _DATASET_KEYS = ("name", "subsets", "params", "root")
 _DETECTOR_KEYS = ("name", "label", "params", "resources", "image_size", "channels", "datasets")
 # What a job may ask a cluster (Ray, SLURM) for; the smallest value each may take.
@@ -392,6 +396,7 @@ def _parse(raw: Any) -> RunConfig:
         save_checkpoints=values["save_checkpoints"], datasets=datasets, detectors=detectors,
         resources=check_resources("resources", values["resources"]),
         memory_format=values["memory_format"], precision=values["precision"],
+        log_every=values["log_every"],
     )
 
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from medad.atomic_files import make_dirs
 from medad.benchmark.acceleration import autocast, precision_tags, resolve_memory_format
 from medad.benchmark.config import hyperparameters
+from medad.benchmark.device_images import place_images
 from medad.benchmark.examples import EXAMPLES_FILE, examples_npz
 from medad.benchmark.jobs import Job
 from medad.benchmark.resources import PeakMemory, resolve_device, seed_everything
@@ -132,6 +133,7 @@ def fit_detector(detector: Detector, subset: Subset, log: TrainLog) -> None:
     if getattr(detector, "sees_test_set", False):  # a marked reference-protocol quirk (e.g. GANomaly's best-epoch-on-test)
         extra["test"] = subset.test
     detector.fit(subset.train.without_labels(), subset.val, log, **extra)
+    log.flush()  # a NaN/inf loss the fit logged fails the job here, before anything scores with the weights
 
 
 def setting_deviations(cls: type[Detector], params: dict[str, Any]) -> list[str]:
@@ -240,10 +242,12 @@ def execute(job: Job, run_id: str, progress: bool = False,
             f"validation, {len(subset.test)} test ({int(subset.test.labels.sum())} anomalous)")
     cls = DETECTORS.get(job.detector_name)
     check_needs(cls, subset, job.dataset)
+    subset, where = place_images(subset, device)
+    job_log(where)
     detector = cls(image_size=job.image_size, channels=job.channels, device=str(device), seed=job.seed,
                    **job.detector_params)
     detector.use_memory_format(resolve_memory_format(job.memory_format, device))
-    log = TrainLog(progress=progress, description=f"{job.detector} epochs", sink=job_log)
+    log = TrainLog(progress=progress, description=f"{job.detector} epochs", sink=job_log, log_every=job.log_every)
     with times.phase("train"), autocast(device, job.precision):
         fit_detector(detector, subset, log)
     job_log(f"fit: {times['train_s']:.1f} s")

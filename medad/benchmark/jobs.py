@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from medad.benchmark.config import RunConfig
+from medad.detectors.base import LOG_EVERY
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class Job:
     resources: dict[str, Any] = field(default_factory=dict)  # what to ask a cluster for (config ``resources``)
     memory_format: str = "auto"  # config ``memory_format`` (medad.benchmark.acceleration)
     precision: str = "fp32"      # config ``precision``
+    log_every: int = LOG_EVERY   # config ``log_every``: logged steps between reads of the training losses
 
     @property
     def job_id(self) -> str:
@@ -62,6 +64,7 @@ def expand_jobs(config: RunConfig, data_root: str | None = None) -> list[Job]:
                         dataset_params=dict(dataset.params), detector_params=dict(detector.params), dataset_root=root,
                         resources={**config.resources, **detector.resources},
                         memory_format=config.memory_format, precision=config.precision,
+                        log_every=config.log_every,
                     ))
     ids = [job.job_id for job in jobs]
     if len(set(ids)) != len(ids):
