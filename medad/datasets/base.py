@@ -17,13 +17,13 @@ class ImageSet:
     """Images with their labels and ids; masks where the data has them.
 
     ``images`` is uint8 ``(N, C, H, W)`` (the decode cache stores exactly this); ``batches`` hands a
-    detector float32 tensors in [0, 1]. A job moves ``images`` and ``roi_masks`` to its device once (:meth:`to`),
-    so a detector must not assume they are on the host (``.cpu()`` before ``.numpy()``). ``labels`` are 0 = normal, 1 = anomalous. ``masks`` are
-    ``(N, H, W)`` uint8 pixel labels of the anomaly; ``roi_masks`` ``(N, H, W)`` uint8 regions of
-    interest (the organ), for detectors whose training target is a region. ``mask_known`` ``(N,)``
-    bool says which masks are real annotations: False for an anomalous image the publisher did not
-    outline (its all-zero mask means "unknown", not "no anomaly"). It defaults to all True when
-    ``masks`` is given and is None when there are no masks.
+    detector float32 tensors in [0, 1]. A job moves ``images`` and ``roi_masks`` to its device once (:meth:`to`), so
+    a detector must not assume they are on the host (``.cpu()`` before ``.numpy()``). ``labels`` are 0 = normal,
+    1 = anomalous. ``masks`` are ``(N, H, W)`` uint8 pixel labels of the anomaly; ``roi_masks`` ``(N, H, W)`` uint8
+    regions of interest (the organ), for detectors whose training target is a region. ``mask_known`` ``(N,)`` bool
+    says which masks are real annotations: False for an anomalous image the publisher did not outline (its all-zero
+    mask means "unknown", not "no anomaly"). It defaults to all True when ``masks`` is given and is None when there
+    are no masks.
     """
 
     images: torch.Tensor
