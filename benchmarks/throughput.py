@@ -71,16 +71,17 @@ class FlopCount(TorchDispatchMode):
 
 
 class TimedTrainLog(TrainLog):
-    """A TrainLog that also records when each step was logged (after its losses reached the host) and,
-    given a running :class:`FlopCount`, the floating-point operations counted so far."""
+    """A TrainLog that also records when each step was logged (after its losses reached the host: it reads them at
+    every step, ``log_every=1``, so that a stamp follows the device's work) and, given a running :class:`FlopCount`,
+    the floating-point operations counted so far."""
 
     def __init__(self, flops: FlopCount | None = None) -> None:
-        super().__init__()
+        super().__init__(log_every=1)
         self.flops = flops
         self.stamps: list[tuple[float, float, str, int]] = []
 
     def log(self, epoch: int, step: int, **losses) -> None:
-        super().log(epoch, step, **losses)  # float() of each loss: waits for the device
+        super().log(epoch, step, **losses)  # reads each loss (log_every=1): waits for the device
         counted = self.flops.get_total_flops() if self.flops is not None else 0
         self.stamps.append((time.perf_counter(), time.process_time(), next(iter(losses)), counted))
 

@@ -14,6 +14,7 @@ Schema (DESIGN.md)::
     score_batch_size: 64
     save_checkpoints: false
     share_fits: true                   # jobs whose training is identical train once (medad.benchmark.fit_sharing)
+    log_every: 50                      # training losses are read from the device every 50 logged steps (and per epoch)
     resources: {cpus: 1, gpus: 1, memory_gb: 16, time_min: 240}   # optional: what each job asks a cluster for
     datasets:
       - name: synthetic
@@ -55,6 +56,7 @@ from typing import Annotated, Any, Literal
 from medad.benchmark.acceleration import MEMORY_FORMATS, PRECISIONS
 from medad.benchmark.config_file import ConfigFileError, parse_yaml_text, read_yaml_file, short_repr
 from medad.benchmark.run_folder import run_id_problem
+from medad.detectors.base import LOG_EVERY
 from medad.params import PositiveInt, Range
 from medad.registry import DATASETS, DETECTORS, RegistryError
 
@@ -105,6 +107,7 @@ class RunConfig:
     share_fits: bool = True
     deterministic: bool = False
     test_curve: bool = False
+    log_every: int = LOG_EVERY
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,11 +119,11 @@ _TOP_KEYS = {
     "name": str, "image_size": ImageSize, "channels": Literal[1, 3], "seeds": list[Seed], "device": str,
     "score_batch_size": PositiveInt, "save_checkpoints": bool, "datasets": list, "detectors": list, "resources": dict,
     "memory_format": Literal[MEMORY_FORMATS], "precision": Literal[PRECISIONS], "share_fits": bool,
-    "deterministic": bool, "test_curve": bool,
+    "deterministic": bool, "test_curve": bool, "log_every": PositiveInt,
 }
 _DEFAULTS = {"channels": 1, "seeds": [0], "device": "auto", "score_batch_size": 64, "save_checkpoints": False,
              "resources": {}, "memory_format": "auto", "precision": "fp32", "share_fits": True, "deterministic": False,
-             "test_curve": False}
+             "test_curve": False, "log_every": LOG_EVERY}
 _DATASET_KEYS = ("name", "subsets", "params", "root")
 _DETECTOR_KEYS = ("name", "label", "params", "resources", "image_size", "channels", "datasets")
 # What a job may ask a cluster (Ray, SLURM) for; the smallest value each may take.
@@ -418,6 +421,7 @@ def _parse(raw: Any) -> RunConfig:
         resources=check_resources("resources", values["resources"]),
         memory_format=values["memory_format"], precision=values["precision"], share_fits=values["share_fits"],
         deterministic=values["deterministic"], test_curve=values["test_curve"],
+        log_every=values["log_every"],
     )
 
 

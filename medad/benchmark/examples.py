@@ -46,7 +46,7 @@ def examples_npz(detector: Detector, test: ImageSet, scores: np.ndarray, thresho
         "scores": np.asarray(scores, dtype=np.float64)[index],
         "threshold": np.array(threshold, dtype=np.float64),
         "threshold_policy": np.array("val_q95"),
-        "images": test.images[torch.as_tensor(index)].numpy(),
+        "images": test.images[torch.as_tensor(index)].cpu().numpy(),
     }
     if reconstructions is not None:
         arrays["reconstructions"] = (reconstructions.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8).numpy()

@@ -4,7 +4,7 @@ A job's *training identity* (:func:`training_identity`) is every setting that re
 the :class:`~medad.benchmark.jobs.Job` (detector class and hyper-parameters, seed, input size and channels,
 precision, memory format, device, cluster resources, dataset, its parameters and root, and any run setting a
 job carries later) except the few that only touch scoring or naming (:data:`NOT_TRAINING`: the subset, the
-detector's label, the scoring batch size, whether checkpoints are saved). The subset is replaced by its
+detector's label, the scoring batch size, whether checkpoints are saved, how often losses are read). The subset is replaced by its
 *training view* (:meth:`medad.datasets.base.Dataset.training_view`): subsets that a dataset declares to train
 on the same images (OCT's three tasks on the same normals) share it. A new job field is part of the identity
 unless it is listed here, so a setting added later can never make two different fits share by mistake.
@@ -44,7 +44,7 @@ from medad.detectors.base import Detector
 from medad.registry import DATASETS, DETECTORS, RegistryError
 
 # Job fields that do not change what is trained (scoring, naming, output only).
-NOT_TRAINING = ("subset", "detector", "score_batch_size", "save_checkpoints")
+NOT_TRAINING = ("subset", "detector", "score_batch_size", "save_checkpoints", "log_every")
 
 
 def training_identity(job: Job) -> dict[str, Any]:

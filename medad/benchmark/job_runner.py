@@ -29,6 +29,7 @@ from medad.atomic_files import make_dirs
 from medad.benchmark.acceleration import autocast, precision_tags, resolve_memory_format
 from medad.benchmark.config import hyperparameters
 from medad.benchmark.diagnostics import TestCurve, diagnostic_tags
+from medad.benchmark.device_images import place_images
 from medad.benchmark.examples import EXAMPLES_FILE, examples_npz
 from medad.benchmark.fit_sharing import FitUnit, SharedFit, as_unit, fit_id, training_fingerprint
 from medad.benchmark.jobs import Job
@@ -136,6 +137,7 @@ def fit_detector(detector: Detector, subset: Subset, log: TrainLog) -> None:
     if getattr(detector, "sees_test_set", False):  # a marked reference-protocol quirk (e.g. GANomaly's best-epoch-on-test)
         extra["test"] = subset.test
     detector.fit(subset.train.without_labels(), subset.val, log, **extra)
+    log.flush()  # a NaN/inf loss the fit logged fails the job here, before anything scores with the weights
 
 
 def setting_deviations(cls: type[Detector], params: dict[str, Any]) -> list[str]:
@@ -247,7 +249,9 @@ def execute(job: Job, run_id: str, progress: bool = False, job_log: JobLog | Non
             f"validation, {len(subset.test)} test ({int(subset.test.labels.sum())} anomalous)")
     cls = DETECTORS.get(job.detector_name)
     check_needs(cls, subset, job.dataset)
-    log = TrainLog(progress=progress, description=f"{job.detector} epochs", sink=job_log)
+    subset, where = place_images(subset, device)
+    job_log(where)
+    log = TrainLog(progress=progress, description=f"{job.detector} epochs", sink=job_log, log_every=job.log_every)
     curve: TestCurve | None = None
 
     def train() -> Detector:

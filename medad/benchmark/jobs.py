@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from medad.benchmark.config import RunConfig, check_test_curve
+from medad.detectors.base import LOG_EVERY
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class Job:
     precision: str = "fp32"      # config ``precision``
     deterministic: bool = False  # config ``deterministic`` (medad.benchmark.numerics)
     test_curve: bool = False     # config ``test_curve``: the test-set diagnostic (medad.benchmark.test_curve)
+    log_every: int = LOG_EVERY   # config ``log_every``: logged steps between reads of the training losses
 
     @property
     def job_id(self) -> str:
@@ -68,6 +70,7 @@ def expand_jobs(config: RunConfig, data_root: str | None = None) -> list[Job]:
                         memory_format=config.memory_format, precision=config.precision,
                         deterministic=config.deterministic,
                         test_curve=config.test_curve,
+                        log_every=config.log_every,
                     ))
     ids = [job.job_id for job in jobs]
     if len(set(ids)) != len(ids):

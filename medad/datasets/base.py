@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -17,12 +17,13 @@ class ImageSet:
     """Images with their labels and ids; masks where the data has them.
 
     ``images`` is uint8 ``(N, C, H, W)`` (the decode cache stores exactly this); ``batches`` hands a
-    detector float32 tensors in [0, 1]. ``labels`` are 0 = normal, 1 = anomalous. ``masks`` are
-    ``(N, H, W)`` uint8 pixel labels of the anomaly; ``roi_masks`` ``(N, H, W)`` uint8 regions of
-    interest (the organ), for detectors whose training target is a region. ``mask_known`` ``(N,)``
-    bool says which masks are real annotations: False for an anomalous image the publisher did not
-    outline (its all-zero mask means "unknown", not "no anomaly"). It defaults to all True when
-    ``masks`` is given and is None when there are no masks.
+    detector float32 tensors in [0, 1]. A job moves ``images`` and ``roi_masks`` to its device once (:meth:`to`), so
+    a detector must not assume they are on the host (``.cpu()`` before ``.numpy()``). ``labels`` are 0 = normal,
+    1 = anomalous. ``masks`` are ``(N, H, W)`` uint8 pixel labels of the anomaly; ``roi_masks`` ``(N, H, W)`` uint8
+    regions of interest (the organ), for detectors whose training target is a region. ``mask_known`` ``(N,)`` bool
+    says which masks are real annotations: False for an anomalous image the publisher did not outline (its all-zero
+    mask means "unknown", not "no anomaly"). It defaults to all True when ``masks`` is given and is None when there
+    are no masks.
     """
 
     images: torch.Tensor
@@ -63,15 +64,28 @@ class ImageSet:
     def image_size(self) -> int:
         return int(self.images.shape[-1])
 
+    def to(self, device: str | torch.device) -> ImageSet:
+        """This set with its uint8 images and ROI masks on ``device`` (labels, ids and pixel masks stay on the host),
+        so that each batch is gathered, converted to float and scaled on the device: no host copy per batch."""
+        device = torch.device(device)
+        if self.images.device == device and (self.roi_masks is None or self.roi_masks.device == device):
+            return self
+        return replace(self, images=self.images.to(device),
+                       roi_masks=None if self.roi_masks is None else self.roi_masks.to(device))
+
     def float_images(self, index: slice | np.ndarray | torch.Tensor = slice(None)) -> torch.Tensor:
-        """Images at ``index`` as float32 in [0, 1]."""
+        """Images at ``index`` as float32 in [0, 1], on the images' device (uint8 / 255: exact in both places)."""
+        if isinstance(index, torch.Tensor):  # a host index copied without waiting for the device's queue
+            index = index.to(self.images.device, non_blocking=True)
         return self.images[index].float().div_(255.0)
 
     def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
                 drop_last: bool = False) -> Iterator[torch.Tensor]:
-        """Float batches in [0, 1]; shuffled with ``generator`` when asked (seeded training)."""
+        """Float batches in [0, 1] on the images' device; shuffled with ``generator`` (on the host, so the order is
+        the same on every device) when asked (seeded training)."""
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        order = order.to(self.images.device, non_blocking=True)  # one copy per pass, not one per batch
         stop = n - n % batch_size if drop_last and n >= batch_size else n
         for start in range(0, stop, batch_size):
             yield self.float_images(order[start:start + batch_size])
@@ -139,6 +153,21 @@ class Subset:
             if part is not None and test_ids.intersection(part.ids):
                 overlap = sorted(test_ids.intersection(part.ids))[:3]
                 raise ValueError(f"subset {self.name!r}: {part_name} and test share ids, e.g. {overlap}")
+
+    def to(self, device: str | torch.device) -> Subset:
+        """This subset with every part's images (and ROI masks) on ``device``: see :meth:`ImageSet.to`. A part that
+        is another part (validation normals that are the training normals) is moved once and stays that part."""
+        done: dict[int, ImageSet] = {}
+
+        def moved(part: ImageSet | None) -> ImageSet | None:
+            if part is None:
+                return None
+            if id(part) not in done:
+                done[id(part)] = part.to(device)
+            return done[id(part)]
+
+        return replace(self, train=moved(self.train), test=moved(self.test), val=moved(self.val),
+                       anomaly_pool=moved(self.anomaly_pool))
 
     def split_rows(self) -> list[tuple[str, str, int]]:
         """(sample_id, part, label) for every image: the audit trail of the split."""

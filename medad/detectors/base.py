@@ -24,6 +24,9 @@ class NonFiniteLossError(FloatingPointError):
     """A training loss became NaN or infinite."""
 
 
+LOG_EVERY = 50  # logged steps between two reads of the device-held losses (the run config's ``log_every``)
+
+
 class TrainLog:
     """Collects training curves (epoch, step, loss name, value) and stops on a NaN/inf loss.
 
@@ -31,30 +34,72 @@ class TrainLog:
     loop in :meth:`epochs` for a progress bar. ``epoch_end``, when the harness sets it, is called with
     ``(epoch, count)`` after each epoch of :meth:`epochs` (the run setting ``test_curve`` hooks in there; it
     must leave the fit as it found it).
+
+    Reading a CUDA tensor's value makes the host wait for the device, so :meth:`log` keeps a tensor loss where
+    it is (detached) and :meth:`flush` reads all those held: one copy per device and dtype, every ``log_every``
+    calls of :meth:`log`, at the end of each epoch of :meth:`epochs`, and when :attr:`rows` is read. The rows are
+    the same as reading each value at once (a float32, bf16 or integer value converts to a Python float exactly
+    either way); a NaN/inf loss raises :class:`NonFiniteLossError` naming the first non-finite (loss, epoch,
+    step), at most ``log_every`` logged steps after that step trained. A python number is checked at once. A
+    logged tensor must not be changed in place afterwards (its value is read later).
     """
 
     def __init__(self, *, progress: bool = False, description: str = "epochs",
-                 sink: Callable[[str], None] | None = None) -> None:
-        self.rows: list[tuple[int, int, str, float]] = []
+                 sink: Callable[[str], None] | None = None, log_every: int = LOG_EVERY) -> None:
+        if int(log_every) < 1:
+            raise ValueError(f"log_every must be >= 1, got {log_every}")
+        self._rows: list[tuple[int, int, str, float]] = []
+        self._pending: list[tuple[int, int, str, float | torch.Tensor]] = []
+        self._pending_calls = 0
+        self.log_every = int(log_every)
         self.progress = progress
         self.description = description
         self.sink = sink  # receives a line per finished epoch (the job's log.txt)
         self.epoch_end: Callable[[int, int], None] | None = None
 
+    @property
+    def rows(self) -> list[tuple[int, int, str, float]]:
+        """Every (epoch, step, loss name, value) logged so far (reading them flushes the held losses)."""
+        self.flush()
+        return self._rows
+
     def log(self, epoch: int, step: int, **losses: float | torch.Tensor) -> None:
-        """Record ``losses`` at (epoch, step); raise :class:`NonFiniteLossError` on NaN/inf."""
+        """Record ``losses`` at (epoch, step) (tensors are read at the next :meth:`flush`); raise
+        :class:`NonFiniteLossError` on a NaN/inf python number here, on a NaN/inf tensor at the flush."""
         for name, value in losses.items():
-            value = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+            if isinstance(value, torch.Tensor):
+                if value.numel() != 1:
+                    raise ValueError(f"loss {name!r} must hold one value, got a tensor of shape {tuple(value.shape)}")
+                self._pending.append((epoch, step, name, value.detach().reshape(())))
+                continue
+            value = float(value)
+            if not math.isfinite(value):
+                self.flush()  # an earlier held loss that was already non-finite is the one to name
+                raise NonFiniteLossError(f"loss {name!r} became {value} at epoch {epoch}, step {step}")
+            self._pending.append((epoch, step, name, value))
+        self._pending_calls += 1
+        if self._pending_calls >= self.log_every:
+            self.flush()
+
+    def flush(self) -> None:
+        """Read the held losses into :attr:`rows`, in the order logged; raise :class:`NonFiniteLossError` at the
+        first NaN/inf one (the rows before it are kept)."""
+        pending, self._pending, self._pending_calls = self._pending, [], 0
+        values = iter(_host_values([value for *_, value in pending if isinstance(value, torch.Tensor)]))
+        for epoch, step, name, value in pending:
+            value = next(values) if isinstance(value, torch.Tensor) else value
             if not math.isfinite(value):
                 raise NonFiniteLossError(f"loss {name!r} became {value} at epoch {epoch}, step {step}")
-            self.rows.append((epoch, step, name, value))
+            self._rows.append((epoch, step, name, value))
 
     def epochs(self, count: int) -> Iterable[int]:
-        """``range(count)`` with a tqdm bar when progress is on; each finished epoch's mean losses go to ``sink``."""
+        """``range(count)`` with a tqdm bar when progress is on; the held losses are read at each epoch's end, and
+        each finished epoch's mean losses go to ``sink``."""
         started = time.perf_counter()
         for epoch in tqdm(range(count), desc=self.description, leave=False, disable=not self.progress):
             first_row = len(self.rows)
             yield epoch
+            self.flush()
             if self.sink is not None:
                 elapsed = time.perf_counter() - started
                 self.sink(f"epoch {epoch + 1}/{count} ({elapsed:.1f} s): {self.summary(epoch, first_row)}")
@@ -69,6 +114,20 @@ class TrainLog:
             if row_epoch == epoch:
                 values.setdefault(name, []).append(value)
         return " ".join(f"{name}={sum(v) / len(v):.5g}" for name, v in values.items()) or "(nothing logged)"
+
+
+def _host_values(tensors: list[torch.Tensor]) -> list[float]:
+    """The values of one-element ``tensors`` as Python floats, in order: one stack and one copy to the host per
+    (device, dtype), so a flush waits for the device once and converts nothing inexactly."""
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for position, tensor in enumerate(tensors):
+        groups.setdefault((tensor.device, tensor.dtype), []).append(position)
+    values = [0.0] * len(tensors)
+    with torch.no_grad():
+        for positions in groups.values():
+            for position, value in zip(positions, torch.stack([tensors[i] for i in positions]).cpu().tolist()):
+                values[position] = float(value)
+    return values
 
 
 class Detector(abc.ABC):

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -172,14 +173,17 @@ class PrototypeHashMemory(HashMemory):
         self.register_buffer("idle_steps", torch.zeros(mem_size, dtype=torch.long))
         self.register_buffer("initial_items", self.items.detach().clone(), persistent=False)
         self.last_commitment = torch.zeros(())
+        self._seen_centred = False  # the host's copy of ``centred`` once it read True: no device read per step
 
     def forward(self, z: torch.Tensor, exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(z_hat: the addressed prototypes with the straight-through gradient, slot index per code (B,))``."""
         flat = z.flatten(1)
-        if self.training and not bool(self.centred):
-            with torch.no_grad():
-                self.hash.bias.copy_(-self.hash.weight @ flat.detach().float().mean(dim=0))
-                self.centred.fill_(True)
+        if self.training and not self._seen_centred:
+            if not bool(self.centred):
+                with torch.no_grad():
+                    self.hash.bias.copy_(-self.hash.weight @ flat.detach().float().mean(dim=0))
+                    self.centred.fill_(True)
+            self._seen_centred = True
         items = self.items.detach().clone() if self.training else self.items  # the EMA below changes them in place
         index = self.address(flat.detach(), exclude)
         prototypes = items[index].to(flat.dtype)
@@ -191,6 +195,10 @@ class PrototypeHashMemory(HashMemory):
         if self.training:
             self._track(flat.detach().to(self.items.dtype), index)
         return read.view_as(z), index
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        self._seen_centred = False  # the loaded ``centred`` may be False: read it again at the next training step
+        super()._load_from_state_dict(*args, **kwargs)
 
     @torch.no_grad()
     def settle(self, codes: torch.Tensor) -> None:
@@ -210,8 +218,8 @@ class PrototypeHashMemory(HashMemory):
         sums = torch.zeros_like(self.embed_sum).index_add_(0, index, codes)
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
-        used = self.cluster_size > 0
-        self.items[used] = self.embed_sum[used] / self.cluster_size[used, None]
+        # where() rather than boolean indexing: the same values without reading the mask on the host
+        self.items.copy_(torch.where(self.cluster_size[:, None] > 0, self.embed_sum / self.cluster_size[:, None], self.items))
         self.idle_steps.add_(1).masked_fill_(counts > 0, 0)
         idle = torch.nonzero(self.idle_steps > self.reseed_after).flatten()
         if len(idle):

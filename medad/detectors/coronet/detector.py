@@ -76,8 +76,8 @@ def grayscale(images: torch.Tensor) -> torch.Tensor:
 def random_flips(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Independent horizontal and vertical flips, each with probability 0.5 per image (CIN augmentation)."""
     n = len(images)
-    horizontal = (torch.rand(n, generator=generator) < 0.5).to(images.device)
-    vertical = (torch.rand(n, generator=generator) < 0.5).to(images.device)
+    horizontal = (torch.rand(n, generator=generator) < 0.5).to(images.device, non_blocking=True)
+    vertical = (torch.rand(n, generator=generator) < 0.5).to(images.device, non_blocking=True)
     images = torch.where(horizontal[:, None, None, None], images.flip(-1), images)
     return torch.where(vertical[:, None, None, None], images.flip(-2), images)
 
@@ -274,7 +274,7 @@ class CoroNetSemi(CoroNetAE):
             for start in range(0, len(images), self.cin_batch_size):
                 index = order[start:start + self.cin_batch_size]
                 if cached is not None:
-                    residuals = cached[index]
+                    residuals = cached[index.to(cached.device, non_blocking=True)]
                 else:
                     x = random_flips(grayscale(self.to_device(images.float_images(index))), self.generator)
                     with torch.no_grad():

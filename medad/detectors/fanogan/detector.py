@@ -125,7 +125,7 @@ class FAnoGANDetector(Detector):
         for epoch in log.epochs(self.gan_epochs):
             for index, batch in enumerate(train.batches(self.batch_size, shuffle=True, generator=self.generator)):
                 real = self._prepare(batch, self.train_flip)
-                z = torch.randn(len(real), self.latent, generator=self.generator).to(self.device)
+                z = torch.randn(len(real), self.latent, generator=self.generator).to(self.device, non_blocking=True)
                 generator_step = index % self.n_critic == 0
                 with torch.set_grad_enabled(generator_step):
                     fake = G(z)

@@ -14,7 +14,7 @@ def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
     As the reference code: α is drawn per (sample, channel) (shape N×C×1×1, a quirk of PyTorch-GAN) and
     the gradient norm runs over all pixels of a sample. ``create_graph`` so the penalty trains D.
     """
-    alpha = torch.rand(*real.shape[:2], 1, 1, generator=generator).to(real.device)
+    alpha = torch.rand(*real.shape[:2], 1, 1, generator=generator).to(real.device, non_blocking=True)
     mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
     scores = critic(mixed)
     (grad,) = torch.autograd.grad(scores.sum(), mixed, create_graph=True)

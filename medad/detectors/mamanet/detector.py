@@ -125,7 +125,9 @@ class MamaNetDetector(Detector):
         step = 0
         self.model.train()
         for epoch in log.epochs(self._epochs(len(train))):
-            slots, spread = set(), []
+            # diagnostics kept on the device and read once per epoch: which slots were read, each step's spread
+            slots = torch.zeros(self.model.memory.mem_size, dtype=torch.bool, device=self.device)
+            spread = []
             for batch in train.batches(self.batch_size, shuffle=True, generator=self.generator):
                 if max_steps is not None and step >= max_steps:
                     break
@@ -141,11 +143,12 @@ class MamaNetDetector(Detector):
                 loss.backward()
                 optimizer.step()
                 log.log(epoch, step, loss=loss, mse=losses["mse"], em=losses["em"])
-                slots.update(outputs["slots"].flatten().tolist())
-                spread.append(float(outputs["recon"].detach().flatten(2).std(dim=2).mean()))
+                slots[outputs["slots"].flatten()] = True
+                spread.append(outputs["recon"].detach().flatten(2).std(dim=2).mean())
                 step += 1
             if spread:
-                log.log(epoch, step, slots_used=len(slots), recon_spatial_std=sum(spread) / len(spread))
+                spread_values = torch.stack(spread).tolist()  # summed on the host in float64, as step by step
+                log.log(epoch, step, slots_used=slots.sum(), recon_spatial_std=sum(spread_values) / len(spread_values))
         self.model.eval()
         if self.model.mem_update == "write":
             self._store_training_codes(train)

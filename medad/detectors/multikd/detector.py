@@ -126,7 +126,7 @@ class MultiKDDetector(Detector):
                     with torch.no_grad():
                         targets = self.source(images)
                 else:
-                    targets = [points[index.to(points.device)] for points in cache]
+                    targets = [points[index.to(points.device, non_blocking=True)] for points in cache]
                 value, direction = distillation_terms(self.cloner(images), targets)
                 value, direction = value.mean(), direction.mean()
                 loss = direction + self.lamda * value

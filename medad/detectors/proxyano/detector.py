@@ -108,7 +108,9 @@ class ProxyAnoDetector(Detector):
 
     def fit(self, train: ImageSet, val: ImageSet | None = None, log: TrainLog | None = None) -> None:
         log = log or TrainLog()
-        proxies = superpixel_images(train.images, self.n_segments, self.slic_compactness, self.slic_sigma)
+        # SLIC runs on the host; its uint8 proxies then live beside the images, on the device
+        proxies = superpixel_images(train.images.cpu(), self.n_segments, self.slic_compactness, self.slic_sigma)
+        proxies = proxies.to(train.images.device)
         step = self._fit_stage1(train, proxies, log)
         self._fit_stage2(train, log, step)
         self.eval_mode()
@@ -118,23 +120,25 @@ class ProxyAnoDetector(Detector):
         optimizer = torch.optim.Adam(self.pem.parameters(), lr=self.lr)
         self.pem.train()
         step = 0
+        initialise = not bool(self.pem.memory.initialised)  # read once: the first batch initialises the items
         for epoch in range(self.stage1_epochs):
-            used = torch.zeros(self.pem.memory.num_items, dtype=torch.bool)
+            used = torch.zeros(self.pem.memory.num_items, dtype=torch.bool, device=self.device)
             for index in self._index_batches(len(train)):
                 images = self.to_device(train.float_images(index))
-                target = self.to_device(proxies[index].float().div_(255.0))
-                if not bool(self.pem.memory.initialised):
+                target = self.to_device(proxies[index.to(proxies.device, non_blocking=True)].float().div_(255.0))
+                if initialise:
                     with torch.no_grad():
                         self.pem.memory.initialise_from(self.pem.encoder(images), self.generator)
+                    initialise = False
                 predicted, _, items = self.pem(images)
                 loss = (predicted - target).pow(2).mean()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                used[items.flatten().cpu()] = True
+                used[items.flatten()] = True
                 log.log(epoch, step, stage1_proxy_mse=loss)
                 step += 1
-            log.log(epoch, step, memory_items_used=int(used.sum()))
+            log.log(epoch, step, memory_items_used=used.sum())
         return step
 
     def _fit_stage2(self, train: ImageSet, log: TrainLog, step: int) -> None:
