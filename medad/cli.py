@@ -8,10 +8,18 @@ import os
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from medad.atomic_files import WriteError
 from medad.benchmark.acceleration import MEMORY_FORMATS, PRECISIONS
 from medad.benchmark.config import DEFAULT_CONFIG, ConfigError, check_run_id, load_config, narrow
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from medad.benchmark.engine import RunSummary
+
+T = TypeVar("T")
 
 
 def _csv(value: str) -> list[str]:
@@ -126,7 +134,7 @@ def command_run(args: argparse.Namespace) -> int:
     from medad.benchmark.fit_sharing import fit_ids
     from medad.benchmark.jobs import expand_jobs
     from medad.benchmark.preflight import PreflightError, preflight
-    from medad.reporting.console import auc_table, job_table
+    from medad.reporting.console import job_table
 
     data_root = args.data_root or os.environ.get("MEDAD_DATA")
     if args.no_cache:
@@ -171,26 +179,44 @@ def command_run(args: argparse.Namespace) -> int:
         print(f"medad: error: {error}. Every finished job is kept: fix this (free disk space, permissions), then "
               f"resume with: medad run --resume {run_folder.path}", file=sys.stderr)
         return 2
-    print(auc_table(run_folder.path))
-    counts = ", ".join(f"{n} {status}" for status, n in summary.counts.items())
-    print(f"\n{len(summary.jobs)} jobs: {counts}")
-    print(f"run folder: {run_folder.path}")
-    report = _report_or_error(run_folder.path, args.reports)
-    return 0 if summary.ok and report is not None else 1
+    _end_of_run(run_folder.path, args.reports, summary)
+    return 0 if summary.ok else 1
 
 
-def _report_or_error(run_path: Path, reports: Path) -> Path | None:
-    """Build the HTML report and print its path; on failure print why (the run folder stays complete)."""
+def _end_of_run(run_path: Path, reports: Path, summary: RunSummary) -> None:
+    """What ``medad run`` does once its jobs are over: the HTML report (figures included), then the ROC AUC table,
+    the job counts and the paths.
+
+    The jobs' outcome is already on disk (the run folder's CSVs and manifest) and the exit status is decided by
+    ``summary`` alone; every step here is derived from that folder and can be done again by ``medad report``. So
+    the report is built before anything optional, and a step that raises is printed on stderr with the command
+    that rebuilds the report: a bug in a table or figure (or a library version that breaks one) never hides a
+    finished run nor turns its exit status into a failure.
+    """
+    from medad.reporting.console import auc_table
     from medad.reporting.html import build_report
 
+    rebuild = f"medad report {run_path} --reports {reports}"
+    index = _step(f"the report of {run_path}", lambda: build_report(run_path, reports), f"rebuild it with: {rebuild}")
+    table = _step("the ROC AUC table", lambda: auc_table(run_path),
+                  f"the run is complete: its numbers are in {run_path / 'metrics.csv'} and in the report ({rebuild} "
+                  f"rebuilds it)")
+    if table is not None:
+        print(table)
+    counts = ", ".join(f"{n} {status}" for status, n in summary.counts.items())
+    print(f"\n{len(summary.jobs)} jobs: {counts}")
+    print(f"run folder: {run_path}")
+    if index is not None:
+        print(f"report: {index}")
+
+
+def _step(what: str, build: Callable[[], T], then: str) -> T | None:
+    """``build()``, or None after printing on stderr that ``what`` failed, why, and ``then`` (what the user can do)."""
     try:
-        index = build_report(run_path, reports)
-    except Exception as error:  # a report bug must not hide the finished run
-        print(f"medad: the report of {run_path} failed: {type(error).__name__}: {error}\n"
-              f"  rebuild it with: medad report {run_path} --reports {reports}", file=sys.stderr)
+        return build()
+    except Exception as error:  # an end-of-run step must not hide the finished run
+        print(f"medad: {what} failed: {type(error).__name__}: {error}\n  {then}", file=sys.stderr)
         return None
-    print(f"report: {index}")
-    return index
 
 
 def command_report(args: argparse.Namespace) -> int:

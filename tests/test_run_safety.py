@@ -62,6 +62,14 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def command_line(pid: int) -> bytes:
+    """The command line of ``pid``; empty for a short-lived child that exited after it was listed."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -105,8 +113,7 @@ def test_workers_die_with_a_killed_main_process_and_their_jobs_stay_pending(tmp_
                          "--workers", "2")
 
     def workers() -> list[int]:
-        return [pid for pid in children(main_process.pid)
-                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        return [pid for pid in children(main_process.pid) if b"spawn_main" in command_line(pid)]
 
     wait_for(lambda: len(workers()) == 2, timeout=60)
     spawned = workers()
