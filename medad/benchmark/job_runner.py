@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from medad.atomic_files import make_dirs
 from medad.benchmark.acceleration import autocast, precision_tags, resolve_memory_format
 from medad.benchmark.config import hyperparameters
-from medad.benchmark.diagnostics import TestCurve, diagnostic_tags
 from medad.benchmark.device_images import place_images
+from medad.benchmark.diagnostics import TestCurve, diagnostic_tags
 from medad.benchmark.examples import EXAMPLES_FILE, examples_npz
 from medad.benchmark.fit_sharing import FitUnit, SharedFit, as_unit, fit_id, training_fingerprint
 from medad.benchmark.jobs import Job
