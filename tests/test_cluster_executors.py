@@ -22,6 +22,7 @@ from medad.benchmark.config import ConfigError, load_config, parse_config
 from medad.benchmark.engine import config_from_manifest, run_matrix
 from medad.benchmark.executors import ProcessPoolExecutor, make_executor, visible_gpu_ids
 from medad.benchmark.executors.remote import JobResources, job_resources
+from medad.benchmark.fit_sharing import as_unit
 from medad.benchmark.jobs import expand_jobs
 from medad.benchmark.run_folder import RunFolder
 from medad.cli import main
@@ -287,9 +288,9 @@ def test_a_slurm_task_lost_is_submitted_again_then_recorded_failed(ae_config, tm
     job = expand_jobs(load_config(ae_config))[0]
     run_folder, records = RunFolder(tmp_path / "tiny"), []
     executor = SlurmExecutor(cluster="local", max_retries=1)
-    assert executor._collect(submitit, _LostHandle(), [job], 0, run_folder, records.append) is True
+    assert executor._collect(submitit, _LostHandle(), [as_unit(job)], 0, run_folder, records.append) is True
     assert records == [] and run_folder.job_record(job.job_id) is None
-    assert executor._collect(submitit, _LostHandle(), [job], 1, run_folder, records.append) is False
+    assert executor._collect(submitit, _LostHandle(), [as_unit(job)], 1, run_folder, records.append) is False
     record = run_folder.job_record(job.job_id)
     assert record["status"] == "failed" and record["error"].startswith("lost after 1 retries (SLURM job 4242_0)")
     assert records == [record]
@@ -446,13 +447,13 @@ class _RecordingArray:
 
         return contextlib.nullcontext()
 
-    def submit(self, function, unit, *args):
-        self.submitted.append([job.job_id for job in unit])
+    def submit(self, function, pack, *args):
+        self.submitted.append([job.job_id for unit in pack for job in unit.jobs])
 
         class Done:
             job_id = "1_0"
             done = staticmethod(lambda: True)
-            result = staticmethod(lambda: function(unit, *args))
+            result = staticmethod(lambda: function(pack, *args))
         return Done()
 
 

@@ -128,4 +128,5 @@ def test_the_study_dry_run_on_the_publishers_layouts_estimates_what_it_can_read(
         line = next(line for line in out.splitlines() if line.startswith(f"oct__{subset}__ganomaly__seed0"))
         assert "unknown" not in line and line.split()[1] == "12"   # the fake download's 12 training normals
     assert "head-ct__default__ganomaly__seed0" in out and "unknown: dataset unreadable" in out
-    assert "study: 4 jobs, 4 fits, about" in out and "1 jobs unknown (not counted)" in out
+    assert "study: 4 jobs, 2 fits, about" in out and "1 jobs unknown (not counted)" in out  # OCT's tasks: one fit
+    assert sum(" shared " in line for line in out.splitlines() if line.startswith("oct__")) == 2

@@ -270,7 +270,7 @@ def test_a_lost_slurm_task_records_every_job_of_its_unit_failed(data_root, tmp_p
     config = load_config(oct_config(tmp_path / "c.yaml", data_root, [{"name": COUNTED, "label": "t"}]))
     (unit,) = fit_units(expand_jobs(config))
     run_folder, records = RunFolder(tmp_path / "r"), []
-    assert SlurmExecutor(cluster="local", max_retries=0)._collect(submitit, LostHandle(), unit, 0, run_folder,
+    assert SlurmExecutor(cluster="local", max_retries=0)._collect(submitit, LostHandle(), [unit], 0, run_folder,
                                                                   records.append) is False
     assert [r["job_id"] for r in records] == [job.job_id for job in unit.jobs]
     assert all(r["status"] == "failed" and r["error"].startswith("lost after 0 retries") for r in records)
