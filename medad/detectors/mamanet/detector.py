@@ -60,10 +60,12 @@ class MamaNetDetector(Detector):
     paper = ("Chen et al., MAMA Net: Multi-Scale Attention Memory Autoencoder Network for Anomaly Detection, "
              "IEEE TMI 40(3), 2021")
     paper_settings = ("iterations", "batch_size", "lr", "width_mult", "mem_size", "hash_bits", "addressing")
-    smoke_params = {"epochs": 8, "batch_size": 8, "lr": 1e-3, "width_mult": 0.25, "mem_size": 64, "hash_bits": 32,
+    smoke_params = {"epochs": 16, "batch_size": 8, "lr": 1e-3, "width_mult": 0.25, "mem_size": 64, "hash_bits": 32,
                     "reseed_after": 16}
-    # The image score is bounded by the nearest stored normal prototype: at the smoke budget (8 epochs, quarter
-    # widths) seeds 0-2 measured ROC AUC 0.673, 0.737, 0.752 (0.66 on another machine); 16 epochs 0.70-0.79.
+    # The image score is bounded by the nearest stored normal prototype. At 8 epochs (quarter widths) seeds 0-2
+    # measured ROC AUC 0.673, 0.737, 0.752 on an Intel Sapphire Rapids machine (0.66 on another), but 0.475, 0.780,
+    # 0.693 on an AMD EPYC one (the same code and data: other CPU kernels, other rounding); 16 epochs: 0.70-0.79 on the
+    # first, 0.627, 0.880, 0.857 on the second. The kit fits seed 0, so the smoke budget is 16 epochs.
     smoke_auc_bar = 0.6
 
     @classmethod
