@@ -34,7 +34,7 @@ CATEGORY_COLUMNS = ("dataset", "subset", "detector", "detector_name", "supervisi
 INTEGER_COLUMNS = ("seed", "label", "epoch", "step")
 FLOAT_COLUMNS = ("value", "ci_low", "ci_high", "score", "wall_s", "load_s", "train_s", "score_s", "maps_s", "metrics_s",
                  "bootstrap_s", "examples_s", "peak_rss_mb", "peak_gpu_mb")
-TEXT_COLUMNS = ("run_id", "job_id", "sample_id", "note", "error", "device", "worker", "started", "finished")
+TEXT_COLUMNS = ("run_id", "job_id", "fit_id", "fit_by", "sample_id", "note", "error", "device", "worker", "started", "finished")
 
 
 def typed(frame: pd.DataFrame) -> pd.DataFrame:

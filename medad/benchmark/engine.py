@@ -27,7 +27,7 @@ from medad.benchmark.jobs import Job, expand_jobs
 from medad.benchmark.numerics import set_cublas_workspace
 from medad.benchmark.preflight import Problem
 from medad.benchmark.resources import git_commit, hardware
-from medad.benchmark.run_folder import RunFolder, now, ordered
+from medad.benchmark.run_folder import ID_DTYPES, RunFolder, now, ordered
 from medad.benchmark.run_lock import run_lock
 from medad.datasets.base import DatasetError
 from medad.datasets.files import FileDataset
@@ -77,7 +77,7 @@ def config_from_manifest(manifest: dict[str, Any]) -> RunConfig:
 
 def _with_skipped(run_folder: RunFolder, jobs: list[Job]) -> pd.DataFrame:
     """jobs.csv plus a ``skipped`` row for each job of the matrix that has no record (not run)."""
-    frame = pd.read_csv(run_folder.path / "jobs.csv", keep_default_na=False)
+    frame = pd.read_csv(run_folder.path / "jobs.csv", keep_default_na=False, dtype=ID_DTYPES)
     missing = [job for job in jobs if job.job_id not in set(frame["job_id"])]
     if missing:
         skipped = pd.DataFrame([{"run_id": run_folder.run_id, "job_id": job.job_id, **job.keys(),

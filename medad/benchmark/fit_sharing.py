@@ -67,7 +67,9 @@ def shareable(job: Job) -> bool:
 
 
 def _short_hash(value: dict[str, Any]) -> str:
-    return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:12]
+    """``fit-`` and 12 hex digits of the value's hash: the prefix keeps CSV readers from taking an id such as
+    ``7645e5312180`` for a number (pandas reads that as infinity)."""
+    return "fit-" + hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:12]
 
 
 def fit_id(job: Job, share: bool = True) -> str:

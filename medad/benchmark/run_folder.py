@@ -40,6 +40,8 @@ COLUMNS = {
     "history": KEY_COLUMNS + ["epoch", "step", "loss_name", "value"],
     "splits": ["run_id", "dataset", "subset", "sample_id", "part", "label"],
 }
+# identifiers that read_csv would otherwise take for numbers (Head-CT's sample "007" as 7)
+ID_DTYPES = {c: str for c in ("run_id", "job_id", "dataset", "subset", "detector", "sample_id", "fit_id", "fit_by")}
 JOB_FILES = {"metrics": "metrics.csv", "scores": "scores.csv", "history": "history.csv", "splits": "split.csv"}
 STATUSES = ("done", "failed", "skipped")
 TABLES = ("jobs", "metrics", "scores", "history", "splits")
@@ -182,7 +184,7 @@ class RunFolder:
                          if k not in ("traceback", "tags", "split")} for r in records]
                 frames[name] = ordered(pd.DataFrame(rows), "jobs")
                 continue
-            parts = [pd.read_csv(self.job_dir(r["job_id"]) / JOB_FILES[name], keep_default_na=True)
+            parts = [pd.read_csv(self.job_dir(r["job_id"]) / JOB_FILES[name], keep_default_na=True, dtype=ID_DTYPES)
                      for r in records if (self.job_dir(r["job_id"]) / JOB_FILES[name]).is_file()]
             parts = [p for p in parts if not p.empty]
             frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COLUMNS[name])

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from medad.benchmark.run_folder import ID_DTYPES
+
 BELOW_CHANCE_MARK = "(<0.5)"
 BELOW_CHANCE_LEGEND = (f"{BELOW_CHANCE_MARK}: below chance: every seed's 95% bootstrap interval (ci_high in metrics.csv) "
                        "lies below 0.5, the scores rank anomalies below normals on this data")
@@ -20,7 +22,7 @@ def auc_table(run_path: Path, metric: str = "roc_auc") -> str:
     rule (one seed whose interval reaches 0.5, or has none, leaves the cell unmarked).
     """
     path = Path(run_path) / "metrics.csv"
-    metrics = pd.read_csv(path) if path.is_file() else pd.DataFrame()
+    metrics = pd.read_csv(path, dtype=ID_DTYPES) if path.is_file() else pd.DataFrame()
     if metrics.empty:
         return f"no {metric} values yet (no job finished)"
     rows = metrics[metrics["metric"] == metric].copy()

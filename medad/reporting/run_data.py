@@ -21,6 +21,8 @@ def unit_name(dataset: str, subset: str) -> str:
 
 
 _TEXT_COLUMNS = {"dataset": str, "subset": str, "detector": str, "sample_id": str, "job_id": str}
+# read as text too, but left missing where empty (a failed job has no fit)
+_READ_AS_TEXT = {**_TEXT_COLUMNS, "fit_id": str, "fit_by": str}
 
 
 # standard columns that runs of an earlier medad lack: such a run still loads
@@ -32,7 +34,7 @@ def _read(path: Path, name: str) -> pd.DataFrame:
     if not path.is_file() or path.stat().st_size == 0:
         return pd.DataFrame(columns=COLUMNS[name])
     try:
-        frame = pd.read_csv(path, keep_default_na=True, dtype=_TEXT_COLUMNS)
+        frame = pd.read_csv(path, keep_default_na=True, dtype=_READ_AS_TEXT)
     except pd.errors.EmptyDataError:
         return pd.DataFrame(columns=COLUMNS[name])
     return _standard(frame, name, path)
