@@ -218,7 +218,8 @@ def test_a_detector_whose_training_sees_the_test_set_never_shares_even_undeclare
 
 
 def test_dry_run_of_the_study_shows_the_oct_tasks_sharing_one_fit_per_seed(data_root, capsys):
-    main(["run", "--config", "study", "--dry-run", "--data-root", str(data_root)])
+    # no estimate: it would time every study detector on this CPU (minutes); test_estimate covers it
+    main(["run", "--config", "study", "--dry-run", "--no-estimate", "--data-root", str(data_root)])
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if line.strip().startswith("oct ")]
     frame = pd.DataFrame([(r[1], r[2], r[3], r[-1]) for r in rows], columns=["subset", "detector", "seed", "fit"])
