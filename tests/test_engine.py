@@ -95,6 +95,7 @@ def test_missing_dataset_root_fails_that_job_with_a_clear_message(tmp_path, monk
     assert "--data-root" in error and "synthetic/" in error
 
 
+@pytest.mark.processes
 def test_resume_after_kill_runs_each_job_once(tmp_path):
     config = write_config(tmp_path / "c.yaml", detectors=[{"name": TEMPLATE, "label": "slow", "params": {"fit_seconds": 1.5}}],
                           seeds=(0, 1, 2, 3))

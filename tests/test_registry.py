@@ -57,6 +57,7 @@ def test_medad_list_prints_both_registries():
     assert "\n  ae " in result.stdout and "\n  synthetic " in result.stdout
 
 
+@pytest.mark.processes
 def test_plugin_package_registers_through_entry_point_and_runs(tmp_path):
     """Install examples/plugin_detector into a private folder; `medad run` finds it via its entry point."""
     target = tmp_path / "site"
@@ -246,6 +247,7 @@ class RowDistance(PatchDistance):
 }
 
 
+@pytest.mark.processes
 def test_throwaway_plugin_of_each_form_lists_passes_the_kit_and_runs(tmp_path):
     """A package whose entry points name a class (no decorator) and a module; pip-installed into a private folder."""
     source = tmp_path / "plugin"

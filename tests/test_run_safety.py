@@ -79,6 +79,7 @@ def alive(pid: int) -> bool:
 
 
 # --- 3. one process per run folder -----------------------------------------------------------------
+@pytest.mark.processes
 def test_a_second_process_on_a_running_run_is_refused_and_the_first_finishes(tmp_path):
     run, release = tmp_path / "r", tmp_path / "release"
     held = write_config(tmp_path / "held.yaml", seeds=(0, 1, 2, 3), detectors=[
@@ -104,6 +105,7 @@ def test_a_second_process_on_a_running_run_is_refused_and_the_first_finishes(tmp
 
 
 # --- 4. no orphaned workers ---------------------------------------------------------------------------
+@pytest.mark.processes
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process tree from /proc")
 def test_workers_die_with_a_killed_main_process_and_their_jobs_stay_pending(tmp_path):
     run, release = tmp_path / "r", tmp_path / "release"
@@ -132,6 +134,7 @@ def test_workers_die_with_a_killed_main_process_and_their_jobs_stay_pending(tmp_
 
 
 # --- 5. Ctrl-C ----------------------------------------------------------------------------------------
+@pytest.mark.processes
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_ctrl_c_stops_cleanly_with_one_line_and_an_interrupted_manifest(tmp_path, workers):
     run = tmp_path / "r"
@@ -259,6 +262,7 @@ def test_no_temporary_folders_are_left_outside_the_run(tmp_path, monkeypatch):
 
 
 # --- 10. permissions ------------------------------------------------------------------------------
+@pytest.mark.processes
 def test_run_files_and_folders_are_world_readable_under_umask_022(tmp_path):
     config = write_config(tmp_path / "c.yaml", detectors=[{"name": "ae", "params": {"epochs": 1, "width": 4}}])
     result = subprocess.run([sys.executable, "-m", "medad", "run", "--config", str(config), "--results",
