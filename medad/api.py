@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -118,7 +119,9 @@ def run(config: str | Path | dict | RunConfig | None = None, *, data_root: str |
 
     ``config``: a YAML path or a shipped config's name (``default``, ``study``, ``papers``), a mapping in the
     same shape, a :class:`RunConfig`, or None (the embedded default).
-    The keywords are the command line's options; ``reports=None`` skips the HTML report.
+    The keywords are the command line's options; ``reports=None`` skips the HTML report. As on the command line, a
+    report that fails to build loses nothing: the run is returned (``report`` None) after a ``RuntimeWarning``
+    that names the error and the command that rebuilds it (``medad report <run> --reports <dir>``).
     """
     from medad.benchmark.engine import run_matrix
 
@@ -134,7 +137,12 @@ def run(config: str | Path | dict | RunConfig | None = None, *, data_root: str |
     if reports is not None:
         from medad.reporting.html import build_report
 
-        report = build_report(folder.path, reports)
+        try:
+            report = build_report(folder.path, reports)
+        except Exception as error:  # the run is complete on disk: a report bug must not hide it
+            warnings.warn(f"the report of {folder.path} failed: {type(error).__name__}: {error}; the run is complete, "
+                          f"rebuild its report with: medad report {folder.path} --reports {reports}",
+                          RuntimeWarning, stacklevel=2)
     return Run(folder.path, report=report, ok=summary.ok)
 
 

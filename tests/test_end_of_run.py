@@ -113,3 +113,21 @@ def test_a_failed_job_still_sets_the_exit_status_when_an_end_of_run_step_raises(
     assert run(tmp_path, [{"name": "tests.support.detectors:FailingDetector", "label": "f"}]) == 1
     assert "medad report" in capsys.readouterr().err
     assert (pd.read_csv(tmp_path / "results" / "r" / "jobs.csv")["status"] == "failed").all()
+
+
+def test_the_python_api_returns_the_run_and_warns_with_the_rebuild_command_when_the_report_raises(tmp_path,
+                                                                                                   monkeypatch):
+    from medad import api
+    from medad.reporting import html
+
+    def broken_report(run_dir, reports_dir="reports", paper_files=None, data=None):
+        raise ValueError("a figure could not be drawn")
+
+    monkeypatch.setattr(html, "build_report", broken_report)
+    config = write_config(tmp_path / "c.yaml", seeds=(0, 1, 2), detectors=[{"name": TEMPLATE, "label": "t"}])
+    with pytest.warns(RuntimeWarning, match="a figure could not be drawn") as record:
+        result = api.run(config, results=tmp_path / "results", reports=tmp_path / "reports", run_id="r", workers=1)
+    run_dir = tmp_path / "results" / "r"
+    assert f"medad report {run_dir} --reports {tmp_path / 'reports'}" in str(record[0].message)
+    assert result.ok and result.report is None and result.path == run_dir
+    assert_run_folder_complete(run_dir, done=3)
