@@ -257,6 +257,10 @@ def test_each_job_keeps_its_log_with_a_line_per_epoch_and_no_live_log_is_left(tm
         log.log(epoch, 1, loss=2.0 + epoch)
     assert [line.split(": ", 1)[1] for line in lines] == ["loss=1.5", "loss=2.5"]   # each epoch's own mean
     assert lines[0].startswith("epoch 1/2 (") and lines[1].startswith("epoch 2/2 (")
+    lines.clear()
+    for epoch in log.epochs(2):  # a second phase numbering its epochs on after the first (f-AnoGAN's encoder)
+        log.log(2 + epoch, 0, encoder=3.0 + epoch)
+    assert [line.split(": ", 1)[1] for line in lines] == ["encoder=3", "encoder=4"]
 
     tiny_ae = {"name": "ae", "params": {"epochs": 2, "width": 4, "latent": 8, "batch_size": 16}}
     config = load_config(write_config(tmp_path / "c.yaml", detectors=[tiny_ae]))

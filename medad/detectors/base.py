@@ -102,18 +102,24 @@ class TrainLog:
             self.flush()
             if self.sink is not None:
                 elapsed = time.perf_counter() - started
-                self.sink(f"epoch {epoch + 1}/{count} ({elapsed:.1f} s): {self.summary(epoch, first_row)}")
+                # the rows logged during this epoch, whatever epoch number the detector gave them (a second
+                # training phase numbers its epochs on after the first: f-AnoGAN's encoder stage)
+                self.sink(f"epoch {epoch + 1}/{count} ({elapsed:.1f} s): {_means(self.rows[first_row:])}")
             if self.epoch_end is not None:
                 self.epoch_end(epoch, count)
 
     def summary(self, epoch: int, first_row: int = 0) -> str:
         """The mean of each loss logged in ``epoch``, as ``name=value`` pairs; ``first_row`` skips the rows logged
         before (an epoch's own rows are the last ones, so a long fit's summaries stay linear in its steps)."""
-        values: dict[str, list[float]] = {}
-        for row_epoch, _, name, value in self.rows[first_row:]:
-            if row_epoch == epoch:
-                values.setdefault(name, []).append(value)
-        return " ".join(f"{name}={sum(v) / len(v):.5g}" for name, v in values.items()) or "(nothing logged)"
+        return _means([row for row in self.rows[first_row:] if row[0] == epoch])
+
+
+def _means(rows: list[tuple[int, int, str, float]]) -> str:
+    """The mean of each loss in ``rows``, as ``name=value`` pairs in the order first logged."""
+    values: dict[str, list[float]] = {}
+    for _, _, name, value in rows:
+        values.setdefault(name, []).append(value)
+    return " ".join(f"{name}={sum(v) / len(v):.5g}" for name, v in values.items()) or "(nothing logged)"
 
 
 def _host_values(tensors: list[torch.Tensor]) -> list[float]:
