@@ -160,7 +160,9 @@ def command_run(args: argparse.Namespace) -> int:
         if pending and not args.no_estimate:
             from medad.benchmark.estimate import estimate_jobs, format_estimate
 
-            print(f"\n{format_estimate(estimate_jobs(pending, fit_ids(pending, config.share_fits)), config.name)}")
+            say = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+            estimate = estimate_jobs(pending, fit_ids(pending, config.share_fits), progress=say)
+            print(f"\n{format_estimate(estimate, config.name)}")
         if problems:
             print(f"\n{PreflightError(problems)}", file=sys.stderr)
         return 2 if problems else 0

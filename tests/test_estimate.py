@@ -110,9 +110,13 @@ def test_a_shared_fit_is_counted_once_and_unknown_jobs_are_named(tmp_path):
 def test_the_dry_run_prints_each_jobs_estimate_and_the_total(tmp_path, capsys):
     config = write_config(tmp_path / "c.yaml", detectors=[{"name": "ae", "params": TINY_AE}], seeds=(0, 1))
     assert main(["run", "--config", str(config), "--dry-run", "--results", str(tmp_path / "results")]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "tiny: 2 jobs, 2 fits, about" in out and "CPU-hours" in out and "an estimate from a short calibration" in out
     assert "synthetic__obvious__ae__seed1" in out and not (tmp_path / "results").exists()
+    # while it times (minutes for a first study estimate on a CPU) it says so; a cached setting is silent
+    assert "estimate: timing ae at 32 px x1, fp32, on " in err and "estimate: timed ae at 32 px x1" in err
+    assert main(["run", "--config", str(config), "--dry-run", "--results", str(tmp_path / "results")]) == 0
+    assert "estimate: timing" not in capsys.readouterr().err
     assert main(["run", "--config", str(config), "--dry-run", "--no-estimate"]) == 0
     assert "fits, about" not in capsys.readouterr().out
 

@@ -40,6 +40,7 @@ import hashlib
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -154,10 +155,12 @@ def _score_seconds_per_image(detector: Detector, images: ImageSet, batch_size: i
 
 def calibrate(detector_name: str, params: dict[str, Any], *, image_size: int, channels: int, device: str = "auto",
               precision: str = "fp32", memory_format: str = "auto", n_cal: int | None = None,
-              score_batch_size: int = 64, use_cache: bool = True) -> Calibration:
+              score_batch_size: int = 64, use_cache: bool = True,
+              progress: Callable[[str], None] | None = None) -> Calibration:
     """Time the detector ``detector_name`` with ``params`` on this machine's ``device`` (see the module's text);
     read from the cache when this setting was timed before. ``n_cal``: calibration images (default two batches,
-    at least 16)."""
+    at least 16). ``progress`` receives a line before and after a timing (none for a cached setting): a first
+    estimate on a CPU can take minutes."""
     cls = DETECTORS.get(detector_name)
     full = resolved_params(cls, params)
     budget = cls.training_budget(full)
@@ -171,6 +174,9 @@ def calibrate(detector_name: str, params: dict[str, Any], *, image_size: int, ch
             return Calibration(**json.loads(path.read_text(encoding="utf-8")))
         except (json.JSONDecodeError, TypeError, OSError):
             pass  # a damaged entry: time again
+    what = f"{detector_name} at {image_size} px x{channels}, {precision}, on {device_label(resolved)}"
+    if progress is not None:
+        progress(f"estimate: timing {what} (cached for the next dry run) ...")
     started = time.perf_counter()
     subset = Subset(name="calibration", train=random_images(n_cal, channels, image_size),
                     val=random_images(n_cal // 2, channels, image_size, seed=1),
@@ -197,6 +203,8 @@ def calibrate(detector_name: str, params: dict[str, Any], *, image_size: int, ch
                               score_s_per_image=score, n_cal=n_cal, timed_s=time.perf_counter() - started)
     if use_cache:
         write_text_atomic(path, json.dumps(asdict(calibration), indent=1) + "\n")
+    if progress is not None:
+        progress(f"estimate: timed {what} in {calibration.timed_s:.1f} s")
     return calibration
 
 
@@ -258,10 +266,10 @@ def _first_line(error: BaseException) -> str:
 
 
 def estimate_jobs(jobs: list[Job], fit_ids: dict[str, str] | None = None, *, n_cal: int | None = None,
-                  use_cache: bool = True) -> Estimate:
+                  use_cache: bool = True, progress: Callable[[str], None] | None = None) -> Estimate:
     """The estimated device time of ``jobs`` on this machine. ``fit_ids`` maps a job id to the id of the fit it uses
     (jobs that train identically share one); a job not in it has a fit of its own. A shared fit is counted once,
-    at the first job that uses it; every job pays for its own scoring."""
+    at the first job that uses it; every job pays for its own scoring. ``progress``: see :func:`calibrate`."""
     fit_ids = fit_ids or {}
     sizes: dict[tuple, JobSizes | str] = {}
     calibrations: dict[str, Calibration | str] = {}
@@ -288,7 +296,8 @@ def estimate_jobs(jobs: list[Job], fit_ids: dict[str, str] | None = None, *, n_c
                 calibrations[setting] = calibrate(job.detector_name, job.detector_params, image_size=job.image_size,
                                                   channels=job.channels, device=job.device, precision=job.precision,
                                                   memory_format=job.memory_format, n_cal=n_cal,
-                                                  score_batch_size=job.score_batch_size, use_cache=use_cache)
+                                                  score_batch_size=job.score_batch_size, use_cache=use_cache,
+                                                  progress=progress)
             except Exception as error:  # a detector that cannot be built or fitted here (missing weights, memory)
                 calibrations[setting] = f"calibration failed ({_first_line(error)})"
         calibration = calibrations[setting]
