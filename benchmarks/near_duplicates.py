@@ -60,9 +60,7 @@ def load(name: str, data_root: Path, subset: str) -> dict:
 
     dataset = DATASETS.get(name)(root=data_root / name, image_size=64)
     records = dataset.records()
-    view = dataset.decode_view(subset)
-    view_records = records if view != subset else dataset.select(subset, records)
-    position = {r.id: i for i, r in enumerate(view_records)}
+    view, view_records, position = dataset.view_of(subset, records)
     chosen = dataset.select(subset, records)
     index = np.array([position[r.id] for r in chosen], dtype=np.int64)
     hashed = dataset.hash_inputs(view, view_records)

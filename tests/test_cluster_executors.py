@@ -308,6 +308,22 @@ def test_visible_gpu_ids_follow_cuda_visible_devices(monkeypatch):
         make_executor("local", "auto", 3)
 
 
+def run_device_probes(executor, tmp_path, seeds: tuple[int, ...]) -> tuple[list, list[dict], pd.Series, RunFolder]:
+    """Run the device probe on SUBSETS x ``seeds`` with ``executor``; check every job finished once. Returns the
+    jobs, their records, the CUDA_VISIBLE_DEVICES each (subset, seed) saw, and the run folder."""
+    probe = {"name": f"{PROBES}:DeviceProbe", "label": "probe", "params": {"barrier_dir": str(tmp_path / "barrier")}}
+    config = load_config(write_config(tmp_path / "probe.yaml", detectors=[probe], subsets=SUBSETS, seeds=seeds))
+    jobs = expand_jobs(config)
+    run_folder = RunFolder(tmp_path / "pool")
+    records: list[dict] = []
+    executor.run(jobs, run_folder, records.append, progress=False)
+    run_folder.merge()
+    assert sorted(r["job_id"] for r in records) == sorted(job.job_id for job in jobs)
+    assert {r["status"] for r in records} == {"done"}
+    metrics = pd.read_csv(run_folder.path / "metrics.csv", dtype={"cuda_visible_devices": str})
+    return jobs, records, metrics.groupby(["subset", "seed"])["cuda_visible_devices"].unique(), run_folder
+
+
 def test_local_pool_gives_each_worker_one_gpu_and_spreads_jobs_over_all(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
@@ -316,19 +332,8 @@ def test_local_pool_gives_each_worker_one_gpu_and_spreads_jobs_over_all(tmp_path
     monkeypatch.undo()  # the workers are fresh processes; this one goes back to its real torch
     assert isinstance(executor, ProcessPoolExecutor) and executor.gpu_ids == ["0", "1"]
 
-    probe = {"name": f"{PROBES}:DeviceProbe", "label": "probe", "params": {"barrier_dir": str(tmp_path / "barrier")}}
-    config = load_config(write_config(tmp_path / "probe.yaml", detectors=[probe], subsets=SUBSETS))
-    jobs = expand_jobs(config)
-    run_folder = RunFolder(tmp_path / "pool")
-    records: list[dict] = []
-    executor.run(jobs, run_folder, records.append, progress=False)
-    run_folder.merge()
-
-    assert sorted(r["job_id"] for r in records) == sorted(job.job_id for job in jobs)
-    assert {r["status"] for r in records} == {"done"}
-    metrics = pd.read_csv(run_folder.path / "metrics.csv", dtype={"cuda_visible_devices": str})
-    seen = metrics.groupby(["subset", "seed"])["cuda_visible_devices"].unique()  # the barrier holds each worker's
-    # first job until both workers have one: with two jobs, each worker runs exactly one
+    jobs, records, seen, _ = run_device_probes(executor, tmp_path, seeds=(0,))
+    # the barrier holds each worker's first job until both workers have one: with two jobs, each runs exactly one
     assert all(len(values) == 1 for values in seen)
     gpu_of_worker = {r["job_id"]: r["worker"].split(":")[1].rsplit("-gpu", 1)[1] for r in records}
     for job in jobs:  # the GPU a job saw is the one its worker was started with
@@ -391,18 +396,7 @@ def test_workers_sharing_a_gpu_see_that_gpu_and_run_their_share_of_the_cores(tmp
     monkeypatch.undo()  # the workers are fresh processes; this one goes back to its real torch
     assert (executor.workers, executor.threads_per_worker) == (4, 2)
 
-    probe = {"name": f"{PROBES}:DeviceProbe", "label": "probe", "params": {"barrier_dir": str(tmp_path / "barrier")}}
-    config = load_config(write_config(tmp_path / "probe.yaml", detectors=[probe], subsets=SUBSETS, seeds=(0, 1)))
-    jobs = expand_jobs(config)
-    run_folder = RunFolder(tmp_path / "pool")
-    records: list[dict] = []
-    executor.run(jobs, run_folder, records.append, progress=False)
-    run_folder.merge()
-
-    assert sorted(r["job_id"] for r in records) == sorted(job.job_id for job in jobs)
-    assert {r["status"] for r in records} == {"done"}
-    metrics = pd.read_csv(run_folder.path / "metrics.csv", dtype={"cuda_visible_devices": str})
-    seen = metrics.groupby(["subset", "seed"])["cuda_visible_devices"].unique()
+    _, records, seen, run_folder = run_device_probes(executor, tmp_path, seeds=(0, 1))
     for record in records:  # worker i runs on GPU i mod 2, and its jobs saw that GPU alone
         name = record["worker"].split(":")[1]
         index, gpu = name.removeprefix("worker").split("-gpu")

@@ -352,21 +352,24 @@ class FileDataset(Dataset):
         return cache.cached_arrays(dataset=self.name, view=view, image_size=HASH_THUMBNAIL_SIZE, channels=1,
                                    options="dhash-thumbnails-digests", fingerprint=self._fingerprint(records), build=build)
 
+    def view_of(self, subset: str, records: list[Record]) -> tuple[str, list[Record], dict[str, int]]:
+        """The decode view of ``subset`` (:meth:`decode_view`), its records (decoded, cached and hashed together) and
+        each record id's position among them."""
+        view = self.decode_view(subset)
+        view_records = records if view != subset else self.select(subset, records)
+        return view, view_records, {r.id: i for i, r in enumerate(view_records)}
+
     def identity(self, subset: str) -> str:
         """The fingerprint of the subset's source files (paths, sizes, modification times) and records."""
         self.check_subset(subset)
-        records = self.records()
-        view = self.decode_view(subset)
-        return self._fingerprint(records if view != subset else self.select(subset, records))
+        return self._fingerprint(self.view_of(subset, self.records())[1])
 
     def split(self, subset: str) -> SplitResult:
         """Which record of ``subset`` goes where: a function of the files, the parameters that choose images and
         ``split_seed`` alone (never of ``image_size``, ``channels`` or ``resize_mode``)."""
         self.check_subset(subset)
         records = self.records()
-        view = self.decode_view(subset)
-        view_records = records if view != subset else self.select(subset, records)
-        position = {r.id: i for i, r in enumerate(view_records)}
+        view, view_records, position = self.view_of(subset, records)
         chosen = self.select(subset, records)
         index = np.array([position[r.id] for r in chosen], dtype=np.int64)
         if len(index) == 0:
