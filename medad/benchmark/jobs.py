@@ -31,7 +31,7 @@ class Job:
     memory_format: str = "auto"  # config ``memory_format`` (medad.benchmark.acceleration)
     precision: str = "fp32"      # config ``precision``
     deterministic: bool = False  # config ``deterministic`` (medad.benchmark.numerics)
-    test_curve: bool = False     # config ``test_curve``: the test-set diagnostic (medad.benchmark.test_curve)
+    test_curve: bool = False     # config ``test_curve``: the test-set diagnostic (medad.benchmark.diagnostics)
     log_every: int = LOG_EVERY   # config ``log_every``: logged steps between reads of the training losses
 
     @property
