@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from medad.benchmark.examples import EXAMPLES_FILE
-from medad.benchmark.run_folder import COLUMNS, RunFolder
+from medad.benchmark.run_folder import COLUMNS, ID_DTYPES, RunFolder
 from medad.benchmark.run_lock import is_locked
 
 UNIT_SEPARATOR = "/"
@@ -21,8 +21,6 @@ def unit_name(dataset: str, subset: str) -> str:
 
 
 _TEXT_COLUMNS = {"dataset": str, "subset": str, "detector": str, "sample_id": str, "job_id": str}
-# read as text too, but left missing where empty (a failed job has no fit)
-_READ_AS_TEXT = {**_TEXT_COLUMNS, "fit_id": str, "fit_by": str}
 
 
 # standard columns that runs of an earlier medad lack: such a run still loads
@@ -34,7 +32,7 @@ def _read(path: Path, name: str) -> pd.DataFrame:
     if not path.is_file() or path.stat().st_size == 0:
         return pd.DataFrame(columns=COLUMNS[name])
     try:
-        frame = pd.read_csv(path, keep_default_na=True, dtype=_READ_AS_TEXT)
+        frame = pd.read_csv(path, keep_default_na=True, dtype=ID_DTYPES)  # ids read as text; an empty fit id stays missing
     except pd.errors.EmptyDataError:
         return pd.DataFrame(columns=COLUMNS[name])
     return _standard(frame, name, path)
