@@ -145,6 +145,11 @@ def command_run(args: argparse.Namespace) -> int:
         raise ConfigError("--ray-address needs --executor ray")
     if args.slurm_param and args.executor != "slurm":
         raise ConfigError("--slurm-param needs --executor slurm")
+    from medad.benchmark.executors.slurm import parse_slurm_params
+
+    # the options' own syntax first: a malformed --slurm-param is the user's typo whatever is installed
+    options = {"ray_address": args.ray_address, "max_retries": args.max_retries,
+               "slurm_params": parse_slurm_params(args.slurm_param)}
     run_folder, config = _run_config(args)
     existing = args.resume or args.extend
     if existing is not None and data_root is None:
@@ -168,10 +173,6 @@ def command_run(args: argparse.Namespace) -> int:
         return 2 if problems else 0
     if problems:
         raise PreflightError(problems)
-    from medad.benchmark.executors.slurm import parse_slurm_params
-
-    options = {"ray_address": args.ray_address, "max_retries": args.max_retries,
-               "slurm_params": parse_slurm_params(args.slurm_param)}
     try:
         summary = run_matrix(config, run_folder, data_root=data_root, executor=args.executor, workers=args.workers,
                              resume=existing is not None, progress=not args.quiet, fail_fast=args.fail_fast,

@@ -34,6 +34,29 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
+# Tests that need an optional extra (Ray, submitit) skip where it is missing, as after the README's install
+# (``.[dev]``). With ``MEDAD_SKIPPED_FOR_EXTRAS=FILE`` set, the node ids of the tests skipped that way are written to
+# FILE, one a line: CI installs the extras afterwards and runs exactly those.
+EXTRA_MODULES = ("ray", "submitit")
+SKIPPED_FOR_EXTRAS_ENV = "MEDAD_SKIPPED_FOR_EXTRAS"
+
+
+def skipped_for_a_missing_extra(report: pytest.TestReport) -> bool:
+    """Whether ``report`` is a skip by ``pytest.importorskip`` of one of :data:`EXTRA_MODULES`."""
+    if not report.skipped or not isinstance(report.longrepr, tuple):
+        return False
+    reason = str(report.longrepr[2])
+    return any(f"could not import {module!r}" in reason for module in EXTRA_MODULES)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Record the tests skipped for a missing extra (on the controller, also under pytest-xdist)."""
+    record = os.environ.get(SKIPPED_FOR_EXTRAS_ENV)
+    if record and not os.environ.get("PYTEST_XDIST_WORKER") and skipped_for_a_missing_extra(report):
+        with open(record, "a", encoding="utf-8") as handle:
+            handle.write(f"{report.nodeid}\n")
+
+
 def tiny_synthetic(image_size: int = 32, subset: str = "obvious", **params):
     """A small, very obvious synthetic subset: what smoke fits are judged on."""
     from medad.datasets.synthetic import SyntheticHeadCT

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -253,7 +254,10 @@ def test_config_resources_are_validated_and_survive_the_manifest():
         parse_config({**raw, "detectors": [{"name": "ae", "resources": {"cpus": 0}}]})
 
 
-def test_cluster_options_need_their_executor(ae_config, tmp_path, capsys):
+@pytest.mark.parametrize("submitit", ["as installed", "missing"])
+def test_cluster_options_need_their_executor(ae_config, tmp_path, capsys, monkeypatch, submitit):
+    if submitit == "missing":  # as after the README's install (.[dev]): the option's typo is still what is named
+        monkeypatch.setitem(sys.modules, "submitit", None)
     assert main(["run", "--config", str(ae_config), "--results", str(tmp_path), "--ray-address", "auto"]) == 2
     assert "--ray-address needs --executor ray" in capsys.readouterr().err
     assert main(["run", "--config", str(ae_config), "--results", str(tmp_path), "--executor", "slurm",

@@ -202,3 +202,16 @@ def test_the_host_read_counter_sees_a_per_step_read():
             int(torch.randint(3, (1,), generator=torch.Generator()))  # a host draw: not counted
         (weights > 1).nonzero()
     assert reads.count == 5
+
+
+def test_a_read_is_charged_to_medads_own_code_wherever_the_checkout_lies(tmp_path):
+    # `git clone` names the checkout's folder medad: a test helper at <somewhere>/medad/tests/... is not medad's code
+    helper = tmp_path / "medad" / "tests" / "support" / "helper.py"
+    source = "def read(weights):\n    return float(weights.sum())\n"
+    namespace: dict = {}
+    exec(compile(source, str(helper), "exec"), namespace)
+    weights = torch.ones(3)
+    with HostReads([weights]) as reads:
+        namespace["read"](weights)                     # read by a file outside the medad package: no medad site
+        TrainLog(log_every=1).log(0, 0, loss=weights.sum())  # read by medad's TrainLog
+    assert set(reads.sites) == {"?", "detectors/base.py:_host_values"}, dict(reads.sites)

@@ -14,11 +14,14 @@ from __future__ import annotations
 import traceback
 from collections import Counter
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
+
+import medad
 
 aten = torch.ops.aten
 # ops whose result the host must wait for: a value, or an output size that depends on the values
@@ -28,11 +31,25 @@ _INDEX_OPS = {aten.index.Tensor, aten.index_put.default, aten.index_put_.default
 _PYTHON_READS = ("cpu", "numpy", "tolist", "__array__")
 
 
+# medad's own source files, wherever the package lives: a checkout may itself sit in a folder named ``medad`` (what
+# ``git clone`` makes), so a frame is medad's when its file is inside the imported package, not when its path
+# merely contains "/medad/"
+MEDAD_PACKAGE = Path(medad.__file__).resolve().parent
+
+
+def medad_function(filename: str, function: str) -> str | None:
+    """``path/in/medad.py:function`` for a frame of medad's own code, None for any other frame."""
+    path = Path(filename).resolve()
+    if not path.is_relative_to(MEDAD_PACKAGE):
+        return None
+    return f"{path.relative_to(MEDAD_PACKAGE).as_posix()}:{function}"
+
+
 def _where() -> str:
     """The innermost medad function on the stack (what made the read), as ``path/in/medad.py:function``."""
     for frame in reversed(traceback.extract_stack()):
-        if "/medad/" in frame.filename:
-            return f"{frame.filename.rsplit('/medad/', 1)[1]}:{frame.name}"
+        if (site := medad_function(frame.filename, frame.name)) is not None:
+            return site
     return "?"
 
 
