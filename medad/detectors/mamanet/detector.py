@@ -60,13 +60,16 @@ class MamaNetDetector(Detector):
     paper = ("Chen et al., MAMA Net: Multi-Scale Attention Memory Autoencoder Network for Anomaly Detection, "
              "IEEE TMI 40(3), 2021")
     paper_settings = ("iterations", "batch_size", "lr", "width_mult", "mem_size", "hash_bits", "addressing")
+    # The smoke fit stores the training codes as Sec. III-C's prose has it (``mem_update="write"``): the learned
+    # prototype memory (the default) collapsed at this budget on some seeds, its decoder giving one image whatever
+    # the input (32 px, quarter widths, 16 epochs, one thread on an AMD EPYC machine: ROC AUC 0.510, 0.795, 0.870,
+    # 0.517 for seeds 0-3 at lr 1e-3; 0.490, 0.740, 0.748, 0.708 at the paper's 1e-2; seed 0 still 0.52 at 32
+    # epochs), so whether the check passed depended on the seed and on the CPU's rounding (seed 0 measured 0.627 on
+    # another day). Stored codes read the nearest training normal: seeds 0-3 gave 0.767, 0.792, 0.762, 0.757 there;
+    # the bar keeps a margin of 0.1 below the lowest. The prototype memory has its own tests.
     smoke_params = {"epochs": 16, "batch_size": 8, "lr": 1e-3, "width_mult": 0.25, "mem_size": 64, "hash_bits": 32,
-                    "reseed_after": 16}
-    # The image score is bounded by the nearest stored normal prototype. At 8 epochs (quarter widths) seeds 0-2
-    # measured ROC AUC 0.673, 0.737, 0.752 on an Intel Sapphire Rapids machine (0.66 on another), but 0.475, 0.780,
-    # 0.693 on an AMD EPYC one (the same code and data: other CPU kernels, other rounding); 16 epochs: 0.70-0.79 on the
-    # first, 0.627, 0.880, 0.857 on the second. The kit fits seed 0, so the smoke budget is 16 epochs.
-    smoke_auc_bar = 0.6
+                    "mem_update": "write"}
+    smoke_auc_bar = 0.65
 
     @classmethod
     def check_settings(cls, params: dict) -> None:
