@@ -473,7 +473,7 @@ def test_slurm_packs_workers_per_gpu_jobs_into_one_gpu_task(tmp_path, monkeypatc
 
 def test_slurm_gives_a_job_that_states_a_whole_gpu_a_task_of_its_own_as_ray_does(tmp_path, monkeypatch):
     submitit = pytest.importorskip("submitit")
-    from medad.benchmark.executors.remote import jobs_per_gpu
+    from medad.benchmark.executors.remote import gpu_share, jobs_per_gpu
     from medad.benchmark.executors.slurm import SlurmExecutor, packs
 
     array = _RecordingArray()
@@ -488,9 +488,10 @@ def test_slurm_gives_a_job_that_states_a_whole_gpu_a_task_of_its_own_as_ray_does
     assert {r["status"] for r in records} == {"done"} and {r["workers_per_gpu"] for r in records} == {1}
     # the rule Ray's fractions follow: a stated half GPU shares it with one other job, the default 1/N with N - 1
     units = [as_unit(job) for job in jobs + jobs]
-    for stated, size in ((0.5, 2), (job_resources(jobs[0], True, 4).gpus, 4), (1, 1), (2, 1)):
+    for stated, size in ((0.5, 2), (gpu_share(4), 4), (gpu_share(3), 3), (1, 1), (2, 1)):
         resources = JobResources(cpus=1, gpus=stated, memory_gb=None, time_min=10)
-        assert jobs_per_gpu(stated) == size and [len(pack) for pack in packs(units, resources)] == [size] * (4 // size)
+        assert jobs_per_gpu(stated) == size
+        assert [len(pack) for pack in packs(units, resources)] == [size] * (4 // size) + [4 % size] * (4 % size > 0)
 
 
 def test_a_slurm_pack_whose_unit_process_dies_keeps_every_other_outcome(tmp_path, monkeypatch):
