@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from medad.evaluation.chance import below_chance
+from medad.evaluation.chance import SYMMETRIC_METRICS, below_chance
 from medad.reporting.run_data import RunData, load_run, unit_name
 from medad.reporting.tables import metric_interval
 
@@ -37,6 +37,8 @@ def auc_table(run_path: Path, metric: str = "roc_auc", data: RunData | None = No
     mean, std, count = groups["value"].mean(), groups["value"].std(), groups["value"].count()
 
     def marked(unit: str, detector: str) -> bool:
+        if metric not in SYMMETRIC_METRICS:  # no chance level of 0.5: no interval needed
+            return False
         interval = metric_interval(data, unit, detector, data.metric_rows(unit, detector, metric))
         return interval is not None and below_chance(metric, interval.low, interval.high)
 

@@ -20,8 +20,8 @@ Faults: a task that ends without a result (node failure, preemption, killed, out
 again, at most ``max_retries`` times, then recorded ``failed``; a job that fails by itself returns a
 ``failed`` record and is not retried. In a pack, a unit whose process dies (out of memory, a segfault) has
 its jobs not yet finished recorded ``failed`` with the exit code, as the local executor records a dead
-worker's; the pack's other units, and the jobs that unit had finished, keep their results. ``cluster="local"`` runs the same code on this machine with
-submitit's local executor (what the tests use).
+worker's; the pack's other units, and the jobs that unit had finished, keep their results.
+``cluster="local"`` runs the same code on this machine with submitit's local executor (what the tests use).
 """
 
 from __future__ import annotations
