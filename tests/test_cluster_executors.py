@@ -473,8 +473,7 @@ def test_slurm_packs_workers_per_gpu_jobs_into_one_gpu_task(tmp_path, monkeypatc
 
 def test_slurm_gives_a_job_that_states_a_whole_gpu_a_task_of_its_own_as_ray_does(tmp_path, monkeypatch):
     submitit = pytest.importorskip("submitit")
-    from medad.benchmark.executors.remote import gpu_share, jobs_per_gpu
-    from medad.benchmark.executors.slurm import SlurmExecutor, packs
+    from medad.benchmark.executors.slurm import SlurmExecutor
 
     array = _RecordingArray()
     monkeypatch.setattr(submitit, "AutoExecutor", lambda folder, cluster: array)
@@ -487,6 +486,9 @@ def test_slurm_gives_a_job_that_states_a_whole_gpu_a_task_of_its_own_as_ray_does
     assert (array.params["gpus_per_node"], array.params["cpus_per_task"]) == (1, 2)
     assert {r["status"] for r in records} == {"done"} and {r["workers_per_gpu"] for r in records} == {1}
     # the rule Ray's fractions follow: a stated half GPU shares it with one other job, the default 1/N with N - 1
+    from medad.benchmark.executors.remote import gpu_share, jobs_per_gpu
+    from medad.benchmark.executors.slurm import packs
+
     units = [as_unit(job) for job in jobs + jobs]
     for stated, size in ((0.5, 2), (gpu_share(4), 4), (gpu_share(3), 3), (1, 1), (2, 1)):
         resources = JobResources(cpus=1, gpus=stated, memory_gb=None, time_min=10)

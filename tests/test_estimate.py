@@ -100,10 +100,9 @@ def test_a_shared_fit_is_counted_once_and_unknown_jobs_are_named(tmp_path):
                                       "detectors": [{"name": "ae", "params": TINY_AE}]}))
     oct_jobs = expand_jobs(load_config(oct_config), str(tmp_path / "data"))
     shared = estimate_jobs(oct_jobs, n_cal=16)  # as the run shares them: OCT's three tasks train one model
+    assert shared.fits == 1 and shared.jobs[1].fit_s is None and shared.jobs[2].fit_s is None
     alone = estimate_jobs(oct_jobs, share_fits=False, n_cal=16)
-    assert alone.fits == 3 and all(job.fit_s for job in alone.jobs)
-    assert shared.fits == 1 and shared.jobs[0].fit_s == alone.jobs[0].fit_s
-    assert shared.jobs[1].fit_s is None and shared.jobs[2].fit_s is None
+    assert alone.fits == 3 and all(job.fit_s for job in alone.jobs) and shared.jobs[0].fit_s == alone.jobs[0].fit_s
     assert shared.total_s == pytest.approx(alone.total_s - alone.jobs[1].fit_s - alone.jobs[2].fit_s)
     assert "oct: 3 jobs, 1 fits, about" in format_estimate(shared, "oct")
 

@@ -164,7 +164,7 @@ def test_a_calibration_and_a_throughput_benchmark_fit_under_the_flags_the_job_se
     from types import SimpleNamespace
 
     from medad.benchmark import numerics as numerics_module
-    from medad.benchmark.estimate import calibrate
+    from medad.benchmark.estimate import estimate_jobs
     from medad.benchmark.job_runner import compute_job
     from tests.conftest import REPO_ROOT
     from tests.support.detectors import FitFlagsProbe
@@ -184,8 +184,7 @@ def test_a_calibration_and_a_throughput_benchmark_fit_under_the_flags_the_job_se
 
     FitFlagsProbe.seen.clear()
     LEFT_OVER.apply()
-    calibrate(FIT_PROBE, {}, image_size=32, channels=1, device="cpu", precision=precision, deterministic=deterministic,
-              n_cal=16, use_cache=False)
+    estimate_jobs([job], n_cal=16, use_cache=False)  # the dry run's estimate: a calibration of the job's setting
     assert FitFlagsProbe.seen and all(seen == during_job for seen in FitFlagsProbe.seen)
     assert NumericsState.current() == LEFT_OVER  # restored after the timing
 
