@@ -166,7 +166,8 @@ class SlurmExecutor:
         return torch.cuda.is_available()
 
     def placement(self) -> dict[str, Any]:
-        """How GPU jobs are packed into array tasks, for the manifest."""
+        """How GPU jobs that state no ``gpus`` are packed into array tasks, for the manifest (a job that states its
+        own packs by it: :func:`packs`; each job's record names the ``workers_per_gpu`` it ran with)."""
         return {"workers_per_gpu": self.workers_per_gpu, "jobs_per_gpu_task": self.workers_per_gpu}
 
     def _executor(self, submitit, folder: Path, run_id: str, resources: JobResources, pack_size: int = 1):
