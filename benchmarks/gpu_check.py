@@ -20,7 +20,8 @@ b. ``packing``: the same small ae fit (64 px, batch 32; small: 32 px, batch 8) i
    of all N together, and their ratio (the packing factor).
 c. ``training``: each registered detector's training images/s at 128 px (small: 32 px or its smoke size,
    smoke widths), batch its default (small: 8), 10 timed steps (small: 2), in every precision medad
-   accepts (:data:`medad.benchmark.acceleration.PRECISIONS`), through ``benchmarks/throughput.py``'s
+   accepts (:data:`medad.benchmark.acceleration.PRECISIONS`; one a job refuses on the device, tf32 off CUDA,
+   gives a ``skipped`` row), through ``benchmarks/throughput.py``'s
    :func:`measure` without the FLOP counter. Detectors that load ImageNet weights by default are built
    without them (``source: random``, ``cin_weights: none``): the arithmetic is the same, nothing is downloaded.
 d. ``conformance``: :func:`medad.testing.check_detector` per detector on the device, with
@@ -67,7 +68,7 @@ from medad.benchmark.config import hyperparameters, load_config, narrow  # noqa:
 from medad.benchmark.estimate import calibrate, estimate_jobs, random_images, resolved_params  # noqa: E402
 from medad.benchmark.executors import MAX_WORKERS_PER_GPU, usable_cores  # noqa: E402
 from medad.benchmark.jobs import expand_jobs  # noqa: E402
-from medad.benchmark.numerics import CUBLAS_WORKSPACE_ENV, configure_numerics, set_cublas_workspace  # noqa: E402
+from medad.benchmark.numerics import CUBLAS_WORKSPACE_ENV, check_precision_on, configure_numerics, set_cublas_workspace  # noqa: E402
 from medad.benchmark.resources import resolve_device  # noqa: E402
 from medad.registry import DETECTORS  # noqa: E402
 
@@ -176,6 +177,11 @@ def training(args: argparse.Namespace) -> list[Row]:
     for name in args.detectors:
         size, batch, overrides = detector_setting(name, args.small, steps)
         for precision in PRECISIONS:
+            try:  # what a job refuses here (tf32 off CUDA) is not timed under another name
+                check_precision_on(resolve_device(args.device), precision)
+            except ValueError as refused:
+                rows.append(row(section, f"{name} {precision}", "skipped", "", str(refused)[:200]))
+                continue
             settings = SimpleNamespace(device=args.device, image_size=size, channels=3, batch_size=batch,
                                        steps=steps, score_images=2 * batch, memory_format="auto",
                                        precision=precision, deterministic=False)
