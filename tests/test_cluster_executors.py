@@ -496,6 +496,7 @@ def test_slurm_gives_a_job_that_states_a_whole_gpu_a_task_of_its_own_as_ray_does
         assert [len(pack) for pack in packs(units, resources)] == [size] * (4 // size) + [4 % size] * (4 % size > 0)
 
 
+@pytest.mark.processes
 def test_a_slurm_pack_whose_unit_process_dies_keeps_every_other_outcome(tmp_path, monkeypatch):
     """One unit's process dies (``os._exit``, as the OOM killer ends it) in its second job: that job is recorded
     failed with the exit code; the unit's first job, and the other unit of the pack, keep their results."""

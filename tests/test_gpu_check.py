@@ -43,6 +43,7 @@ def test_the_gpu_check_runs_on_the_cpu_and_tables_every_section(tmp_path):
     assert all(section in text for section in SECTIONS) and text.strip() in done.stdout
 
 
+@pytest.mark.processes
 def test_the_conformance_section_runs_in_a_fresh_process_started_with_the_cublas_setting(monkeypatch):
     """cuBLAS fixes its workspace at a process's first matrix product on the GPU, which the earlier sections made:
     the deterministic checks run in a process that had CUBLAS_WORKSPACE_CONFIG from its start; this one's

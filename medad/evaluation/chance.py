@@ -31,7 +31,11 @@ CHANCE = 0.5
 
 
 def _finite(*values: float) -> bool:
-    return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+    """Whether every value is a finite number (NaN, infinities and non-numbers are not)."""
+    try:
+        return all(math.isfinite(float(value)) for value in values)
+    except (TypeError, ValueError):
+        return False
 
 
 def below_chance(metric: str, low: float, high: float) -> bool:
