@@ -141,7 +141,8 @@ def test_shared_and_unshared_fits_give_the_same_metrics_and_scores_and_only_the_
         pd.testing.assert_frame_equal(rows[curve].reset_index(drop=True),
                                       history[history["subset"] == "cnv"][curve].reset_index(drop=True))
     data = load_run(shared)
-    assert all(history_figure(data, f"oct/{subset}", tmp_path / "figures") is not None for subset in SUBSETS)
+    figures = {subset: history_figure(data, f"oct/{subset}", tmp_path / "figures") for subset in SUBSETS}
+    assert [subset for subset, figure in figures.items() if "shows that fit's curves" in figure.caption] == ["dme", "drusen"]
     metrics = pd.read_csv(shared / "metrics.csv")
     assert metrics.groupby(["subset", "seed"])["fit_id"].first().to_dict() == {
         (s, seed): jobs[(jobs["subset"] == s) & (jobs["seed"] == seed)]["fit_id"].item() for s in SUBSETS for seed in (0, 1)}
