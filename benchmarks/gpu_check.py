@@ -4,7 +4,11 @@
     python benchmarks/gpu_check.py --out gpu-check --data-root /data     # (e) on the study's real split sizes
     python benchmarks/gpu_check.py --small --out /tmp/check              # CI size (chosen by itself without CUDA)
 
-Sections (one row per number: section, item, value, unit, note):
+Sections (one row per number: section, item, value, unit, note). Every timing runs under the arithmetic flags the
+job it stands for would set (:func:`medad.benchmark.numerics.configure_numerics`, the function jobs call): (a) is
+jobs; (b) fp32 (TF32 off for matrix products and cuDNN) without deterministic algorithms, the default run's
+setting; (c) each precision's own (fp32: TF32 off; tf32: TF32 on for both; bf16: autocast with TF32 off),
+deterministic algorithms off; (e) the study config's precision and ``deterministic`` (fp32, off).
 
 a. ``default run``: the embedded default matrix through :func:`medad.run` on the device, as
    ``python run_benchmark.py --device <dev>`` runs it (the default workers: ``--workers-per-gpu`` from the
@@ -16,15 +20,20 @@ b. ``packing``: the same small ae fit (64 px, batch 32; small: 32 px, batch 8) i
    of all N together, and their ratio (the packing factor).
 c. ``training``: each registered detector's training images/s at 128 px (small: 32 px or its smoke size,
    smoke widths), batch its default (small: 8), 10 timed steps (small: 2), in every precision medad
-   accepts (:data:`medad.benchmark.acceleration.PRECISIONS`), through ``benchmarks/throughput.py``'s
+   accepts (:data:`medad.benchmark.acceleration.PRECISIONS`; one a job refuses on the device, tf32 off CUDA,
+   gives a ``skipped`` row), through ``benchmarks/throughput.py``'s
    :func:`measure` without the FLOP counter. Detectors that load ImageNet weights by default are built
    without them (``source: random``, ``cin_weights: none``): the arithmetic is the same, nothing is downloaded.
 d. ``conformance``: :func:`medad.testing.check_detector` per detector on the device, with
-   ``deterministic=True`` where the kit takes it; skipped (with the reason) where the kit takes no device.
-   At most ``--conformance-budget-s`` seconds: detectors not started by then are listed as not run.
+   ``deterministic=True`` where the kit takes it (fp32, deterministic algorithms on); skipped (with the reason)
+   where the kit takes no device. It runs in a process of its own started with ``CUBLAS_WORKSPACE_CONFIG`` set
+   (cuBLAS reads it at a process's first matrix product on the GPU, which (a)-(c) made in this one); its first
+   row names that process. At most ``--conformance-budget-s`` seconds: detectors not started by then are listed
+   as not run.
 e. ``study estimate``: :mod:`medad.benchmark.estimate` on the study config: each detector entry's calibrated fit
    seconds per 1000 training images, and with ``--data-root`` (the split sizes come from the data) the whole
-   matrix's device hours. Small: GANomaly alone at 32 px, batch 8, seed 0, on OCT's three subsets.
+   matrix's device hours, fits shared as ``medad run --dry-run`` shares them (OCT's three tasks: one fit per
+   detector and seed). Small: GANomaly alone at 32 px, batch 8, seed 0, on OCT's three subsets (3 jobs, 1 fit).
 
 The table is printed and written to ``<out>/gpu_check.json`` (rows) and ``<out>/gpu_check.txt`` (the
 printout); run folders of (a) go to ``<out>/runs``. A section that fails gives an ``error`` row and the
@@ -34,6 +43,7 @@ script goes on (exit status 1 at the end).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import multiprocessing as mp
@@ -41,7 +51,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -58,6 +68,7 @@ from medad.benchmark.config import hyperparameters, load_config, narrow  # noqa:
 from medad.benchmark.estimate import calibrate, estimate_jobs, random_images, resolved_params  # noqa: E402
 from medad.benchmark.executors import MAX_WORKERS_PER_GPU, usable_cores  # noqa: E402
 from medad.benchmark.jobs import expand_jobs  # noqa: E402
+from medad.benchmark.numerics import CUBLAS_WORKSPACE_ENV, check_precision_on, configure_numerics, set_cublas_workspace  # noqa: E402
 from medad.benchmark.resources import resolve_device  # noqa: E402
 from medad.registry import DETECTORS  # noqa: E402
 
@@ -94,11 +105,13 @@ def default_run(args: argparse.Namespace) -> list[Row]:
 # --- b. packing -----------------------------------------------------------------------------------------------
 def packed_fit(device: str, image_size: int, batch_size: int, images: int, epochs: int, threads: int, barrier,
                results) -> None:
-    """In a worker process: an ae fit once to warm up, then (after every process is ready) a timed one."""
+    """In a worker process: an ae fit once to warm up, then (after every process is ready) a timed one; under the
+    flags a default job sets (fp32: TF32 off; deterministic algorithms off)."""
     torch.set_num_threads(threads)
     params = {"epochs": epochs, "batch_size": batch_size}
     train = random_images(images, 1, image_size)
     resolved = resolve_device(device)
+    configure_numerics("fp32", False, resolved)
 
     def fit() -> float:
         detector = DETECTORS.get("ae")(image_size=image_size, channels=1, device=str(resolved), seed=0, **params)
@@ -164,9 +177,14 @@ def training(args: argparse.Namespace) -> list[Row]:
     for name in args.detectors:
         size, batch, overrides = detector_setting(name, args.small, steps)
         for precision in PRECISIONS:
+            try:  # what a job refuses here (tf32 off CUDA) is not timed under another name
+                check_precision_on(resolve_device(args.device), precision)
+            except ValueError as refused:
+                rows.append(row(section, f"{name} {precision}", "skipped", "", str(refused)[:200]))
+                continue
             settings = SimpleNamespace(device=args.device, image_size=size, channels=3, batch_size=batch,
                                        steps=steps, score_images=2 * batch, memory_format="auto",
-                                       precision=precision)
+                                       precision=precision, deterministic=False)
             try:
                 measured = throughput.measure(name, settings, {name: overrides}, count_flops=False)
             except Exception as error:  # one detector's failure (bf16 autocast refused...) is its row, not the run's
@@ -180,18 +198,63 @@ def training(args: argparse.Namespace) -> list[Row]:
 
 
 # --- d. conformance on the device -------------------------------------------------------------------------------
+@contextlib.contextmanager
+def environment_variable(name: str, value: str) -> Iterator[None]:
+    """``name=value`` in this process's environment for a block (a child started in it inherits it); restored after."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
 def conformance(args: argparse.Namespace) -> list[Row]:
+    """Section d in a process of its own, started with ``CUBLAS_WORKSPACE_CONFIG`` in its environment: cuBLAS fixes
+    its workspace at a process's first matrix product on the GPU, which sections a-c made in this one, so the
+    kit's deterministic checks need a process that had the setting from its start (the kit's own rule)."""
+    context = mp.get_context("spawn")
+    results = context.Queue()
+    worker = context.Process(target=conformance_worker, args=(args, results))
+    workspace = {CUBLAS_WORKSPACE_ENV: os.environ.get(CUBLAS_WORKSPACE_ENV, "")}
+    set_cublas_workspace(workspace)  # a deterministic setting already there is kept
+    with environment_variable(CUBLAS_WORKSPACE_ENV, workspace[CUBLAS_WORKSPACE_ENV]):  # inherited at its start
+        worker.start()
+    try:
+        rows = results.get(timeout=args.conformance_budget_s + 900)
+    finally:
+        worker.join(timeout=60)
+        if worker.is_alive():
+            worker.kill()
+    return rows
+
+
+def conformance_worker(args: argparse.Namespace, results) -> None:
+    """In the fresh process: the rows of section d, or its error row."""
+    try:
+        results.put(conformance_rows(args))
+    except Exception as error:
+        traceback.print_exc()
+        results.put([row(SECTIONS[3], "error", "error", "", f"{type(error).__name__}: {error}"[:300])])
+
+
+def conformance_rows(args: argparse.Namespace) -> list[Row]:
     from medad.testing import ConformanceError, check_detector
 
     section = SECTIONS[3]
+    fresh = row(section, "process", os.getpid(), "pid", f"{CUBLAS_WORKSPACE_ENV}="
+                f"{os.environ.get(CUBLAS_WORKSPACE_ENV, 'unset')} from its start (a process of its own)")
     accepted = inspect.signature(check_detector).parameters
     if "device" not in accepted:
-        return [row(section, "all detectors", "skipped", "", "medad.testing.check_detector takes no device here: "
-                                                             "the kit runs on the CPU only")]
+        return [fresh, row(section, "all detectors", "skipped", "", "medad.testing.check_detector takes no device "
+                                                                    "here: the kit runs on the CPU only")]
     options: dict[str, Any] = {"device": str(resolve_device(args.device))}
     if "deterministic" in accepted:
         options["deterministic"] = True
-    rows, deadline = [], time.monotonic() + args.conformance_budget_s
+    rows, deadline = [fresh], time.monotonic() + args.conformance_budget_s
     for name in (["ae"] if args.small else args.detectors):
         if time.monotonic() > deadline:
             rows.append(row(section, name, "not run", "", f"past the {args.conformance_budget_s:.0f} s budget"))
@@ -220,7 +283,7 @@ def study_estimate(args: argparse.Namespace) -> list[Row]:
         size, channels = entry.image_size or config.image_size, entry.channels or config.channels
         calibration = calibrate(entry.name, params, image_size=size, channels=channels, device=config.device,
                                 precision=config.precision, memory_format=config.memory_format,
-                                score_batch_size=config.score_batch_size)
+                                deterministic=config.deterministic, score_batch_size=config.score_batch_size)
         full = resolved_params(DETECTORS.get(entry.name), params)
         rows.append(row(section, f"{entry.label} fit per 1000 training images",
                         round(calibration.fit_seconds(full, 1000), 1), "s",
@@ -230,10 +293,10 @@ def study_estimate(args: argparse.Namespace) -> list[Row]:
         return rows
     jobs = [replace(job, detector_params={**job.detector_params, **NO_DOWNLOAD.get(job.detector_name, {})})
             for job in expand_jobs(config, args.data_root)]
-    estimate = estimate_jobs(jobs)
+    estimate = estimate_jobs(jobs, config.share_fits)  # fits shared as the run (and its dry run) shares them
+    fits = f"{estimate.fits} fit{'s' if estimate.fits != 1 else ''}"
     rows.append(row(section, "study total", round(estimate.total_s / 3600, 2), "device-hours",
-                    f"{len(estimate.jobs)} jobs, {estimate.fits} fits, {len(estimate.unknown)} unknown, on "
-                    f"{estimate.device}"))
+                    f"{len(estimate.jobs)} jobs, {fits}, {len(estimate.unknown)} unknown, on {estimate.device}"))
     return rows
 
 

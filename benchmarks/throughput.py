@@ -16,8 +16,11 @@ less), so the first step of each phase (optimiser state, caches such as Multi-KD
 not counted; ``fit img/s`` divides all trained images by the whole ``fit`` time, set-up included.
 Scoring img/s: ``score`` on ``--score-images`` images in batches of ``batch_size`` after a warm-up batch.
 ``--param key=value`` sets a hyper-parameter of every detector that has it (``name.key=value``: one
-detector); values are YAML (``--param multi-kd.source_cache_mb=0``). ``--memory-format`` and
-``--precision`` are the run settings of :mod:`medad.benchmark.acceleration` (``auto``: channels_last).
+detector); values are YAML (``--param multi-kd.source_cache_mb=0``). ``--memory-format``, ``--precision`` and
+``--deterministic`` are the run settings of :mod:`medad.benchmark.acceleration` and
+:mod:`medad.benchmark.numerics` (``auto``: channels_last): the fit and the scoring run under exactly the flags a
+job with these settings sets (:func:`medad.benchmark.numerics.numerics`, the function jobs call: fp32 = TF32 off
+for matrix products and cuDNN, tf32 = both on, bf16 = autocast with TF32 off), the flags restored after.
 
 Work per image: torch's FLOP formulas (convolutions and matrix products, forward and backward, also
 the double backward of a gradient penalty) count every operation of the fit (:class:`FlopCount`), so ``GFLOP/img`` is the arithmetic of one training step per image and ``% peak`` its
@@ -42,6 +45,7 @@ from torch.utils.flop_counter import flop_registry
 from medad.benchmark.acceleration import MEMORY_FORMATS, PRECISIONS, autocast, resolve_memory_format
 from medad.benchmark.config import hyperparameters
 from medad.benchmark.estimate import random_images
+from medad.benchmark.numerics import numerics
 from medad.benchmark.resources import resolve_device
 from medad.detectors.base import TrainLog
 from medad.registry import DETECTORS
@@ -155,6 +159,12 @@ def measure(name: str, args: argparse.Namespace, overrides: dict, count_flops: b
     """Rows (detector, phase, img/s, steps, GFLOP/img) for one detector; ``count_flops=False`` times the steps without
     the FLOP counter (which runs Python at every aten op: GFLOP/img is then NaN)."""
     device = resolve_device(args.device)
+    with numerics(args.precision, args.deterministic, device):  # the flags a job sets, restored after
+        return _measure(name, device, args, overrides, count_flops)
+
+
+def _measure(name: str, device: torch.device, args: argparse.Namespace, overrides: dict,
+             count_flops: bool) -> list[dict[str, object]]:
     detector, params = build(name, args.image_size, args.channels, str(device), args.batch_size, overrides)
     detector.use_memory_format(resolve_memory_format(args.memory_format, device))
     train = random_images((args.steps + 1) * args.batch_size, args.channels, args.image_size)
@@ -207,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--param", action="append", default=[], metavar="[NAME.]KEY=VALUE")
     parser.add_argument("--memory-format", default="auto", choices=MEMORY_FORMATS)
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    parser.add_argument("--deterministic", action="store_true", help="deterministic algorithms, as a job's setting")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -215,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     peak = matmul_gflops(device)
     print(f"device={args.device} threads={torch.get_num_threads()} image_size={args.image_size} "
           f"batch_size={args.batch_size} memory_format={resolve_memory_format(args.memory_format, device)} "
-          f"precision={args.precision} torch={torch.__version__} fp32 matmul peak={peak:.0f} GFLOP/s")
+          f"precision={args.precision} deterministic={args.deterministic} torch={torch.__version__} "
+          f"fp32 matmul peak={peak:.0f} GFLOP/s")
     print(f"{'detector':<12} {'phase':<34} {'img/s':>9} {'img/cpu-s':>10} {'steps':>6} {'GFLOP/img':>10} "
           f"{'% peak':>7}  params")
     for name in args.detectors.split(","):

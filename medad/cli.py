@@ -166,7 +166,7 @@ def command_run(args: argparse.Namespace) -> int:
             from medad.benchmark.estimate import estimate_jobs, format_estimate
 
             say = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-            estimate = estimate_jobs(pending, fit_ids(pending, config.share_fits), progress=say)
+            estimate = estimate_jobs(pending, config.share_fits, progress=say)
             print(f"\n{format_estimate(estimate, config.name)}")
         if problems:
             print(f"\n{PreflightError(problems)}", file=sys.stderr)
@@ -198,12 +198,18 @@ def _end_of_run(run_path: Path, reports: Path, summary: RunSummary) -> None:
     """
     from medad.reporting.console import auc_table
     from medad.reporting.html import build_report
+    from medad.reporting.run_data import load_run
 
     rebuild = f"medad report {run_path} --reports {reports}"
-    index = _step(f"the report of {run_path}", lambda: build_report(run_path, reports), f"rebuild it with: {rebuild}")
-    table = _step("the ROC AUC table", lambda: auc_table(run_path),
-                  f"the run is complete: its numbers are in {run_path / 'metrics.csv'} and in the report ({rebuild} "
-                  f"rebuilds it)")
+    index = table = None
+    # read once: the report and the table show the same intervals (the seed-mean bootstrap, computed once)
+    data = _step(f"the report of {run_path}", lambda: load_run(run_path), f"rebuild it with: {rebuild}")
+    if data is not None:
+        index = _step(f"the report of {run_path}", lambda: build_report(run_path, reports, data=data),
+                      f"rebuild it with: {rebuild}")
+        table = _step("the ROC AUC table", lambda: auc_table(run_path, data=data),
+                      f"the run is complete: its numbers are in {run_path / 'metrics.csv'} and in the report "
+                      f"({rebuild} rebuilds it)")
     if table is not None:
         print(table)
     counts = ", ".join(f"{n} {status}" for status, n in summary.counts.items())

@@ -71,7 +71,8 @@ class Registry(Generic[T]):
         self.builtin_package = builtin_package
         self.base = base
         self._classes: dict[str, T] = {}
-        self._plugin_packages: dict[str, str] = {}   # name -> the package whose class entry point registered it
+        self._plugin_packages: dict[str, str] = {}   # name -> the plugin package that registered it
+        self._importing: str | None = None   # the package of the plugin entry point being imported, if any
         self._loaded = False
 
     def register(self, name: str):
@@ -83,15 +84,26 @@ class Registry(Generic[T]):
             existing = self._classes.get(name)
             if existing is not None and existing is not cls:
                 raise RegistryError(
-                    f"{self.kind} name {name!r} is already registered by "
-                    f"{existing.__module__}.{existing.__qualname__}; "
-                    f"choose another name (known: {', '.join(sorted(self._classes))})"
+                    f"{self.kind} name {name!r} of {self._where(cls, self._importing)} is already registered by "
+                    f"{self._owner(name)}; one of the two must choose another name (known: "
+                    f"{', '.join(sorted(self._classes))})"
                 )
             cls.name = name
             self._classes[name] = cls
+            if self._importing is not None:  # a plugin module's decorator, run by importing its entry point
+                self._plugin_packages[name] = self._importing
             return cls
 
         return decorator
+
+    @staticmethod
+    def _where(cls: type, package: str | None) -> str:
+        """``module.Class (package 'name')``, the package given (a plugin's) or looked up (:func:`_package_of_class`)."""
+        return f"{cls.__module__}.{cls.__qualname__} ({package})" if package else _package_of_class(cls)
+
+    def _owner(self, name: str) -> str:
+        """Where the class registered as ``name`` comes from: its class path and its package."""
+        return self._where(self._classes[name], self._plugin_packages.get(name))
 
     def _load(self) -> None:
         if self._loaded:
@@ -115,10 +127,15 @@ class Registry(Generic[T]):
         if not _NAME_PATTERN.match(entry_point.name):
             raise RegistryError(f"{where}: the name must be lower-case kebab-case, like 'multi-kd' (it becomes the "
                                 f"{self.kind} name in configs and CSVs)")
+        self._importing = package  # a module form registers with the decorator while it is imported
         try:
             loaded = entry_point.load()
+        except RegistryError as error:  # its decorator took a name already registered: the error names both
+            raise RegistryError(f"{where}: {error}") from error
         except Exception as error:  # a broken plugin must not hide the built-ins
             raise RegistryError(f"{where} failed to import: {type(error).__name__}: {error}") from error
+        finally:
+            self._importing = None
         if isinstance(loaded, types.ModuleType):
             if entry_point.name not in self._classes:
                 raise RegistryError(f"{where}: importing module {loaded.__name__!r} registered no {self.kind} named "
@@ -130,10 +147,8 @@ class Registry(Generic[T]):
             raise RegistryError(f"{where} resolves to a {what}; {expected}")
         existing = self._classes.get(entry_point.name)
         if existing is not None and existing is not loaded:
-            owner = (f"{existing.__module__}.{existing.__qualname__} ({self._plugin_packages[entry_point.name]})"
-                     if entry_point.name in self._plugin_packages else _package_of_class(existing))
-            raise RegistryError(f"{where}: {self.kind} name {entry_point.name!r} is already registered by {owner}; "
-                                f"one of the two packages must choose another name")
+            raise RegistryError(f"{where}: {self.kind} name {entry_point.name!r} is already registered by "
+                                f"{self._owner(entry_point.name)}; one of the two packages must choose another name")
         other_names = [name for name, cls in self._classes.items() if cls is loaded and name != entry_point.name]
         if other_names:
             raise RegistryError(f"{where}: its class is already registered as {other_names[0]!r}; give the entry point "

@@ -473,3 +473,57 @@ def test_slurm_packs_workers_per_gpu_jobs_into_one_gpu_task(tmp_path, monkeypatc
     assert {r["status"] for r in records} == {"done"} and {r["workers_per_gpu"] for r in records} == {2}
     pids = {r["job_id"]: r["worker"].rsplit(":", 1)[1] for r in records}
     assert pids[jobs[0].job_id] != pids[jobs[1].job_id], "the two jobs of a task did not run side by side"
+
+
+def test_slurm_gives_a_job_that_states_a_whole_gpu_a_task_of_its_own_as_ray_does(tmp_path, monkeypatch):
+    submitit = pytest.importorskip("submitit")
+    from medad.benchmark.executors.slurm import SlurmExecutor
+
+    array = _RecordingArray()
+    monkeypatch.setattr(submitit, "AutoExecutor", lambda folder, cluster: array)
+    whole = {"name": "tests.support.detectors:TemplateDistance", "label": "whole", "resources": {"gpus": 1, "cpus": 2}}
+    config = load_config(write_config(tmp_path / "whole.yaml", detectors=[whole], subsets=SUBSETS))
+    jobs = [replace(job, device="auto") for job in expand_jobs(config)]              # GPU jobs, run on this CPU
+    run_folder, records = RunFolder(tmp_path / "whole"), []
+    SlurmExecutor(cluster="slurm", workers_per_gpu=4, poll_s=0.01).run(jobs, run_folder, records.append, progress=False)
+    assert array.submitted == [[job.job_id] for job in jobs]                         # what a config states wins
+    assert (array.params["gpus_per_node"], array.params["cpus_per_task"]) == (1, 2)
+    assert {r["status"] for r in records} == {"done"} and {r["workers_per_gpu"] for r in records} == {1}
+    # the rule Ray's fractions follow: a stated half GPU shares it with one other job, the default 1/N with N - 1
+    from medad.benchmark.executors.remote import gpu_share, jobs_per_gpu
+    from medad.benchmark.executors.slurm import packs
+
+    units = [as_unit(job) for job in jobs + jobs]
+    for stated, size in ((0.5, 2), (gpu_share(4), 4), (gpu_share(3), 3), (1, 1), (2, 1)):
+        resources = JobResources(cpus=1, gpus=stated, memory_gb=None, time_min=10)
+        assert jobs_per_gpu(stated) == size
+        assert [len(pack) for pack in packs(units, resources)] == [size] * (4 // size) + [4 % size] * (4 % size > 0)
+
+
+@pytest.mark.processes
+def test_a_slurm_pack_whose_unit_process_dies_keeps_every_other_outcome(tmp_path, monkeypatch):
+    """One unit's process dies (``os._exit``, as the OOM killer ends it) in its second job: that job is recorded
+    failed with the exit code; the unit's first job, and the other unit of the pack, keep their results."""
+    submitit = pytest.importorskip("submitit")
+    from medad.benchmark.executors.slurm import SlurmExecutor
+    from medad.benchmark.fit_sharing import FitUnit
+
+    array = _RecordingArray()
+    monkeypatch.setattr(submitit, "AutoExecutor", lambda folder, cluster: array)
+    dies = {"name": f"{PROBES}:DiesScoringTheSecondJob", "label": "dies",
+            "params": {"score_file": str(tmp_path / "scored.txt")}}
+    lives = {"name": "tests.support.detectors:TemplateDistance", "label": "lives"}
+    config = load_config(write_config(tmp_path / "c.yaml", detectors=[dies, lives], subsets=SUBSETS))
+    job = {(job.detector, job.subset): replace(job, device="auto") for job in expand_jobs(config)}
+    dying = FitUnit("fit-dies", (job["dies", "obvious"], job["dies", "subtle"]))     # one process, one job after another
+    run_folder, records = RunFolder(tmp_path / "packed"), []
+    SlurmExecutor(cluster="slurm", workers_per_gpu=2, poll_s=0.01).run(
+        [dying, as_unit(job["lives", "obvious"])], run_folder, records.append, progress=False)
+    assert len(array.submitted) == 1 and len(records) == 3                          # one task, each job recorded once
+    recorded = {r["job_id"]: r for r in records}
+    lost = recorded[job["dies", "subtle"].job_id]
+    assert lost["status"] == "failed" and "the process of its unit died (exit code 1)" in lost["error"]
+    assert recorded[job["dies", "obvious"].job_id]["status"] == "done"              # finished before: kept
+    assert recorded[job["lives", "obvious"].job_id]["status"] == "done"             # the other unit: kept
+    metrics = pd.read_csv(run_folder.path / "jobs" / job["lives", "obvious"].job_id / "metrics.csv")
+    assert (metrics["metric"] == "roc_auc").sum() == 1

@@ -255,10 +255,23 @@ def test_br35h_without_mask_rcnn_has_no_masks_and_bad_annotations_name_the_file(
     with pytest.raises(DatasetError, match=r"annotations_train.json: entry 'y0.jpg\d+' has a region of shape 'ellipse' "
                                            r"whose size is not positive"):
         DATASETS.get("br35h")(root=tmp_path / "br35h", image_size=SIZE).records()
-    del entries[y0]["regions"][0]["shape_attributes"]["theta"]
+    entries[y0]["regions"][0]["shape_attributes"]["theta"] = None
     source.write_text(json.dumps(entries))
     with pytest.raises(DatasetError, match=r"has a region of shape 'ellipse' whose cx, cy, rx, ry, theta are not all finite"):
         DATASETS.get("br35h")(root=tmp_path / "br35h", image_size=SIZE).records()
+
+
+def test_a_via_ellipse_without_theta_is_axis_aligned(tmp_path):
+    """VIA 1.x and early 2.0 exports write no theta (their ellipses cannot be turned): theta 0, rx along x."""
+    from medad.datasets.via import read_via
+
+    export = {"y0.jpg123": {"filename": "y0.jpg", "size": 123, "file_attributes": {}, "regions": {
+        "0": {"shape_attributes": {"name": "ellipse", "cx": 10, "cy": 6, "rx": 8, "ry": 2}, "region_attributes": {}}}}}
+    (tmp_path / "via1.json").write_text(json.dumps(export))
+    outlines = read_via(tmp_path / "via1.json")["y0.jpg"]
+    assert outlines.ellipses == {(6.0, 10.0, 8.0, 2.0, 0.0)} and outlines.fillable()
+    mask = io.ellipse_mask((13, 21), tuple(outlines.ellipses))
+    assert mask[6, 2:19].all() and not mask[6, [1, 19]].any() and mask[4:9, 10].all() and not mask[[3, 9], 10].any()
 
 
 class IntensityMaps(TemplateDistance):

@@ -21,8 +21,8 @@ TEMPLATE = "tests.support.detectors:TemplateDistance"
 
 
 def metric_rows(dataset: str, subset: str, detector: str, values: list[float], metric: str = "roc_auc") -> list[dict]:
-    return [{"run_id": "r", "dataset": dataset, "subset": subset, "detector": detector, "seed": seed, "metric": metric,
-             "value": value, "ci_low": value - 0.05, "ci_high": value + 0.05, "threshold_policy": "none"}
+    return [{"run_id": "r", "dataset": dataset, "subset": subset, "detector": detector, "seed": seed,
+             "supervision": "unsupervised", "weights": "none", "metric": metric, "value": value, "ci_low": value - 0.05, "ci_high": value + 0.05, "threshold_policy": "none"}
             for seed, value in enumerate(values)]
 
 
@@ -38,6 +38,7 @@ def test_auc_table_gives_mean_and_std_over_seeds_a_single_seed_alone_and_a_dash_
     # assignment the table used to be built with (TypeError: only integer scalar arrays can be converted to ...)
     rows = SEVERAL_SEEDS + (metric_rows("synthetic", "subtle", "kd", [0.55]) if single_seed_cell else [])
     pd.DataFrame(rows).to_csv(tmp_path / "metrics.csv", index=False)
+    (tmp_path / "manifest.json").write_text(json.dumps({"run_id": "r"}))
     lines = [line.split() for line in auc_table(tmp_path).splitlines()]
     assert lines == [["roc_auc", "(mean", "over", "seeds)"],
                      ["detector", "ae", "kd"],
@@ -65,7 +66,7 @@ def test_a_table_that_raises_leaves_exit_status_0_the_report_built_and_names_the
                                                                                                   monkeypatch):
     from medad.reporting import console
 
-    def broken_table(run_path, metric="roc_auc"):
+    def broken_table(run_path, metric="roc_auc", data=None):
         raise TypeError("only integer scalar arrays can be converted to a scalar index")
 
     monkeypatch.setattr(console, "auc_table", broken_table)

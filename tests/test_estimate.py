@@ -52,6 +52,9 @@ def test_a_calibration_times_each_budget_once_and_is_cached(tmp_path, monkeypatc
     assert again == first and len(fits) == 3            # another budget value: the same setting, not timed again
     calibrate("ae", TINY_AE, image_size=32, channels=1, device="cpu", n_cal=16, memory_format="contiguous")
     assert [f["epochs"] for f in fits[3:]] == [1, 2]    # another memory format (precision, size): timed, CPU warm
+    calibrate("ae", TINY_AE, image_size=32, channels=1, device="cpu", n_cal=16, deterministic=True)
+    assert [f["epochs"] for f in fits[5:]] == [1, 2]    # deterministic algorithms: other arithmetic, timed apart
+    assert len(list((tmp_path / "cache" / "calibration").glob("*.json"))) == 3
 
 
 def test_the_budget_each_detector_declares():
@@ -90,14 +93,21 @@ def test_estimates_scale_with_the_training_images_and_the_epochs(tmp_path, monke
 
 
 def test_a_shared_fit_is_counted_once_and_unknown_jobs_are_named(tmp_path):
+    layouts.oct(tmp_path / "data" / "oct" / "oct2017")
+    oct_config = tmp_path / "oct.yaml"
+    oct_config.write_text(json.dumps({"name": "oct", "image_size": 32, "seeds": [0], "device": "cpu",
+                                      "datasets": [{"name": "oct", "subsets": ["cnv", "dme", "drusen"]}],
+                                      "detectors": [{"name": "ae", "params": TINY_AE}]}))
+    oct_jobs = expand_jobs(load_config(oct_config), str(tmp_path / "data"))
+    shared = estimate_jobs(oct_jobs, n_cal=16)  # as the run shares them: OCT's three tasks train one model
+    assert shared.fits == 1 and shared.jobs[1].fit_s is None and shared.jobs[2].fit_s is None
+    alone = estimate_jobs(oct_jobs, share_fits=False, n_cal=16)
+    assert alone.fits == 3 and all(job.fit_s for job in alone.jobs) and shared.jobs[0].fit_s == alone.jobs[0].fit_s
+    assert shared.total_s == pytest.approx(alone.total_s - alone.jobs[1].fit_s - alone.jobs[2].fit_s)
+    assert "oct: 3 jobs, 1 fits, about" in format_estimate(shared, "oct")
+
     jobs = tiny_jobs(tmp_path, "shared", n_train=32, epochs=2, seeds=(0, 1, 2))
     alone = estimate_jobs(jobs, n_cal=16)
-    assert alone.fits == 3 and all(job.fit_s for job in alone.jobs)
-    shared = estimate_jobs(jobs, {jobs[0].job_id: "fit-a", jobs[1].job_id: "fit-a"}, n_cal=16)
-    assert shared.fits == 2 and shared.jobs[1].fit_s is None and shared.jobs[2].fit_s == shared.jobs[0].fit_s
-    assert shared.total_s == pytest.approx(alone.total_s - alone.jobs[1].fit_s)
-    assert "tiny: 3 jobs, 2 fits, about" in format_estimate(shared, "tiny")
-
     missing = [dataclasses.replace(job, dataset="oct", subset="cnv", dataset_params={},
                                    dataset_root=str(tmp_path / "nowhere")) for job in jobs[:1]]
     unreadable = estimate_jobs(jobs + missing, n_cal=16)

@@ -17,6 +17,7 @@ from medad.benchmark.jobs import expand_jobs
 from medad.benchmark.run_folder import RunFolder
 from medad.cli import main
 from medad.datasets.oct import RetinalOCT
+from medad.reporting.figures import history_figure
 from medad.reporting.run_data import load_run
 from tests import dataset_layouts as layouts
 from tests.conftest import REPO_ROOT
@@ -130,8 +131,18 @@ def test_shared_and_unshared_fits_give_the_same_metrics_and_scores_and_only_the_
     followers = jobs[jobs["subset"] != "cnv"]
     assert followers["train_s"].isna().all()  # they did not train ...
     assert {jobs.loc[f, "fit_by"] for f in followers.index} == set(leaders.index)  # ... they used the cnv job's fit
-    assert set(pd.read_csv(shared / "history.csv")["subset"]) == {"cnv"}  # training curves only where trained
-    assert set(pd.read_csv(alone / "history.csv")["subset"]) == set(SUBSETS)
+    # every task has its training curves: a follower's are the shared fit's, each row's fit_by naming who trained it
+    history = pd.read_csv(shared / "history.csv", dtype={"fit_by": str})
+    assert set(history["subset"]) == set(SUBSETS) == set(pd.read_csv(alone / "history.csv")["subset"])
+    curve = ["seed", "epoch", "step", "loss_name", "value", "fit_by"]
+    for subset in SUBSETS:
+        rows = history[history["subset"] == subset]
+        assert set(rows["fit_by"]) == set(leaders.index)
+        pd.testing.assert_frame_equal(rows[curve].reset_index(drop=True),
+                                      history[history["subset"] == "cnv"][curve].reset_index(drop=True))
+    data = load_run(shared)
+    figures = {subset: history_figure(data, f"oct/{subset}", tmp_path / "figures") for subset in SUBSETS}
+    assert [subset for subset, figure in figures.items() if "shows that fit's curves" in figure.caption] == ["dme", "drusen"]
     metrics = pd.read_csv(shared / "metrics.csv")
     assert metrics.groupby(["subset", "seed"])["fit_id"].first().to_dict() == {
         (s, seed): jobs[(jobs["subset"] == s) & (jobs["seed"] == seed)]["fit_id"].item() for s in SUBSETS for seed in (0, 1)}
@@ -161,9 +172,20 @@ def test_resume_with_only_the_first_task_done_trains_the_shared_fit_once_more(da
     assert summary.ok
     assert sorted(fits_counted(count)) == ["0", "1"]  # the pending dme and drusen jobs of a seed: one fit
     pd.testing.assert_frame_equal(table(folder, "metrics"), before, check_exact=True)
-    jobs = pd.read_csv(folder / "jobs.csv")
-    assert jobs.groupby("seed")["fit_id"].nunique().tolist() == [1, 1]
-    assert set(jobs[jobs["subset"] == "drusen"]["fit_by"].str.split("__").str[1]) == {"dme"}
+    jobs = pd.read_csv(folder / "jobs.csv").set_index(["seed", "subset"])
+    assert set(jobs[jobs.index.get_level_values("subset") == "drusen"]["fit_by"].str.split("__").str[1]) == {"dme"}
+    for seed in (0, 1):  # trained again: another training, so another fit id (on a GPU, without deterministic,
+        #                  another model), the first one's with "-2"
+        first = jobs.loc[(seed, "cnv"), "fit_id"]
+        assert jobs.loc[(seed, "dme"), "fit_id"] == jobs.loc[(seed, "drusen"), "fit_id"] == f"{first}-2"
+
+
+def test_a_fit_trained_again_takes_the_first_id_no_finished_job_used():
+    from medad.benchmark.fit_sharing import training_id
+
+    assert training_id("fit-0123456789ab") == "fit-0123456789ab"
+    assert training_id("fit-0123456789ab", {"fit-0123456789ab"}) == "fit-0123456789ab-2"
+    assert training_id("fit-0123456789ab", {"fit-0123456789ab", "fit-0123456789ab-2"}) == "fit-0123456789ab-3"
 
 
 def test_extend_with_tasks_that_share_a_finished_fit_trains_it_once(data_root, tmp_path):
@@ -178,7 +200,8 @@ def test_extend_with_tasks_that_share_a_finished_fit_trains_it_once(data_root, t
                  "--reports", str(tmp_path / "rep")]) == 0
     assert fits_counted(count) == ["0", "0"]  # the two new tasks: one fit, trained again (fits are not kept)
     jobs = pd.read_csv(tmp_path / "r" / "jobs.csv").set_index("subset")
-    assert jobs["fit_id"].nunique() == 1 and jobs.loc["drusen", "fit_by"] == jobs.loc["dme", "job_id"]
+    assert jobs.loc["drusen", "fit_by"] == jobs.loc["dme", "job_id"]
+    assert jobs.loc["dme", "fit_id"] == jobs.loc["drusen", "fit_id"] == jobs.loc["cnv", "fit_id"] + "-2"
 
 
 def test_a_failed_shared_fit_fails_every_task_once_and_a_failed_scoring_only_its_own(data_root, tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
-"""benchmarks/gpu_check.py at CI size on the CPU: every section gives its rows, in one table and one JSON file."""
+"""benchmarks/gpu_check.py at CI size on the CPU: every section gives its rows, in one table and one JSON file; its
+study estimate shares fits as the dry run does; its deterministic conformance section runs in a process of its own."""
 
 from __future__ import annotations
 
@@ -34,6 +35,32 @@ def test_the_gpu_check_runs_on_the_cpu_and_tables_every_section(tmp_path):
         assert any(item.startswith(f"coronet-semi {precision} train:") for item in value)
     assert value["ganomaly fit per 1000 training images"] > 0
     study = next(r for r in rows if r["item"] == "study total")
-    assert study["unit"] == "device-hours" and "3 jobs, 3 fits, 0 unknown" in study["note"]   # OCT's three subsets
+    assert study["unit"] == "device-hours" and "3 jobs, 1 fit, 0 unknown" in study["note"]   # OCT's three subsets
+    fresh = next(r for r in rows if r["section"] == "conformance" and r["item"] == "process")
+    assert "CUBLAS_WORKSPACE_CONFIG=:4096:8 from its start" in fresh["note"]
+    assert next(r for r in rows if r["section"] == "conformance" and r["item"] == "ae")["value"] == "pass"
     text = (tmp_path / "out" / "gpu_check.txt").read_text()
     assert all(section in text for section in SECTIONS) and text.strip() in done.stdout
+
+
+@pytest.mark.processes
+def test_the_conformance_section_runs_in_a_fresh_process_started_with_the_cublas_setting(monkeypatch):
+    """cuBLAS fixes its workspace at a process's first matrix product on the GPU, which the earlier sections made:
+    the deterministic checks run in a process that had CUBLAS_WORKSPACE_CONFIG from its start; this one's
+    environment is left as it was."""
+    import argparse
+    import importlib.util
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO_ROOT / "benchmarks" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_check", gpu_check)  # the child process finds its worker function by name
+    spec.loader.exec_module(gpu_check)
+    args = argparse.Namespace(device="cpu", small=False, detectors=["tests.support.detectors:TemplateDistance"],
+                              conformance_budget_s=120.0)
+    rows = gpu_check.conformance(args)
+    fresh, checked = rows
+    assert fresh["item"] == "process" and fresh["value"] != os.getpid()
+    assert fresh["note"].startswith("CUBLAS_WORKSPACE_CONFIG=:4096:8 from its start")
+    assert checked["item"] == "tests.support.detectors:TemplateDistance" and checked["value"] == "pass", checked
+    assert "'deterministic': True" in checked["note"] and "CUBLAS_WORKSPACE_CONFIG" not in os.environ

@@ -144,3 +144,58 @@ def test_extend_keeps_the_runs_deterministic_setting():
     with pytest.raises(ConfigError, match="--extend: deterministic false but the run's is true: rows would not compare"):
         extend_config(run, parse_config(config(seeds=[1])))
     assert extend_config(run, parse_config(config(seeds=[1], deterministic=True))).deterministic is True
+
+
+# --- timings run under the job's flags (calibration, throughput benchmark) ----------------------------------------
+FIT_PROBE = "tests.support.detectors:FitFlagsProbe"
+LEFT_OVER = NumericsState(deterministic=False, warn_only=True, cudnn_deterministic=True, cudnn_benchmark=True,
+                          matmul_tf32=True, cudnn_tf32=True, matmul_precision="high")  # what earlier code left set
+
+
+@pytest.mark.parametrize(("precision", "deterministic"), [("fp32", False), ("fp32", True), ("bf16", False),
+                                                          ("tf32", False)])
+def test_a_calibration_and_a_throughput_benchmark_fit_under_the_flags_the_job_sets(tmp_path, monkeypatch,
+                                                                                   restore_numerics, precision,
+                                                                                   deterministic):
+    """On the CPU the flags are settable without CUDA, so what a fit runs under is observable here: a job, the cost
+    estimate's calibration and benchmarks/throughput.py must read the same flags during their fits."""
+    import importlib.util
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from medad.benchmark import numerics as numerics_module
+    from medad.benchmark.estimate import estimate_jobs
+    from medad.benchmark.job_runner import compute_job
+    from tests.conftest import REPO_ROOT
+    from tests.support.detectors import FitFlagsProbe
+
+    monkeypatch.setenv("MEDAD_CACHE", str(tmp_path / "cache"))
+    if precision == "tf32":  # a CUDA setting, refused on this CPU: lifted here, the flags are set all the same
+        monkeypatch.setattr(numerics_module, "check_precision_on", lambda device, precision: None)
+    raw = config(detectors=[{"name": FIT_PROBE, "label": "probe"}])
+    raw["datasets"] = [{"name": "synthetic", "subsets": ["obvious"], "params": {"n_train": 16, "n_val": 8, "n_test": 16}}]
+    job = replace(expand_jobs(parse_config(raw))[0], precision=precision, deterministic=deterministic)
+    FitFlagsProbe.seen.clear()
+    LEFT_OVER.apply()
+    assert compute_job(job, "r").record["status"] == "done"
+    (during_job,) = FitFlagsProbe.seen
+    assert during_job["matmul_tf32"] is during_job["cudnn_tf32"] is (precision == "tf32")
+    assert during_job["deterministic"] is deterministic and during_job["cudnn_benchmark"] is False
+
+    FitFlagsProbe.seen.clear()
+    LEFT_OVER.apply()
+    estimate_jobs([job], n_cal=16, use_cache=False)  # the dry run's estimate: a calibration of the job's setting
+    assert FitFlagsProbe.seen and all(seen == during_job for seen in FitFlagsProbe.seen)
+    assert NumericsState.current() == LEFT_OVER  # restored after the timing
+
+    spec = importlib.util.spec_from_file_location("throughput", REPO_ROOT / "benchmarks" / "throughput.py")
+    throughput = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(throughput)
+    FitFlagsProbe.seen.clear()
+    LEFT_OVER.apply()
+    settings = SimpleNamespace(device="cpu", image_size=32, channels=1, batch_size=4, steps=1, score_images=4,
+                               memory_format="auto", precision=precision, deterministic=deterministic)
+    throughput.measure(FIT_PROBE, settings, {}, count_flops=False)
+    assert FitFlagsProbe.seen == [during_job]
+    assert NumericsState.current() == LEFT_OVER  # restored after the benchmark
+

@@ -112,7 +112,11 @@ def test_ganomaly_head_ct_is_flagged_inverted_and_consistent_with_reversed_label
     ("roc_auc", 0.90, 0.20, 0.45, f"above; {INVERTED}"),  # turned over 0.55-0.80: 0.90 is not there either
     ("roc_auc", 0.40, 0.30, 0.45, f"inside; {INVERTED}"),
     ("roc_auc", 0.739, 0.18, 0.45, f"above; {INVERTED}; {REVERSED_LABELS}"),
-    ("roc_auc", 0.70, 0.25, 0.55, f"above; {REVERSED_LABELS}"),  # reversed fits, yet the interval reaches 0.5
+    ("roc_auc", 0.70, 0.25, 0.55, "above"),  # in the mirror, but an interval reaching 0.5 overlaps its mirror
+    ("roc_auc", 0.70, 0.30, 0.66, "above"),  # near chance: [0.34, 0.70] turned over says nothing about label order
+    ("roc_auc", 0.40, 0.45, 0.62, "below"),
+    ("roc_auc", 0.47, 0.52, 0.75, "below"),  # above 0.5 but not by much: 0.47 is in the mirror and near chance
+    ("roc_auc", 0.30, 0.60, 0.80, f"below; {REVERSED_LABELS}"),  # wholly above 0.5: its mirror is disjoint from it
     ("roc_auc", 0.50, 0.40, 0.60, "inside"),               # inside both: reversal explains nothing
     ("pr_auc", 0.90, 0.05, 0.20, "above"),                 # no label symmetry: no inversion reading
     ("f1", 0.90, float("nan"), float("nan"), "no interval"),
@@ -137,13 +141,39 @@ def test_paper_rows_of_a_run_with_one_seed_per_case(tmp_path):
 def test_console_table_marks_cells_whose_intervals_lie_below_chance(head_ct_run, tmp_path):
     lines = auc_table(head_ct_run.path).splitlines()
     row = next(line for line in lines if line.startswith("head-ct/all"))
-    assert f"0.307±0.068 {BELOW_CHANCE_MARK}" in row  # ganomaly: each seed's interval lies below 0.5
+    assert f"0.307±0.068 {BELOW_CHANCE_MARK}" in row  # ganomaly: the seed-mean interval lies below 0.5
     assert row.count(BELOW_CHANCE_MARK) == 1 and "0.820" in row  # f-anogan unmarked
     assert lines[-1].startswith(BELOW_CHANCE_MARK) and "below 0.5" in lines[-1]  # the legend
-    # a seed whose own interval reaches 0.5 (AUC 0.54 on Brain Tumor MRI) leaves the cell unmarked
-    mixed = make_run(tmp_path, "mixed", {"ganomaly": [0.54, 0.16, 0.31], "f-anogan": [0.89]})
-    assert BELOW_CHANCE_MARK not in auc_table(mixed.path)
     assert BELOW_CHANCE_MARK not in auc_table(head_ct_run.path, metric="pr_auc")  # no chance level of 0.5
+
+
+def test_the_console_marks_a_cell_below_chance_exactly_where_the_report_says_inverted(tmp_path):
+    """One rule on one interval: seeds 0.54 / 0.16 / 0.31 (Brain Tumor MRI's GANomaly, here on a Head-CT-sized test
+    set): one seed's own interval reaches 0.5, the seed-mean interval does not; both the report and the console
+    read the seed-mean one. A single seed at 0.45 reaches 0.5 with its own interval: neither says it."""
+    mixed = make_run(tmp_path, "mixed", {"ganomaly": [0.54, 0.16, 0.31], "f-anogan": [0.89], "multi-kd": [0.45]})
+    data = load_run(mixed.path)
+    comparison = tab.with_verdicts(data, compare(load_paper_results(), data.metrics))
+    lines = auc_table(mixed.path).splitlines()
+    header = next(line for line in lines if line.startswith("detector")).split()[1:]
+    cells = dict(zip(header, _cells(next(line for line in lines if line.startswith("head-ct/all")))))
+    assert sorted(cells) == ["f-anogan", "ganomaly", "multi-kd"]
+    for detector, cell in cells.items():
+        verdict_text = _row(comparison, detector)["verdict"]
+        assert (BELOW_CHANCE_MARK in cell) == (INVERTED in verdict_text), (detector, cell, verdict_text)
+    assert BELOW_CHANCE_MARK in cells["ganomaly"] and BELOW_CHANCE_MARK not in cells["multi-kd"]
+    assert INVERTED in _row(comparison, "ganomaly")["verdict"]
+
+
+def _cells(row: str) -> list[str]:
+    """The cells of a console table row after its dataset/subset (a mean, maybe ±std, maybe the mark)."""
+    cells: list[str] = []
+    for token in row.split()[1:]:
+        if token == BELOW_CHANCE_MARK:
+            cells[-1] += f" {token}"
+        else:
+            cells.append(token)
+    return cells
 
 
 def test_the_ganomaly_rows_carry_the_evidence_and_call_the_label_order_a_hypothesis():

@@ -161,6 +161,32 @@ def test_entry_point_name_taken_is_an_error_naming_both_packages(monkeypatch):
     assert f"already registered by {__name__}.PatchDistance (package 'my-plugin')" in message
 
 
+def test_module_entry_point_taking_a_name_is_an_error_naming_both_packages(monkeypatch):
+    def registers(name: str):
+        def import_module():   # what importing a plugin module does: its decorator runs
+            registry.register(name)(OtherPatchDistance)
+            return types.ModuleType("their_plugin.detectors")
+        return import_module
+
+    registry = registry_with_entry_points(monkeypatch, FakeEntryPoint("ae", "their_plugin.detectors", "their-plugin",
+                                                                      registers("ae")))
+    with pytest.raises(RegistryError) as error:
+        registry.names()
+    message = str(error.value)
+    assert "'ae' = 'their_plugin.detectors' of package 'their-plugin'" in message and "failed to import" not in message
+    assert f"detector name 'ae' of {__name__}.OtherPatchDistance (package 'their-plugin')" in message
+    assert "already registered by medad.detectors.ae.AEDetector (package 'medad')" in message
+
+    registry = registry_with_entry_points(
+        monkeypatch, FakeEntryPoint("patch-distance", "my_plugin:PatchDistance", "my-plugin", lambda: PatchDistance),
+        FakeEntryPoint("patch-distance", "their_plugin.detectors", "their-plugin", registers("patch-distance")))
+    with pytest.raises(RegistryError) as error:
+        registry.names()
+    message = str(error.value)
+    assert f"of {__name__}.OtherPatchDistance (package 'their-plugin')" in message
+    assert f"already registered by {__name__}.PatchDistance (package 'my-plugin')" in message
+
+
 @pytest.mark.parametrize("loaded, what", [
     (lambda images: images.mean(), "resolves to a function"),
     (PatchDistance(image_size=8, channels=1), "resolves to a PatchDistance"),

@@ -258,7 +258,9 @@ def _run_locked(config: RunConfig, run_folder: RunFolder, *, data_root: str | No
     pending = [job for job in jobs if job.job_id not in done]
     if done:
         log.info("resuming: %d of %d jobs already done, %d to run", len(done), len(jobs), len(pending))
-    units = fit_units(pending, config.share_fits)  # jobs whose training is identical: one fit, run by one worker
+    # jobs whose training is identical: one fit, run by one worker; a fit a finished job used is trained anew, new id
+    recorded = {r["fit_id"] for r in run_folder.records() if r.get("status") == "done" and isinstance(r.get("fit_id"), str)}
+    units = fit_units(pending, config.share_fits, recorded)
     if len(units) < len(pending):
         log.info("%d jobs to run share %d fits", len(pending), len(units))
     if config.deterministic:  # before any worker starts: each inherits it before its first cuBLAS call

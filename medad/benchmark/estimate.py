@@ -10,12 +10,15 @@ with ``epoch`` and ``setup`` in seconds per training image and ``step`` in secon
 
 The calibration (:func:`calibrate`) builds the detector with the job's own hyper-parameters, input size and
 channels on the job's device, precision and memory format, and fits it on ``n_cal`` random images (two
-batches: content does not change the arithmetic) with every budget at 1 unit, timed (``base``), after a
-warm-up fit (on CUDA for every setting: cuDNN autotunes per shape; on the CPU once per process: imports,
-thread pools). Then, once per budget
-hyper-parameter, a fit with that one raised by ``extra`` units: its extra time / ``extra`` is one unit
-(on CUDA every timed fit is the fastest of :data:`CUDA_REPEATS`: the fits are short)
-(an epoch over ``n_cal`` images, or one step). What the warm base fit spends beyond one unit of each
+batches: content does not change the arithmetic; held where the job would hold them,
+:func:`medad.benchmark.device_images.place_images`) under the job's arithmetic flags: the same
+:func:`medad.benchmark.numerics.configure_numerics` call a job makes (fp32: TF32 off for matrix products and
+cuDNN convolutions; tf32: both on; bf16: autocast, TF32 off; ``deterministic``: deterministic algorithms,
+cuDNN's benchmark off), the flags found restored afterwards. It fits with every budget at 1 unit, timed
+(``base``), after a warm-up fit (on CUDA for every setting: kernels loaded and memory cached per shape; on the
+CPU once per process: imports, thread pools). Then, once per budget hyper-parameter, a fit with that one raised
+by ``extra`` units: its extra time / ``extra`` is one unit (an epoch over ``n_cal`` images, or one step; on
+CUDA every timed fit is the fastest of :data:`CUDA_REPEATS`: the fits are short). What the warm base fit spends beyond one unit of each
 budget (``setup``: caches of source features, memory settling, statistics over the training set) is
 taken to scale with the training images, like an epoch. Whole fits are timed, the device synchronised
 at the end, so asynchronous launches are counted where they finish. Scoring: seconds per image from
@@ -24,14 +27,15 @@ images. Not counted: loading and decoding, pixel maps, metrics, bootstrap, the r
 
 Assumptions, stated because the estimate rests on them: the time per image of an epoch does not depend on
 how many images there are; the device runs one job at a time (packed workers, ``--workers-per-gpu``, finish
-sooner: the total is device time, not wall time); jobs that share one fit (``fit_ids``) pay for it once.
+sooner: the total is device time, not wall time); jobs that share one fit (as the run shares them:
+:func:`medad.benchmark.fit_sharing.fit_ids`) pay for it once.
 A job whose dataset cannot be read (so ``n_train`` is unknown) or whose calibration fails is ``unknown``
 and left out of the total, which says how many were.
 
 Calibrations are cached on disk (``<medad cache>/calibration/<key>.json``), keyed by the device's name
 (the CPU's model and torch threads on the CPU), the torch version, the detector's class, its
-hyper-parameters other than the budget, the input size and channels, the precision and memory format,
-and the calibration's own settings: a second estimate on the same machine does not time again.
+hyper-parameters other than the budget, the input size and channels, the precision, ``deterministic`` and the
+memory format, and the calibration's own settings: a second estimate on the same machine does not time again.
 """
 
 from __future__ import annotations
@@ -50,8 +54,11 @@ import torch
 from medad.atomic_files import write_text_atomic
 from medad.benchmark.acceleration import autocast, resolve_memory_format
 from medad.benchmark.config import hyperparameters
+from medad.benchmark.device_images import place_images
+from medad.benchmark.fit_sharing import fit_ids
 from medad.benchmark.job_runner import dataset_of, fit_detector
 from medad.benchmark.jobs import Job
+from medad.benchmark.numerics import numerics
 from medad.benchmark.resources import hardware, resolve_device
 from medad.datasets.base import DatasetError, ImageSet, Subset
 from medad.datasets.cache import cache_dir
@@ -59,7 +66,7 @@ from medad.datasets.files import FileDataset
 from medad.detectors.base import Detector, TrainLog
 from medad.registry import DETECTORS
 
-CALIBRATION_VERSION = 1  # part of the cache key: a change of the method times again
+CALIBRATION_VERSION = 2  # part of the cache key: a change of the method times again
 EXTRA_UNITS = {"epochs": 1, "steps": 4}  # how far each budget is raised above 1 to time one unit of it
 CUDA_REPEATS = 3  # on a GPU each timed fit is the fastest of three (short fits, launch and clock jitter)
 _WARM_CPU: set[str] = set()  # {"cpu"} once this process has fitted a detector on the CPU (see calibrate)
@@ -111,13 +118,14 @@ class Calibration:
 
 
 def calibration_key(cls: type[Detector], params: dict[str, Any], budget: dict[str, str], image_size: int,
-                    channels: int, device: torch.device, precision: str, memory_format: str, n_cal: int) -> str:
+                    channels: int, device: torch.device, precision: str, memory_format: str, n_cal: int,
+                    deterministic: bool = False) -> str:
     """The cache key of a calibration: everything that changes a step's cost, none of the budget's values."""
     fixed = {name: value for name, value in params.items() if name not in budget}
     parts = {"version": CALIBRATION_VERSION, "device": device_label(device), "torch": torch.__version__,
              "detector": f"{cls.__module__}:{cls.__qualname__}", "params": fixed, "budget": budget,
-             "image_size": image_size, "channels": channels, "precision": precision, "memory_format": memory_format,
-             "n_cal": n_cal, "extra": EXTRA_UNITS, "cuda_repeats": CUDA_REPEATS}
+             "image_size": image_size, "channels": channels, "precision": precision, "deterministic": deterministic,
+             "memory_format": memory_format, "n_cal": n_cal, "extra": EXTRA_UNITS, "cuda_repeats": CUDA_REPEATS}
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
 
@@ -154,27 +162,29 @@ def _score_seconds_per_image(detector: Detector, images: ImageSet, batch_size: i
 
 
 def calibrate(detector_name: str, params: dict[str, Any], *, image_size: int, channels: int, device: str = "auto",
-              precision: str = "fp32", memory_format: str = "auto", n_cal: int | None = None,
-              score_batch_size: int = 64, use_cache: bool = True,
+              precision: str = "fp32", memory_format: str = "auto", deterministic: bool = False,
+              n_cal: int | None = None, score_batch_size: int = 64, use_cache: bool = True,
               progress: Callable[[str], None] | None = None) -> Calibration:
-    """Time the detector ``detector_name`` with ``params`` on this machine's ``device`` (see the module's text);
-    read from the cache when this setting was timed before. ``n_cal``: calibration images (default two batches,
-    at least 16). ``progress`` receives a line before and after a timing (none for a cached setting): a first
-    estimate on a CPU can take minutes."""
+    """Time the detector ``detector_name`` with ``params`` on this machine's ``device``, under the arithmetic flags a
+    job with ``precision`` and ``deterministic`` sets (see the module's text); read from the cache when this setting
+    was timed before. ``n_cal``: calibration images (default two batches, at least 16). ``progress`` receives a
+    line before and after a timing (none for a cached setting): a first estimate on a CPU can take minutes."""
     cls = DETECTORS.get(detector_name)
     full = resolved_params(cls, params)
     budget = cls.training_budget(full)
     batch = full.get("batch_size") if isinstance(full.get("batch_size"), int) else 32
     n_cal = n_cal or max(16, 2 * batch)
     resolved = resolve_device(device)
-    key = calibration_key(cls, full, budget, image_size, channels, resolved, precision, memory_format, n_cal)
+    key = calibration_key(cls, full, budget, image_size, channels, resolved, precision, memory_format, n_cal,
+                          deterministic)
     path = cache_dir() / "calibration" / f"{key}.json"
     if use_cache and path.is_file():
         try:
             return Calibration(**json.loads(path.read_text(encoding="utf-8")))
         except (json.JSONDecodeError, TypeError, OSError):
             pass  # a damaged entry: time again
-    what = f"{detector_name} at {image_size} px x{channels}, {precision}, on {device_label(resolved)}"
+    what = (f"{detector_name} at {image_size} px x{channels}, {precision}{', deterministic' if deterministic else ''}, "
+            f"on {device_label(resolved)}")
     if progress is not None:
         progress(f"estimate: timing {what} (cached for the next dry run) ...")
     started = time.perf_counter()
@@ -183,20 +193,22 @@ def calibrate(detector_name: str, params: dict[str, Any], *, image_size: int, ch
                     test=ImageSet.concat([random_images(n_cal // 4 or 1, channels, image_size, seed=2),
                                           random_images(n_cal // 4 or 1, channels, image_size, seed=3, label=1)]),
                     anomaly_pool=random_images(n_cal // 2, channels, image_size, seed=4, label=1))
+    subset, _ = place_images(subset, resolved)
     ones = {**params, **{name: 1 for name in budget}}
     args = (subset, image_size, channels, resolved, precision, memory_format)
-    if resolved.type != "cpu" or "cpu" not in _WARM_CPU:
-        _timed_fit(cls, ones, *args)  # warm-up
-        _WARM_CPU.add(resolved.type)
-    repeats = CUDA_REPEATS if resolved.type == "cuda" else 1
-    base, detector = min((_timed_fit(cls, ones, *args) for _ in range(repeats)), key=lambda timed: timed[0])
-    score = _score_seconds_per_image(detector, subset.train, score_batch_size, resolved, precision)
-    unit_s = {}
-    for name, unit in budget.items():
-        extra = EXTRA_UNITS[unit]
-        raised = min(_timed_fit(cls, {**ones, name: 1 + extra}, *args)[0] for _ in range(repeats))
-        per_unit = max(0.0, raised - base) / extra
-        unit_s[name] = per_unit / n_cal if unit == "epochs" else per_unit
+    with numerics(precision, deterministic, resolved):  # the flags the job sets, restored after the timing
+        if resolved.type != "cpu" or "cpu" not in _WARM_CPU:
+            _timed_fit(cls, ones, *args)  # warm-up
+            _WARM_CPU.add(resolved.type)
+        repeats = CUDA_REPEATS if resolved.type == "cuda" else 1
+        base, detector = min((_timed_fit(cls, ones, *args) for _ in range(repeats)), key=lambda timed: timed[0])
+        score = _score_seconds_per_image(detector, subset.train, score_batch_size, resolved, precision)
+        unit_s = {}
+        for name, unit in budget.items():
+            extra = EXTRA_UNITS[unit]
+            raised = min(_timed_fit(cls, {**ones, name: 1 + extra}, *args)[0] for _ in range(repeats))
+            per_unit = max(0.0, raised - base) / extra
+            unit_s[name] = per_unit / n_cal if unit == "epochs" else per_unit
     one_of_each = sum(unit_s[name] * (n_cal if unit == "epochs" else 1) for name, unit in budget.items())
     calibration = Calibration(device=device_label(resolved), budget=budget,
                               setup_s_per_image=max(0.0, base - one_of_each) / n_cal, unit_s=unit_s,
@@ -265,18 +277,19 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}".strip()
 
 
-def estimate_jobs(jobs: list[Job], fit_ids: dict[str, str] | None = None, *, n_cal: int | None = None,
+def estimate_jobs(jobs: list[Job], share_fits: bool = True, *, n_cal: int | None = None,
                   use_cache: bool = True, progress: Callable[[str], None] | None = None) -> Estimate:
-    """The estimated device time of ``jobs`` on this machine. ``fit_ids`` maps a job id to the id of the fit it uses
-    (jobs that train identically share one); a job not in it has a fit of its own. A shared fit is counted once,
-    at the first job that uses it; every job pays for its own scoring. ``progress``: see :func:`calibrate`."""
-    fit_ids = fit_ids or {}
+    """The estimated device time of ``jobs`` on this machine. Jobs that train identically share one fit, as a run
+    shares them (:func:`medad.benchmark.fit_sharing.fit_ids`; ``share_fits``: the config's ``share_fits``): a
+    shared fit is counted once, at the first job that uses it; every job pays for its own scoring.
+    ``progress``: see :func:`calibrate`."""
+    fits_of = fit_ids(jobs, share_fits)
     sizes: dict[tuple, JobSizes | str] = {}
     calibrations: dict[str, Calibration | str] = {}
     counted: set[str] = set()
     estimates, devices, gpu = [], set(), False
     for job in jobs:
-        fit_id = fit_ids.get(job.job_id, job.job_id)
+        fit_id = fits_of[job.job_id]
         estimate = JobEstimate(job.job_id, fit_id)
         estimates.append(estimate)
         unit = (job.dataset, job.subset, job.dataset_root, json.dumps(job.dataset_params, sort_keys=True, default=str))
@@ -290,12 +303,13 @@ def estimate_jobs(jobs: list[Job], fit_ids: dict[str, str] | None = None, *, n_c
             continue
         estimate.n_train, estimate.n_scored = sizes[unit].n_train, sizes[unit].n_scored
         setting = json.dumps([job.detector_name, job.detector_params, job.image_size, job.channels, job.device,
-                              job.precision, job.memory_format], sort_keys=True, default=str)
+                              job.precision, job.deterministic, job.memory_format], sort_keys=True, default=str)
         if setting not in calibrations:
             try:
                 calibrations[setting] = calibrate(job.detector_name, job.detector_params, image_size=job.image_size,
                                                   channels=job.channels, device=job.device, precision=job.precision,
-                                                  memory_format=job.memory_format, n_cal=n_cal,
+                                                  memory_format=job.memory_format, deterministic=job.deterministic,
+                                                  n_cal=n_cal,
                                                   score_batch_size=job.score_batch_size, use_cache=use_cache,
                                                   progress=progress)
             except Exception as error:  # a detector that cannot be built or fitted here (missing weights, memory)

@@ -18,7 +18,9 @@ whose training images (:func:`training_fingerprint`) differ from the fit's, or w
 to see the test set, trains on its own and records its own fit id.
 
 The *fit id* is a short hash of the identity: every job that used one fit carries it (``fit_id`` in
-``jobs.csv`` and ``metrics.csv``; ``fit_by`` names the job that trained it). Jobs with one fit id form a
+``jobs.csv`` and ``metrics.csv``; ``fit_by`` names the job that trained it). A job that used another job's
+fit gets that fit's training losses in its own ``history.csv`` rows, each row's ``fit_by`` naming the job that
+trained it (so every job of a unit has its training curves, marked as the shared fit's). Jobs with one fit id form a
 :class:`FitUnit`, which one worker runs: fit once, then score each job. On CPU a fit is deterministic, so a
 job scores the same whether it trained or reused the fit: each job scores a copy of the fitted detector as it
 was right after the fit, with the random number generators as they were then.
@@ -30,7 +32,7 @@ import copy
 import hashlib
 import json
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,12 +100,26 @@ class FitUnit:
         return self.jobs[0]
 
 
-def fit_units(jobs: Sequence[Job], share: bool = True) -> list[FitUnit]:
-    """``jobs`` grouped into units by fit id, in the order of each unit's first job."""
+def training_id(fit_id: str, recorded: Collection[str] = ()) -> str:
+    """The id a fit trained now gets: ``fit_id``, unless a finished job of the run already used a fit of that id
+    (``recorded``: an earlier session trained it; fits are not kept between sessions, so this is another training,
+    and on a GPU without deterministic algorithms another model). Then ``<fit_id>-2`` (its second training),
+    ``-3``, ...: the first not recorded, so one id never names two trainings."""
+    if fit_id not in recorded:
+        return fit_id
+    count = 2
+    while f"{fit_id}-{count}" in recorded:
+        count += 1
+    return f"{fit_id}-{count}"
+
+
+def fit_units(jobs: Sequence[Job], share: bool = True, recorded: Collection[str] = ()) -> list[FitUnit]:
+    """``jobs`` grouped into units by fit id, in the order of each unit's first job; a unit whose fit id a finished
+    job already used (``recorded``, on ``--resume`` or ``--extend``) trains under a new one (:func:`training_id`)."""
     groups: dict[str, list[Job]] = {}
     for job in jobs:
         groups.setdefault(fit_id(job, share), []).append(job)
-    return [FitUnit(key, tuple(members)) for key, members in groups.items()]
+    return [FitUnit(training_id(key, recorded), tuple(members)) for key, members in groups.items()]
 
 
 def as_unit(item: Job | FitUnit) -> FitUnit:
@@ -167,6 +183,7 @@ class SharedFit:
     random_state: RandomState | None = None
     asked: int = 0
     used: dict[str, tuple[str, str]] = field(default_factory=dict)   # job id -> (fit id, job id that trained it)
+    history: list[tuple] = field(default_factory=list)   # the shared fit's training losses, kept for the others
 
     def detector_for(self, job: Job, fingerprint: str, train: Callable[[], Detector],
                      note: Callable[[str], None] = lambda line: None) -> Detector:
@@ -199,6 +216,16 @@ class SharedFit:
         if not last:
             self._keep(detector)
         return detector
+
+    def losses_for(self, job: Job, own: list[tuple]) -> list[tuple]:
+        """The training losses (history rows) of the fit ``job`` scored with: ``own`` (its log's) where it trained,
+        else those of the job that trained the shared fit, kept when that job asked (after :meth:`detector_for`)."""
+        trained_by = self.used.get(job.job_id, ("", job.job_id))[1]
+        if trained_by != job.job_id:
+            return list(self.history)
+        if self.trained_by == job.job_id:
+            self.history = list(own)
+        return own
 
     def _keep(self, detector: Detector) -> None:
         """Keep a pristine copy of the just-fitted ``detector`` (and the random state) for the unit's other jobs."""

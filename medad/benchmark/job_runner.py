@@ -33,7 +33,7 @@ from medad.benchmark.diagnostics import TestCurve, diagnostic_tags
 from medad.benchmark.examples import EXAMPLES_FILE, examples_npz
 from medad.benchmark.fit_sharing import FitUnit, SharedFit, as_unit, fit_id, training_fingerprint
 from medad.benchmark.jobs import Job
-from medad.benchmark.numerics import check_precision_on, configure_numerics, deterministic_tags
+from medad.benchmark.numerics import configure_numerics, deterministic_tags
 from medad.benchmark.resources import PeakMemory, resolve_device, seed_everything
 from medad.benchmark.run_folder import RunFolder, now
 from medad.datasets.base import DatasetError, ImageSet, Subset
@@ -237,8 +237,7 @@ def execute(job: Job, run_id: str, progress: bool = False, job_log: JobLog | Non
     job_log = job_log or JobLog()
     times = PhaseTimes()
     device = resolve_device(job.device)
-    check_precision_on(device, job.precision)
-    configure_numerics(job.precision, job.deterministic)  # process-wide flags: set for every job, before any op
+    configure_numerics(job.precision, job.deterministic, device)  # process-wide flags: set for every job, before any op
     seed_everything(job.seed)
     job_log(f"{job.job_id}: {job.detector} ({job.detector_name}) on {job.dataset}/{job.subset}, seed {job.seed}, "
             f"{job.image_size} px x{job.channels}, {device} ({torch.get_num_threads()} threads), {job.precision}"
@@ -270,6 +269,7 @@ def execute(job: Job, run_id: str, progress: bool = False, job_log: JobLog | Non
     identity = dataset_identity(job)
     shared = shared or SharedFit(fit_id(job, share=False))
     detector = shared.detector_for(job, training_fingerprint(subset, identity), train, job_log)
+    losses = shared.losses_for(job, log.rows)  # its own, or the shared fit's (kept now, whatever the scoring does)
 
     with autocast(device, job.precision):
         rows, intervals, val_scores, test_scores = _score_subset(detector, subset, job, times)
@@ -290,8 +290,9 @@ def execute(job: Job, run_id: str, progress: bool = False, job_log: JobLog | Non
     tables = {
         "metrics": _metric_frame(job, run_id, rows, tags, intervals),
         "scores": pd.concat(scores, ignore_index=True),
+        # a job that scored with a shared fit has that fit's losses (each row's fit_by, set in compute_job, says so)
         "history": pd.DataFrame([{"run_id": run_id, **job.keys(), "epoch": e, "step": s, "loss_name": n, "value": v}
-                                 for e, s, n, v in log.rows + (curve.history_rows() if curve else [])]),
+                                 for e, s, n, v in losses + (curve.history_rows() if curve else [])]),
         "splits": pd.DataFrame([{"run_id": run_id, "dataset": job.dataset, "subset": job.subset, "sample_id": i,
                                  "part": part, "label": label} for i, part, label in split_rows]),
     }
@@ -332,11 +333,15 @@ def job_record(job: Job, run_id: str, worker: str) -> dict[str, Any]:
     }
 
 
+def lost_job_output(job: Job, run_id: str, error: str, worker: str) -> JobOutput:
+    """The output of a job whose worker was lost (died, or its node did) before it returned: ``failed``, with
+    ``error``."""
+    return JobOutput({**job_record(job, run_id, worker), "error": error, "started": "", "finished": now()})
+
+
 def write_lost_job(run_folder: RunFolder, job: Job, error: str, worker: str) -> dict[str, Any]:
-    """Record a job whose worker was lost (died, or its node did) before it returned: ``failed``, with ``error``."""
-    record = {**job_record(job, run_folder.run_id, worker), "error": error, "started": "", "finished": now()}
-    run_folder.write_job(job.job_id, record, {})
-    return record
+    """Record a job whose worker was lost (:func:`lost_job_output`) in ``run_folder``; return its record."""
+    return write_output(run_folder, lost_job_output(job, run_folder.run_id, error, worker))
 
 
 def compute_job(job: Job, run_id: str, worker: str = "main", progress: bool = False,
@@ -374,6 +379,8 @@ def compute_job(job: Job, run_id: str, worker: str = "main", progress: bool = Fa
     record["fit_id"], record["fit_by"] = shared.used.get(job.job_id, (shared.fit_id, ""))
     if "metrics" in tables:
         tables["metrics"]["fit_id"] = record["fit_id"]
+    if "history" in tables:  # whose training the losses are: this job's own id, or the job that trained the fit
+        tables["history"]["fit_by"] = record["fit_by"]
     job_log(f"{record['status']} in {record['wall_s']:.1f} s, peak memory {peak.rss_mb:.0f} MB")
     files = {**files, "log.txt": job_log.text()}
     job_log.close()

@@ -1,7 +1,10 @@
 """The process-wide arithmetic flags a job sets at its start: TensorFloat-32 and deterministic algorithms.
 
 torch keeps these flags per process, so every job sets all of them itself (:func:`configure_numerics`),
-whatever the previous job in its worker set:
+whatever the previous job in its worker set. Whatever times a job's arithmetic sets them with the same
+function, so that it times what the job runs: the cost estimate's calibration
+(:func:`medad.benchmark.estimate.calibrate`) and the throughput benchmarks run their fits inside
+:func:`numerics` with the job's ``precision`` and ``deterministic``.
 
 - ``precision``: ``fp32`` is full float32 on CUDA too: TF32 off for matrix products
   (``torch.backends.cuda.matmul.allow_tf32``, ``float32_matmul_precision("highest")``) *and* for cuDNN
@@ -81,11 +84,14 @@ def set_cublas_workspace(environ: dict[str, str] | os._Environ = os.environ) -> 
         environ[CUBLAS_WORKSPACE_ENV] = DETERMINISTIC_CUBLAS_WORKSPACE
 
 
-def configure_numerics(precision: str, deterministic: bool) -> NumericsState:
+def configure_numerics(precision: str, deterministic: bool, device: torch.device | None = None) -> NumericsState:
     """Set every flag of this module for a job with ``precision`` and ``deterministic``; return the previous state.
 
-    All flags are set every time, so a previous job's setting never leaks into this one.
+    All flags are set every time, so a previous job's setting never leaks into this one. With the job's ``device``,
+    ``tf32`` off CUDA is refused first (:func:`check_precision_on`), as a job refuses it.
     """
+    if device is not None:
+        check_precision_on(device, precision)
     previous = NumericsState.current()
     if deterministic:
         set_cublas_workspace()
@@ -97,9 +103,10 @@ def configure_numerics(precision: str, deterministic: bool) -> NumericsState:
 
 
 @contextlib.contextmanager
-def numerics(precision: str, deterministic: bool) -> Iterator[None]:
-    """:func:`configure_numerics` for a block, the previous flags restored after it (the conformance kit)."""
-    previous = configure_numerics(precision, deterministic)
+def numerics(precision: str, deterministic: bool, device: torch.device | None = None) -> Iterator[None]:
+    """:func:`configure_numerics` for a block, the previous flags restored after it (the conformance kit, a
+    calibration, a throughput benchmark: a timing inside a program that goes on)."""
+    previous = configure_numerics(precision, deterministic, device)
     try:
         yield
     finally:

@@ -37,7 +37,7 @@ COLUMNS = {
     "metrics": KEY_COLUMNS + ["supervision", "weights", "metric", "value", "ci_low", "ci_high", "threshold_policy",
                               "oracle", "note", "fit_id"],
     "scores": KEY_COLUMNS + ["part", "sample_id", "label", "score"],
-    "history": KEY_COLUMNS + ["epoch", "step", "loss_name", "value"],
+    "history": KEY_COLUMNS + ["epoch", "step", "loss_name", "value", "fit_by"],  # fit_by: whose training the losses are
     "splits": ["run_id", "dataset", "subset", "sample_id", "part", "label"],
 }
 # identifiers that read_csv would otherwise take for numbers (Head-CT's sample "007" as 7)

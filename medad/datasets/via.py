@@ -8,7 +8,8 @@ VIA's coordinates are image pixels, x to the right and y down, and these shapes 
 - ``polygon``: ``all_points_x``, ``all_points_y`` (the vertices, in drawing order);
 - ``ellipse``: ``cx``, ``cy``, ``rx``, ``ry``, ``theta``: VIA draws it with the canvas call
   ``ellipse(cx, cy, rx, ry, theta)``, so the ``rx`` semi-axis points along (cos theta, sin theta) in (x, y),
-  theta in radians turning from +x towards +y (clockwise on screen);
+  theta in radians turning from +x towards +y (clockwise on screen). VIA 1.x and early 2.0 exports have no
+  ``theta`` (their ellipses cannot be turned): a missing one reads as 0, ``rx`` along x;
 - ``circle``: ``cx``, ``cy``, ``r``;
 - ``rect``: ``x``, ``y``, ``width``, ``height`` (top-left corner and extent).
 
@@ -105,6 +106,8 @@ def _region(source: Path, key: str, region: object, outlines: Outlines) -> None:
         except (TypeError, ValueError) as error:
             raise DatasetError(f"{source}: entry {key!r} has a non-numeric polygon vertex: {error}") from error
     elif name in ("ellipse", "circle", "rect"):
+        if name == "ellipse" and "theta" not in shape:  # VIA 1.x, early 2.0: axis-aligned, no theta written
+            shape = {**shape, "theta": 0.0}
         values = _numbers(source, key, name, shape, SHAPE_KEYS[name])
         extents = values[2:4] if name != "circle" else values[2:]
         if any(v <= 0 for v in extents):

@@ -6,40 +6,49 @@ from pathlib import Path
 
 import pandas as pd
 
-from medad.benchmark.run_folder import ID_DTYPES
+from medad.evaluation.chance import SYMMETRIC_METRICS, below_chance
+from medad.reporting.run_data import RunData, load_run, unit_name
+from medad.reporting.tables import metric_interval
 
 BELOW_CHANCE_MARK = "(<0.5)"
-BELOW_CHANCE_LEGEND = (f"{BELOW_CHANCE_MARK}: below chance: every seed's 95% bootstrap interval (ci_high in metrics.csv) "
-                       "lies below 0.5, the scores rank anomalies below normals on this data")
+BELOW_CHANCE_LEGEND = (f"{BELOW_CHANCE_MARK}: below chance: the 95% interval the report shows (one seed: its bootstrap "
+                       "interval; several: the bootstrap of the seed-mean) lies below 0.5, the scores rank anomalies "
+                       "below normals on this data (the report's verdict: scores inverted)")
 
 
-def auc_table(run_path: Path, metric: str = "roc_auc") -> str:
+def auc_table(run_path: Path, metric: str = "roc_auc", data: RunData | None = None) -> str:
     """Mean (and std over seeds) of ``metric`` per dataset/subset (rows) x detector (columns), as text.
 
-    A ROC AUC cell is marked :data:`BELOW_CHANCE_MARK` (and a legend line added) when every seed's own 95% bootstrap
-    interval (stratified bootstrap of its test set: ``ci_high`` in metrics.csv) lies below 0.5. Each seed's interval
-    is used rather than the report's seed-mean interval: it needs nothing but metrics.csv, and it is the stricter
-    rule (one seed whose interval reaches 0.5, or has none, leaves the cell unmarked).
+    A cell is marked :data:`BELOW_CHANCE_MARK` (and a legend line added) by the report's rule on the report's
+    interval: :func:`medad.evaluation.chance.below_chance` on :func:`medad.reporting.tables.metric_interval` (one
+    seed: its stratified bootstrap interval from metrics.csv; several: the stratified bootstrap of the seed-mean,
+    test images resampled jointly across seeds), so a cell is marked exactly where the report's paper comparison
+    says "scores inverted on this data". ``data``: the run already read (the end of a run shares it with the
+    report, and with it the seed-mean intervals); read from ``run_path`` when not given.
     """
-    path = Path(run_path) / "metrics.csv"
-    metrics = pd.read_csv(path, dtype=ID_DTYPES) if path.is_file() else pd.DataFrame()
-    if metrics.empty:
-        return f"no {metric} values yet (no job finished)"
-    rows = metrics[metrics["metric"] == metric].copy()
+    data = data if data is not None else load_run(run_path)
+    metrics = data.metrics
+    rows = metrics[metrics["metric"] == metric].copy() if not metrics.empty else metrics
     if rows.empty:
         return f"no {metric} values yet (no job finished)"
-    rows["dataset/subset"] = rows["dataset"] + "/" + rows["subset"]
-    ci_high = pd.to_numeric(rows["ci_high"], errors="coerce") if "ci_high" in rows else pd.Series(float("nan"), rows.index)
-    rows["seed_below_chance"] = (ci_high < 0.5) & (metric in ("roc_auc", "pixel_roc_auc"))  # NaN compares False
+    rows["value"] = pd.to_numeric(rows["value"], errors="coerce")
+    rows["dataset/subset"] = [unit_name(d, s) for d, s in zip(rows["dataset"], rows["subset"])]
     groups = rows.groupby(["dataset/subset", "detector"])
     mean, std, count = groups["value"].mean(), groups["value"].std(), groups["value"].count()
-    marked = groups["seed_below_chance"].all()
+
+    def marked(unit: str, detector: str) -> bool:
+        if metric not in SYMMETRIC_METRICS:  # no chance level of 0.5: no interval needed
+            return False
+        interval = metric_interval(data, unit, detector, data.metric_rows(unit, detector, metric))
+        return interval is not None and below_chance(metric, interval.low, interval.high)
+
+    below = [marked(unit, detector) for unit, detector in mean.index]
     # one string per cell, built in Python: masked assignment into a string Series breaks on pandas 3.0's str dtype
-    cells = pd.Series([(f"{m:.3f}±{s:.3f}" if n > 1 else f"{m:.3f}") + (f" {BELOW_CHANCE_MARK}" if below else "")
-                       for m, s, n, below in zip(mean, std.fillna(0.0), count, marked)],
+    cells = pd.Series([(f"{m:.3f}±{s:.3f}" if n > 1 else f"{m:.3f}") + (f" {BELOW_CHANCE_MARK}" if b else "")
+                       for m, s, n, b in zip(mean, std.fillna(0.0), count, below)],
                       index=mean.index, dtype=object)
     table = cells.unstack("detector").fillna("-")
-    legend = f"\n{BELOW_CHANCE_LEGEND}" if marked.any() else ""
+    legend = f"\n{BELOW_CHANCE_LEGEND}" if any(below) else ""
     return f"{metric} (mean over seeds)\n" + table.to_string() + legend
 
 

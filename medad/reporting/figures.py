@@ -200,7 +200,11 @@ def history_figure(data: RunData, unit: str, folder: Path) -> Figure | None:
         ax.set(title=plain(detector), xlabel="step", ylabel="loss")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-    return save(fig, folder, slug("history", unit), f"Training curves on {unit} (from history.csv; thin lines: further seeds).",
+    jobs = data.unit_rows(data.jobs, unit)
+    shared = not jobs.empty and "fit_by" in jobs and bool((jobs["fit_by"].notna() & (jobs["fit_by"] != jobs["job_id"])).any())
+    note = "; a job that scored with another's shared fit shows that fit's curves (fit_by in history.csv)" if shared else ""
+    return save(fig, folder, slug("history", unit), f"Training curves on {unit} (from history.csv; thin lines: further "
+                f"seeds{note}).",
                 f"training curves for {unit}")
 
 

@@ -16,7 +16,8 @@ contributor adds for another paper; one row per number)::
 
 Each compared row gets a verdict (:func:`verdict`, column ``verdict`` of ``paper_vs_reproduced.csv``): where
 the paper's value lies against the reproduced 95% interval, and for ROC AUC whether that interval lies below
-chance and whether the paper's value is what the reproduced scores give with the labels reversed.
+chance and whether the paper's value is what the reproduced scores give with the labels reversed (the two rules
+of :mod:`medad.evaluation.chance`, which the console table's below-chance mark uses too).
 """
 
 from __future__ import annotations
@@ -27,16 +28,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medad.evaluation.chance import below_chance, mirrors_interval
 from medad.evaluation.metrics import ORACLE_POLICIES
 
 PAPER_COLUMNS = ["source", "paper", "dataset", "subset", "detector", "metric", "value", "threshold_policy",
                  "split_match", "note"]
 SPLIT_MATCHES = ("yes", "sizes", "no")
-# Metrics where swapping the two labels maps the value v to exactly 1 - v (the probability that an anomaly
-# outscores a normal becomes the probability that a normal outscores an anomaly), so 0.5 is chance and an
-# interval turned over is the interval the paper would get with reversed labels. PR AUC has no such symmetry:
-# its chance level is the anomaly prevalence and reversing the labels changes which class it measures.
-SYMMETRIC_METRICS = ("roc_auc", "pixel_roc_auc")
 INSIDE, ABOVE, BELOW = "inside", "above", "below"
 NO_INTERVAL = "no interval"
 INVERTED = "reproduced interval below 0.5: scores inverted on this data"
@@ -79,19 +76,20 @@ def verdict(metric: str, paper_value: float, low: float, high: float) -> str:
 
     ``inside`` (low <= value <= high), ``above`` (value > high: the paper reports more than was reproduced)
     or ``below`` (value < low); ``no interval`` when either end is not finite. For a label-symmetric metric
-    (:data:`SYMMETRIC_METRICS`, ROC AUC) two more findings may follow: :data:`INVERTED` when high < 0.5 (the
-    whole interval ranks anomalies below normals), and :data:`REVERSED_LABELS` when the value lies outside the
-    interval but inside the interval turned over, [1 - high, 1 - low] (the value a reversed label order would
-    give; when the value is inside the interval itself the reversed reading adds nothing).
+    (ROC AUC) two more findings may follow, by the rules of :mod:`medad.evaluation.chance`: :data:`INVERTED`
+    when high < 0.5 (:func:`~medad.evaluation.chance.below_chance`: the whole interval ranks anomalies below
+    normals), and :data:`REVERSED_LABELS` when the value lies inside the interval turned over, [1 - high,
+    1 - low], and both the interval and one of its width around the value exclude 0.5
+    (:func:`~medad.evaluation.chance.mirrors_interval`: the value a reversed label order would give; an interval
+    reaching 0.5 overlaps its mirror, and a value near chance fits either order, so neither says anything).
     """
     if not (np.isfinite(low) and np.isfinite(high)):
         return NO_INTERVAL
     parts = [INSIDE if low <= paper_value <= high else ABOVE if paper_value > high else BELOW]
-    if metric in SYMMETRIC_METRICS:
-        if high < 0.5:
-            parts.append(INVERTED)
-        if parts[0] != INSIDE and 1.0 - high <= paper_value <= 1.0 - low:
-            parts.append(REVERSED_LABELS)
+    if below_chance(metric, low, high):
+        parts.append(INVERTED)
+    if mirrors_interval(metric, paper_value, low, high):
+        parts.append(REVERSED_LABELS)
     return "; ".join(parts)
 
 

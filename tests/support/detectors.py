@@ -109,6 +109,27 @@ class NumericsProbe(TemplateDistance):
         return self.flags
 
 
+def arithmetic_flags() -> dict[str, object]:
+    """The process's arithmetic flags as they stand: deterministic algorithms, cuDNN, TF32, the cuBLAS variable."""
+    return {"deterministic": torch.are_deterministic_algorithms_enabled(),
+            "warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+            "cudnn_deterministic": torch.backends.cudnn.deterministic, "cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "matmul_tf32": torch.backends.cuda.matmul.allow_tf32, "cudnn_tf32": torch.backends.cudnn.allow_tf32,
+            "matmul_precision": torch.get_float32_matmul_precision(),
+            "cublas_workspace": os.environ.get("CUBLAS_WORKSPACE_CONFIG", "unset")}
+
+
+class FitFlagsProbe(TemplateDistance):
+    """Appends the process's arithmetic flags, as its ``fit`` runs, to :attr:`seen` (a list shared by the process):
+    what a job, a calibration or a benchmark fitted under."""
+
+    seen: list[dict[str, object]] = []
+
+    def fit(self, train: ImageSet, val: ImageSet | None = None, log: TrainLog | None = None) -> None:
+        FitFlagsProbe.seen.append(arithmetic_flags())
+        super().fit(train, val, log)
+
+
 class JitteryTemplate(TemplateDistance):
     """Adds unseeded noise of size ``jitter`` to its template after fitting: two same-seed fits differ by about that
     much, as fits on a GPU without deterministic algorithms differ in their last bits (here at a chosen size)."""

@@ -26,7 +26,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from medad.benchmark.executors.local import OnRecord
-from medad.benchmark.executors.remote import error_line, gpu_share, job_resources, missing_extra, remote_unit
+from medad.benchmark.executors.remote import error_line, gpu_share, job_resources, jobs_per_gpu, missing_extra, remote_unit
 from medad.benchmark.fit_sharing import FitUnit, as_unit
 from medad.benchmark.job_runner import write_lost_job, write_output
 from medad.benchmark.jobs import Job
@@ -106,7 +106,7 @@ class RayExecutor:
                                    "max_retries": self.max_retries, "retry_exceptions": False}
         if resources.memory_gb is not None:
             options["memory"] = int(resources.memory_gb * 2**30)
-        placement = {"workers_per_gpu": self.workers_per_gpu} if resources.gpus else None
+        placement = {"workers_per_gpu": jobs_per_gpu(resources.gpus)} if resources.gpus else None
         return task.options(**options).remote(unit, run_id, "ray", resources.threads, placement)
 
     def _run(self, ray, items: list[Job | FitUnit], run_folder: RunFolder, on_record: OnRecord, progress: bool,

@@ -45,6 +45,16 @@ def gpu_share(workers_per_gpu: int) -> float:
     return math.floor(10_000 / workers_per_gpu) / 10_000
 
 
+def jobs_per_gpu(gpus: float) -> int:
+    """How many jobs that each ask for ``gpus`` share one GPU: ``1 / gpus`` (rounded down) for a fraction (the
+    default ``1 / N`` of ``--workers-per-gpu N``, or a config's ``gpus: 0.5``), 1 for a whole GPU or more. Ray
+    places fractions so by itself; SLURM packs that many jobs into one array task: what a config states wins on
+    both."""
+    if gpus <= 0 or gpus >= 1:
+        return 1
+    return max(1, math.floor(1 / gpus + 1e-6))
+
+
 def job_resources(job: Job, gpus_available: bool, workers_per_gpu: int = 1) -> JobResources:
     """The job's config ``resources``, with defaults: 1 CPU, and ``1 / workers_per_gpu`` of a GPU when the cluster
     has GPUs and the job's device is not ``cpu`` (else none)."""

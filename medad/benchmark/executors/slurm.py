@@ -4,10 +4,13 @@ Jobs that share a fit (:mod:`medad.benchmark.fit_sharing`) are one array task (o
 Units are grouped by the resources they ask for (:func:`medad.benchmark.executors.remote.job_resources`; most
 matrices have one group) and each group is submitted as one array job with those resources
 (``cpus_per_task``, ``gpus_per_node``, ``mem_gb``, ``timeout_min``; ``--workers`` caps how many array
-tasks run at once). SLURM hands out whole GPUs (fractions need a site's MPS or sharding setup), so
-``--workers-per-gpu N`` packs instead: each array task of a GPU group takes N jobs, asks for one GPU's
-worth (``gpus`` rounded up) and N times the job's CPUs, and runs its N jobs at once, each in its own
-process on the task's GPU with the job's CPUs as torch threads (:func:`remote_pack`). Each task returns the job's output through submitit's result file and the driver
+tasks run at once). SLURM hands out whole GPUs (fractions need a site's MPS or sharding setup), so jobs
+that ask for a fraction of a GPU are packed instead, as many as share one GPU by what each asks for
+(:func:`~medad.benchmark.executors.remote.jobs_per_gpu`: the default ``1 / N`` share of
+``--workers-per-gpu N`` packs N; a config's ``gpus: 1`` packs none, as Ray gives it a whole GPU): each array
+task of such a group takes that many units, asks for one GPU and that many times the job's CPUs, and runs
+them at once, each in its own process on the task's GPU with the job's CPUs as torch threads
+(:func:`remote_pack`). Each task returns its jobs' outputs through submitit's result file and the driver
 writes the run folder exactly as the local executor does. submitit exchanges its pickles through
 ``<run folder>/submitit/``, so the run folder must be on a file system the compute nodes see (on SLURM
 clusters the home and scratch file systems are); the datasets are read from ``--data-root`` as the
@@ -15,27 +18,40 @@ compute nodes see it.
 
 Faults: a task that ends without a result (node failure, preemption, killed, out of time) is submitted
 again, at most ``max_retries`` times, then recorded ``failed``; a job that fails by itself returns a
-``failed`` record and is not retried. ``cluster="local"`` runs the same code on this machine with
-submitit's local executor (what the tests use).
+``failed`` record and is not retried. In a pack, a unit whose process dies (out of memory, a segfault) has
+its jobs not yet finished recorded ``failed`` with the exit code, as the local executor records a dead
+worker's; the pack's other units, and the jobs that unit had finished, keep their results.
+``cluster="local"`` runs the same code on this machine with submitit's local executor (what the tests use).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
+import contextlib
 import math
 import multiprocessing as mp
+import signal
+import socket
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from medad.benchmark.executors.local import OnRecord
-from medad.benchmark.executors.remote import JobResources, error_line, job_resources, missing_extra, remote_unit, whole_gpus
+from medad.benchmark.executors.local import OnRecord, set_threads
+from medad.benchmark.executors.remote import (
+    JobResources,
+    error_line,
+    job_resources,
+    jobs_per_gpu,
+    missing_extra,
+    remote_unit,
+    whole_gpus,
+)
 from medad.benchmark.fit_sharing import FitUnit, as_unit
-from medad.benchmark.job_runner import JobOutput, write_lost_job, write_output
+from medad.benchmark.job_runner import JobOutput, compute_unit, lost_job_output, write_lost_job, write_output
 from medad.benchmark.jobs import Job
 from medad.benchmark.run_folder import RunFolder
 
@@ -60,21 +76,66 @@ def parse_slurm_params(items: Sequence[str]) -> dict[str, Any]:
     return params
 
 
+def _send_unit(unit: FitUnit, run_id: str, worker: str, threads: int, placement: dict[str, Any] | None,
+               send: Connection) -> None:
+    """In a pack's process: run ``unit`` with ``threads`` torch threads, sending each job's output as it ends."""
+    set_threads(threads)
+    for output in compute_unit(unit, run_id, worker=worker, placement=placement):
+        send.send(output)
+    send.close()
+
+
+def _died(exitcode: int | None) -> str:
+    """``exit code -9 (SIGKILL)``: how a process ended, in words."""
+    if exitcode is not None and exitcode < 0:
+        with contextlib.suppress(ValueError):
+            return f"exit code {exitcode} ({signal.Signals(-exitcode).name})"
+    return f"exit code {exitcode}"
+
+
 def remote_pack(units: list[FitUnit], run_id: str, worker: str, threads: int,
                 placement: dict[str, Any] | None = None) -> list[JobOutput]:
     """Run ``units`` (each: one fit, then its jobs' scoring) at once on this task's GPU, each in its own process with
-    ``threads`` torch threads; return their jobs' outputs in order (one unit: in this process)."""
+    ``threads`` torch threads; return every job's output (one unit: in this process).
+
+    Each process sends each job's output as the job ends. A process that dies before its unit ends (out of memory,
+    a segfault) costs only its unit's jobs not yet sent: each comes back ``failed``, naming the exit code; the
+    other units run on, and every output that arrived is kept."""
     if len(units) == 1:
         return remote_unit(units[0], run_id, worker, threads, placement)
-    with concurrent.futures.ProcessPoolExecutor(max_workers=len(units), mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(remote_unit, unit, run_id, f"{worker}-{index}", threads, placement)
-                   for index, unit in enumerate(units)]
-        return [output for future in futures for output in future.result()]
+    context = mp.get_context("spawn")
+    members = []  # (unit, its worker name, its process, the end its outputs arrive on)
+    for index, unit in enumerate(units):
+        receive, send = context.Pipe(duplex=False)
+        name = f"{worker}-{index}"
+        process = context.Process(target=_send_unit, args=(unit, run_id, name, threads, placement, send), daemon=True)
+        process.start()
+        send.close()  # the child holds the only writing end: its exit ends the stream
+        members.append((unit, name, process, receive))
+    received: dict[Connection, list[JobOutput]] = {receive: [] for *_, receive in members}
+    open_ends = list(received)
+    while open_ends:
+        for end in wait(open_ends):
+            try:
+                received[end].append(end.recv())
+            except EOFError:  # the unit ended, or its process died
+                open_ends.remove(end)
+    outputs: list[JobOutput] = []
+    for unit, name, process, receive in members:
+        process.join()
+        outputs += received[receive]
+        sent = {output.record["job_id"] for output in received[receive]}
+        lost = (f"the process of its unit died ({_died(process.exitcode)}) in its SLURM task before the job ended "
+                "(the task's other units were kept)")
+        outputs += [lost_job_output(job, run_id, lost, f"{socket.gethostname()}:{name}:{process.pid}")
+                    for job in unit.jobs if job.job_id not in sent]
+    return outputs
 
 
-def packs(units: list[FitUnit], resources: JobResources, workers_per_gpu: int) -> list[list[FitUnit]]:
-    """The array tasks of one resource group: ``workers_per_gpu`` units each when the group asks for GPUs, else one."""
-    size = workers_per_gpu if resources.gpus > 0 else 1
+def packs(units: list[FitUnit], resources: JobResources) -> list[list[FitUnit]]:
+    """The array tasks of one resource group: as many units each as share one GPU by what each asks for
+    (:func:`~medad.benchmark.executors.remote.jobs_per_gpu`), one where the group asks for no GPU."""
+    size = jobs_per_gpu(resources.gpus) if resources.gpus > 0 else 1
     return [units[start:start + size] for start in range(0, len(units), size)]
 
 
@@ -105,7 +166,8 @@ class SlurmExecutor:
         return torch.cuda.is_available()
 
     def placement(self) -> dict[str, Any]:
-        """How GPU jobs are packed into array tasks, for the manifest."""
+        """How GPU jobs that state no ``gpus`` are packed into array tasks, for the manifest (a job that states its
+        own packs by it: :func:`packs`; each job's record names the ``workers_per_gpu`` it ran with)."""
         return {"workers_per_gpu": self.workers_per_gpu, "jobs_per_gpu_task": self.workers_per_gpu}
 
     def _executor(self, submitit, folder: Path, run_id: str, resources: JobResources, pack_size: int = 1):
@@ -137,7 +199,7 @@ class SlurmExecutor:
             groups[job_resources(unit.leader, gpus_available, self.workers_per_gpu)].append(unit)
         running: list[tuple[Any, list[FitUnit], Any, int]] = []  # (submitit job, its pack of units, executor, attempt)
         for resources, group in groups.items():
-            pack_list = packs(group, resources, self.workers_per_gpu)
+            pack_list = packs(group, resources)
             executor = self._executor(submitit, folder, run_folder.run_id, resources, len(pack_list[0]))
             placement = {"workers_per_gpu": len(pack_list[0])} if resources.gpus > 0 else None
             with executor.batch():  # one array job per resource group
