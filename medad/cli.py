@@ -187,7 +187,7 @@ def command_run(args: argparse.Namespace) -> int:
 
 def _end_of_run(run_path: Path, reports: Path, summary: RunSummary) -> None:
     """What ``medad run`` does once its jobs are over: the HTML report (figures included), then the ROC AUC table,
-    the job counts and the paths.
+    the all-anomalous classifier on each test set with every degenerate operating point, the job counts and the paths.
 
     The jobs' outcome is already on disk (the run folder's CSVs and manifest) and the exit status is decided by
     ``summary`` alone; every step here is derived from that folder and can be done again by ``medad report``. So
@@ -195,7 +195,7 @@ def _end_of_run(run_path: Path, reports: Path, summary: RunSummary) -> None:
     that rebuilds the report: a bug in a table or figure (or a library version that breaks one) never hides a
     finished run nor turns its exit status into a failure.
     """
-    from medad.reporting.console import auc_table
+    from medad.reporting.console import auc_table, threshold_reference_text
     from medad.reporting.html import build_report
 
     rebuild = f"medad report {run_path} --reports {reports}"
@@ -205,6 +205,10 @@ def _end_of_run(run_path: Path, reports: Path, summary: RunSummary) -> None:
                   f"rebuilds it)")
     if table is not None:
         print(table)
+    references = _step("the all-anomalous references", lambda: threshold_reference_text(run_path),
+                       f"the run is complete: the report ({rebuild} rebuilds it) shows them")
+    if references:
+        print(f"\n{references}")
     counts = ", ".join(f"{n} {status}" for status, n in summary.counts.items())
     print(f"\n{len(summary.jobs)} jobs: {counts}")
     print(f"run folder: {run_path}")
