@@ -44,8 +44,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
                         help="finish an interrupted run; finished jobs are not run again")
     parser.add_argument("--extend", type=Path, default=None, metavar="RUN_DIR",
-                        help="add the cells of --config (new detectors, datasets) or --seeds to a finished run; only "
-                             "they run, on the run's recorded splits, and its report covers everything")
+                        help="add the cells of --config (new detectors, datasets), of --detectors a,b (registered "
+                             "detectors, on the run's own datasets: no --config needed) or of --seeds to a finished run; "
+                             "only they run, on the run's recorded splits, and its report covers everything")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value before validation (repeatable): image_size=128, "
                              "detectors.ganomaly.params.epochs=5 (entries by label or name)")
@@ -89,7 +90,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_config(args: argparse.Namespace):
     """The run folder and config of ``medad run``: a new run, ``--resume`` or ``--extend``."""
-    from medad.benchmark.engine import config_from_manifest, extend_config
+    from medad.benchmark.engine import config_from_manifest, config_with_detectors, extend_config
     from medad.benchmark.run_folder import RunFolder
 
     if args.resume is not None and args.extend is not None:
@@ -111,10 +112,15 @@ def _run_config(args: argparse.Namespace):
             raise ConfigError("--deterministic: this run was started without it; a resumed or extended run keeps its "
                               "setting so that its rows stay comparable")
         if args.extend is not None:
-            if not args.config and not args.seeds:
-                raise ConfigError("--extend RUN needs --config MORE (new detectors, datasets) and/or --seeds")
-            more = load_config(args.config, args.set) if args.config else config
-            more = narrow(more, detectors=args.detectors, datasets=args.datasets, seeds=args.seeds)
+            if not (args.config or args.detectors or args.seeds):
+                raise ConfigError("--extend RUN needs --config MORE (new detectors, datasets), --detectors a,b "
+                                  "(registered detectors, added on the run's datasets) and/or --seeds")
+            if args.config:
+                more = narrow(load_config(args.config, args.set), detectors=args.detectors, datasets=args.datasets,
+                              seeds=args.seeds)
+            else:  # the run's own dataset entries, seeds and settings
+                more = config_with_detectors(config, args.detectors, args.set) if args.detectors else config
+                more = narrow(more, datasets=args.datasets, seeds=args.seeds)
             config = extend_config(config, more)
         if args.device or args.memory_format:
             config = narrow(config, device=args.device, memory_format=args.memory_format)
@@ -130,7 +136,7 @@ def _run_config(args: argparse.Namespace):
 
 
 def command_run(args: argparse.Namespace) -> int:
-    from medad.benchmark.engine import check_recorded_splits, run_matrix
+    from medad.benchmark.engine import run_matrix
     from medad.benchmark.fit_sharing import fit_ids
     from medad.benchmark.jobs import expand_jobs
     from medad.benchmark.preflight import PreflightError, preflight
@@ -151,8 +157,14 @@ def command_run(args: argparse.Namespace) -> int:
         data_root = run_folder.read_manifest().get("data_root")
     jobs = expand_jobs(config, data_root)
     problems = preflight(config, jobs, data_root=data_root, executor=args.executor, results=args.results)
-    if args.extend is not None:
-        problems += check_recorded_splits(run_folder, config, data_root)
+    splits = None
+    if existing is not None:  # new cells are tested on the run's recorded splits, or refused (files changed)
+        from medad.benchmark.recorded_splits import check_recorded_splits, pending_units
+
+        splits = check_recorded_splits(run_folder, config, data_root, pending_units(run_folder, jobs))
+        problems += splits.problems
+        for note in splits.notes:
+            print(f"medad: {note}", file=sys.stderr)
     if args.dry_run:
         statuses = {r["job_id"]: r["status"] for r in run_folder.records()} if existing is not None else {}
         print(job_table(jobs, statuses, fits=fit_ids(jobs, config.share_fits)))
@@ -176,7 +188,7 @@ def command_run(args: argparse.Namespace) -> int:
         summary = run_matrix(config, run_folder, data_root=data_root, executor=args.executor, workers=args.workers,
                              resume=existing is not None, progress=not args.quiet, fail_fast=args.fail_fast,
                              argv=sys.argv, executor_options=options, extend=args.extend is not None,
-                             overrides=list(args.set), workers_per_gpu=args.workers_per_gpu)
+                             overrides=list(args.set), workers_per_gpu=args.workers_per_gpu, recorded_splits=splits)
     except WriteError as error:
         print(f"medad: error: {error}. Every finished job is kept: fix this (free disk space, permissions), then "
               f"resume with: medad run --resume {run_folder.path}", file=sys.stderr)
