@@ -240,12 +240,16 @@ def _step(what: str, build: Callable[[], T], then: str) -> T | None:
 def command_report(args: argparse.Namespace) -> int:
     from medad.reporting.html import build_report
     from medad.reporting.run_data import load_run, load_runs
+    from medad.reporting.shortcut_notice import shortcut_check_not_run
 
     if args.name is not None:
         check_run_id("--name", args.name)
     data = load_run(args.run_dirs[0]) if len(args.run_dirs) == 1 else load_runs(args.run_dirs, name=args.name)
     if data.notice:
         print(f"medad report: {data.notice}", file=sys.stderr)
+    missing = shortcut_check_not_run(data)
+    if missing:
+        print(f"medad report: {missing}", file=sys.stderr)
     print(f"report: {build_report(args.run_dirs[0], args.reports, data=data)}")
     return 0
 

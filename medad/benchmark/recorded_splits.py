@@ -148,13 +148,22 @@ def files_change(recorded: RecordedUnit, today: TodaysSplit) -> str:
     relabelled = {i for i in set(recorded.rows) & set(today.rows) if recorded.rows[i][1] != today.rows[i][1]}
     found = []
     if gone:
-        found.append(f"{len(gone)} of the run's {len(recorded.rows)} images are not in the download any more "
+        found.append(f"{len(gone)} of the run's {len(recorded.rows)} images {_are(gone)} not in the download any more "
                      f"(e.g. {_example(gone)})")
     if new:
-        found.append(f"{len(new)} images are new (e.g. {_example(new)})")
+        found.append(f"{_images(new)} {_are(new)} new (e.g. {_example(new)})")
     if relabelled:
-        found.append(f"{len(relabelled)} images have another label (e.g. {_example(relabelled)})")
+        found.append(f"{_images(relabelled)} {'has' if len(relabelled) == 1 else 'have'} another label "
+                     f"(e.g. {_example(relabelled)})")
     return "; ".join(found)
+
+
+def _images(ids: set[str]) -> str:
+    return f"{len(ids)} image{'' if len(ids) == 1 else 's'}"
+
+
+def _are(ids: set[str]) -> str:
+    return "is" if len(ids) == 1 else "are"
 
 
 @dataclass
