@@ -390,11 +390,11 @@ class FileDataset(Dataset):
                                f"{', '.join(SPLIT_PARTS)}")
         self._recorded[subset] = dict(parts)
 
-    def images_digest(self, view: str, view_records: list[Record], chosen: list[Record]) -> str:
-        """A short SHA-256 of the ``chosen`` records' ids, labels and image files' bytes (from :meth:`hash_inputs`,
-        cached): equal digests mean the same images with the same labels, whatever their files' modification times
-        and whichever medad lists them."""
-        files = self.hash_inputs(view, view_records)["files"]
+    @staticmethod
+    def images_digest(view_records: list[Record], files: np.ndarray, chosen: list[Record]) -> str:
+        """A short SHA-256 of the ``chosen`` records' ids, labels and image files' bytes (``files``: one SHA-256 row
+        per view record, :meth:`hash_inputs`' ``files``): equal digests mean the same images with the same labels,
+        whatever their files' modification times and whichever medad lists them."""
         position = {r.id: i for i, r in enumerate(view_records)}
         digest = hashlib.sha256()
         for record in sorted(chosen, key=lambda r: r.id):
@@ -426,7 +426,8 @@ class FileDataset(Dataset):
         if len(index) == 0:
             raise DatasetError(f"{self.name}: subset {subset!r} has no images under {self.data_root()}")
         labels = np.array([r.label for r in chosen], dtype=np.int64)
-        digest = self.images_digest(view, view_records, chosen)
+        hashed = self.hash_inputs(view, view_records)  # cached: thumbnails and digests, decoded once
+        digest = self.images_digest(view_records, hashed["files"], chosen)
         if subset in self._recorded:
             parts = self._recorded_parts(subset, chosen)
             info = {"root": str(self.data_root()), "split_source": "recorded", "images_digest": digest,
@@ -436,7 +437,6 @@ class FileDataset(Dataset):
         scope_labels = np.array([r.label for r in scope], dtype=np.int64)
         duplicates, copies = None, CopyCounts()
         if self.dedupe:
-            hashed = self.hash_inputs(view, view_records)
             in_scope = np.array([position[r.id] for r in scope], dtype=np.int64)
             matches = near_duplicate_matches(hashed["thumbs"][in_scope], self.duplicate_distance)
             duplicates = duplicate_groups(len(scope), matches)
