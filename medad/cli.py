@@ -44,8 +44,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
                         help="finish an interrupted run; finished jobs are not run again")
     parser.add_argument("--extend", type=Path, default=None, metavar="RUN_DIR",
-                        help="add the cells of --config (new detectors, datasets) or --seeds to a finished run; only "
-                             "they run, on the run's recorded splits, and its report covers everything")
+                        help="add the cells of --config (new detectors, datasets), of --detectors a,b (registered "
+                             "detectors, on the run's own datasets: no --config needed) or of --seeds to a finished run; "
+                             "only they run, on the run's recorded splits, and its report covers everything")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value before validation (repeatable): image_size=128, "
                              "detectors.ganomaly.params.epochs=5 (entries by label or name)")
@@ -89,7 +90,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_config(args: argparse.Namespace):
     """The run folder and config of ``medad run``: a new run, ``--resume`` or ``--extend``."""
-    from medad.benchmark.engine import config_from_manifest, extend_config
+    from medad.benchmark.engine import config_from_manifest, config_with_detectors, extend_config
     from medad.benchmark.run_folder import RunFolder
 
     if args.resume is not None and args.extend is not None:
@@ -111,10 +112,15 @@ def _run_config(args: argparse.Namespace):
             raise ConfigError("--deterministic: this run was started without it; a resumed or extended run keeps its "
                               "setting so that its rows stay comparable")
         if args.extend is not None:
-            if not args.config and not args.seeds:
-                raise ConfigError("--extend RUN needs --config MORE (new detectors, datasets) and/or --seeds")
-            more = load_config(args.config, args.set) if args.config else config
-            more = narrow(more, detectors=args.detectors, datasets=args.datasets, seeds=args.seeds)
+            if not (args.config or args.detectors or args.seeds):
+                raise ConfigError("--extend RUN needs --config MORE (new detectors, datasets), --detectors a,b "
+                                  "(registered detectors, added on the run's datasets) and/or --seeds")
+            if args.config:
+                more = narrow(load_config(args.config, args.set), detectors=args.detectors, datasets=args.datasets,
+                              seeds=args.seeds)
+            else:  # the run's own dataset entries, seeds and settings
+                more = config_with_detectors(config, args.detectors, args.set) if args.detectors else config
+                more = narrow(more, datasets=args.datasets, seeds=args.seeds)
             config = extend_config(config, more)
         if args.device or args.memory_format:
             config = narrow(config, device=args.device, memory_format=args.memory_format)
@@ -130,7 +136,7 @@ def _run_config(args: argparse.Namespace):
 
 
 def command_run(args: argparse.Namespace) -> int:
-    from medad.benchmark.engine import check_recorded_splits, run_matrix
+    from medad.benchmark.engine import run_matrix
     from medad.benchmark.fit_sharing import fit_ids
     from medad.benchmark.jobs import expand_jobs
     from medad.benchmark.preflight import PreflightError, preflight
@@ -156,8 +162,14 @@ def command_run(args: argparse.Namespace) -> int:
         data_root = run_folder.read_manifest().get("data_root")
     jobs = expand_jobs(config, data_root)
     problems = preflight(config, jobs, data_root=data_root, executor=args.executor, results=args.results)
-    if args.extend is not None:
-        problems += check_recorded_splits(run_folder, config, data_root)
+    splits = None
+    if existing is not None:  # new cells are tested on the run's recorded splits, or refused (files changed)
+        from medad.benchmark.recorded_splits import check_recorded_splits, pending_units
+
+        splits = check_recorded_splits(run_folder, config, data_root, pending_units(run_folder, jobs))
+        problems += splits.problems
+        for note in splits.notes:
+            print(f"medad: {note}", file=sys.stderr)
     if args.dry_run:
         statuses = {r["job_id"]: r["status"] for r in run_folder.records()} if existing is not None else {}
         print(job_table(jobs, statuses, fits=fit_ids(jobs, config.share_fits)))
@@ -177,7 +189,7 @@ def command_run(args: argparse.Namespace) -> int:
         summary = run_matrix(config, run_folder, data_root=data_root, executor=args.executor, workers=args.workers,
                              resume=existing is not None, progress=not args.quiet, fail_fast=args.fail_fast,
                              argv=sys.argv, executor_options=options, extend=args.extend is not None,
-                             overrides=list(args.set), workers_per_gpu=args.workers_per_gpu)
+                             overrides=list(args.set), workers_per_gpu=args.workers_per_gpu, recorded_splits=splits)
     except WriteError as error:
         print(f"medad: error: {error}. Every finished job is kept: fix this (free disk space, permissions), then "
               f"resume with: medad run --resume {run_folder.path}", file=sys.stderr)
@@ -188,7 +200,7 @@ def command_run(args: argparse.Namespace) -> int:
 
 def _end_of_run(run_path: Path, reports: Path, summary: RunSummary) -> None:
     """What ``medad run`` does once its jobs are over: the HTML report (figures included), then the ROC AUC table,
-    the job counts and the paths.
+    the all-anomalous classifier on each test set with every degenerate operating point, the job counts and the paths.
 
     The jobs' outcome is already on disk (the run folder's CSVs and manifest) and the exit status is decided by
     ``summary`` alone; every step here is derived from that folder and can be done again by ``medad report``. So
@@ -196,7 +208,7 @@ def _end_of_run(run_path: Path, reports: Path, summary: RunSummary) -> None:
     that rebuilds the report: a bug in a table or figure (or a library version that breaks one) never hides a
     finished run nor turns its exit status into a failure.
     """
-    from medad.reporting.console import auc_table
+    from medad.reporting.console import auc_table, threshold_reference_text
     from medad.reporting.html import build_report
     from medad.reporting.run_data import load_run
 
@@ -212,6 +224,11 @@ def _end_of_run(run_path: Path, reports: Path, summary: RunSummary) -> None:
                       f"({rebuild} rebuilds it)")
     if table is not None:
         print(table)
+    references = None if data is None else _step(
+        "the all-anomalous references", lambda: threshold_reference_text(run_path, data=data),
+        f"the run is complete: the report ({rebuild} rebuilds it) shows them")
+    if references:
+        print(f"\n{references}")
     counts = ", ".join(f"{n} {status}" for status, n in summary.counts.items())
     print(f"\n{len(summary.jobs)} jobs: {counts}")
     print(f"run folder: {run_path}")
@@ -231,12 +248,16 @@ def _step(what: str, build: Callable[[], T], then: str) -> T | None:
 def command_report(args: argparse.Namespace) -> int:
     from medad.reporting.html import build_report
     from medad.reporting.run_data import load_run, load_runs
+    from medad.reporting.shortcut_notice import shortcut_check_not_run
 
     if args.name is not None:
         check_run_id("--name", args.name)
     data = load_run(args.run_dirs[0]) if len(args.run_dirs) == 1 else load_runs(args.run_dirs, name=args.name)
     if data.notice:
         print(f"medad report: {data.notice}", file=sys.stderr)
+    missing = shortcut_check_not_run(data)
+    if missing:
+        print(f"medad report: {missing}", file=sys.stderr)
     print(f"report: {build_report(args.run_dirs[0], args.reports, data=data)}")
     return 0
 

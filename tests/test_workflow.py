@@ -119,7 +119,9 @@ def test_extending_with_a_dataset_whose_split_changed_is_refused(tmp_path, capsy
     more.write_text(config.read_text().replace("label: t}", "label: t2}"))
     capsys.readouterr()
     assert main(["run", "--extend", str(tmp_path / "r"), "--config", str(more), "--quiet"]) == 2
-    assert "head-ct/default: its split is not the run's any more" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "head-ct/default: the dataset's files changed since the run was written by medad " in err
+    assert "1 image is new (e.g. 030); new cells would be tested on other images than the run's" in err
 
 
 def test_one_report_over_two_runs_with_equal_splits_and_a_refusal_for_different_ones(tmp_path, capsys):

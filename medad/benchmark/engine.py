@@ -20,19 +20,16 @@ import pandas as pd
 
 import medad
 from medad.atomic_files import WriteError, write_text_atomic
-from medad.benchmark.config import ConfigError, DatasetEntry, RunConfig, parse_config
+from medad.benchmark.config import ConfigError, RunConfig, apply_overrides, parse_config
 from medad.benchmark.executors import make_executor
 from medad.benchmark.fit_sharing import fit_units
 from medad.benchmark.jobs import Job, expand_jobs
 from medad.benchmark.numerics import set_cublas_workspace
-from medad.benchmark.preflight import Problem
+from medad.benchmark.preflight import PreflightError
+from medad.benchmark.recorded_splits import SplitCheck, check_recorded_splits, pending_units, with_recorded_splits
 from medad.benchmark.resources import git_commit, hardware
 from medad.benchmark.run_folder import ID_DTYPES, RunFolder, now, ordered
 from medad.benchmark.run_lock import run_lock
-from medad.datasets.base import DatasetError
-from medad.datasets.files import FileDataset
-from medad.datasets.splits import split_fingerprint
-from medad.registry import DATASETS
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +89,24 @@ def _union(first: list, second: list) -> list:
     return first + [item for item in second if item not in first]
 
 
+def config_with_detectors(run: RunConfig, names: list[str], overrides: list[str] | None = None) -> RunConfig:
+    """The run's config (its datasets, seeds and settings) with the detectors ``names``, for ``medad run --extend RUN
+    --detectors a,b`` without ``--config``: a name the run has as a label (or, where no label is so, as a registry
+    name) keeps the run's entries; any other becomes a new entry of that registered detector with its default
+    hyper-parameters. ``overrides`` (``--set``) apply as to a config file; names unknown to the registry are a
+    ConfigError listing the known ones."""
+    raw = run.to_dict()
+    raw["datasets"] = [{k: v for k, v in d.items() if v is not None} for d in raw["datasets"]]
+    labels = {d.label for d in run.detectors}
+    entries: list[dict[str, Any]] = []
+    for name in dict.fromkeys(names):
+        known = [d for d in raw["detectors"] if d["label"] == name] if name in labels else \
+            [d for d in raw["detectors"] if d["name"] == name]
+        entries += known or [{"name": name}]
+    raw["detectors"] = entries
+    return parse_config(apply_overrides(raw, overrides or []), source="--extend RUN --detectors")
+
+
 def extend_config(run: RunConfig, more: RunConfig) -> RunConfig:
     """The run's config grown by ``more``'s datasets, subsets, detectors and seeds (``medad run --extend``).
 
@@ -129,43 +144,6 @@ def extend_config(run: RunConfig, more: RunConfig) -> RunConfig:
                               "new entry its own 'label'")
     return replace(copy.deepcopy(run), datasets=list(datasets.values()), detectors=list(detectors.values()),
                    seeds=_union(list(run.seeds), list(more.seeds)))
-
-
-def check_recorded_splits(run_folder: RunFolder, config: RunConfig, data_root: str | None) -> list[Problem]:
-    """For ``--extend``: each dataset/subset the run has finished jobs on still gives the split it recorded (same
-    fingerprint: same images in the same parts), so new cells are evaluated on the run's test images."""
-    recorded = run_folder.split_summaries()
-    problems = []
-    for entry in config.datasets:
-        for subset in entry.subsets:
-            unit = f"{entry.name}/{subset}"
-            if unit not in recorded or "fingerprint" not in recorded[unit]:
-                continue
-            try:
-                now_print = current_fingerprint(entry, subset, config, data_root)
-            except (DatasetError, OSError, ValueError) as error:
-                problems.append(Problem(unit, f"cannot rebuild its split: {error}"))
-                continue
-            if now_print != recorded[unit]["fingerprint"]:
-                problems.append(Problem(unit, f"its split is not the run's any more (fingerprint {now_print}, the run "
-                                              f"recorded {recorded[unit]['fingerprint']}): the dataset's files changed; "
-                                              "new cells would be tested on other images. Start a new run instead"))
-    return problems
-
-
-def current_fingerprint(entry: DatasetEntry, subset: str, config: RunConfig, data_root: str | None) -> str:
-    """The fingerprint of the split ``entry``'s ``subset`` gives today (as a job computes it)."""
-    cls = DATASETS.get(entry.name)
-    root = entry.root or (f"{data_root}/{entry.name}" if data_root else None)
-    dataset = cls(root=Path(root) if root else None, image_size=config.image_size, channels=config.channels,
-                  **entry.params)
-    if isinstance(dataset, FileDataset):
-        split = dataset.split(subset)
-        ids, parts = [r.id for r in split.chosen], split.parts
-    else:
-        rows = dataset.load(subset).split_rows()
-        ids, parts = [i for i, _, _ in rows], [p for _, p, _ in rows]
-    return split_fingerprint(ids, parts, dataset.identity(subset))
 
 
 class RunInterrupted(Exception):
@@ -213,7 +191,8 @@ def measured_gpu_peak_mb(run_folder: RunFolder, pending: list[Job]) -> float | N
 def run_matrix(config: RunConfig, run_folder: RunFolder, *, data_root: str | None = None, executor: str = "local",
                workers: int | None = None, resume: bool = False, progress: bool = True, fail_fast: bool = False,
                argv: list[str] | None = None, executor_options: dict[str, Any] | None = None, extend: bool = False,
-               overrides: list[str] | None = None, workers_per_gpu: int | None = None) -> RunSummary:
+               overrides: list[str] | None = None, workers_per_gpu: int | None = None,
+               recorded_splits: SplitCheck | None = None) -> RunSummary:
     """Run every job of ``config`` not yet done in ``run_folder``; return the counts by status.
 
     ``executor_options`` go to :func:`make_executor` (``ray_address``, ``max_retries``, ``slurm_params``...).
@@ -226,23 +205,37 @@ def run_matrix(config: RunConfig, run_folder: RunFolder, *, data_root: str | Non
     ``overrides`` (the ``--set`` items) are recorded in the manifest. ``workers_per_gpu``: jobs sharing each GPU
     (default: from the GPUs' free memory, the peaks this run's finished jobs measured, and the cores); how the
     executor placed its workers (``workers``, ``threads``, ``workers_per_gpu``) is recorded in the manifest.
+    A resumed or extended run's new cells are tested on the splits the run recorded
+    (:mod:`medad.benchmark.recorded_splits`; ``recorded_splits``: that check, already made by the caller): where
+    the dataset's files changed, nothing runs (:class:`~medad.benchmark.preflight.PreflightError`).
     """
     with run_lock(run_folder.path), _sigterm_as_interrupt():
         return _run_locked(config, run_folder, data_root=data_root, executor=executor, workers=workers,
                            resume=resume or extend, progress=progress, fail_fast=fail_fast,
                            argv=argv if argv is not None else sys.argv, executor_options=executor_options or {},
-                           extend=extend, overrides=overrides or [], workers_per_gpu=workers_per_gpu)
+                           extend=extend, overrides=overrides or [], workers_per_gpu=workers_per_gpu,
+                           recorded_splits=recorded_splits)
 
 
 def _run_locked(config: RunConfig, run_folder: RunFolder, *, data_root: str | None, executor: str, workers: int | None,
                 resume: bool, progress: bool, fail_fast: bool, argv: list[str], executor_options: dict[str, Any],
-                extend: bool, overrides: list[str], workers_per_gpu: int | None) -> RunSummary:
+                extend: bool, overrides: list[str], workers_per_gpu: int | None,
+                recorded_splits: SplitCheck | None) -> RunSummary:
+    manifest = run_folder.read_manifest() if resume else {}
+    data_root = manifest.get("data_root") if resume and data_root is None else data_root
+    jobs = expand_jobs(config, data_root)
     if resume:
-        manifest = run_folder.read_manifest()
-        data_root = manifest.get("data_root") if data_root is None else data_root
+        if recorded_splits is None:
+            recorded_splits = check_recorded_splits(run_folder, config, data_root, pending_units(run_folder, jobs))
+            for note in recorded_splits.notes:
+                log.warning("%s", note)
+        if recorded_splits.problems:
+            raise PreflightError(recorded_splits.problems)
+        jobs = with_recorded_splits(jobs, recorded_splits.parts)
         removed = run_folder.remove_partial()
         session = {"extended" if extend else "resumed": now(), "partial_jobs_removed": removed, "command": argv,
-                   "executor": executor}
+                   "executor": executor, "medad": medad.__version__,
+                   "git_commit": git_commit(Path(medad.__file__).parent), "recorded_splits": recorded_splits.notes}
         if extend:
             manifest["config"] = config.to_dict()
             session["overrides"] = overrides
@@ -253,7 +246,6 @@ def _run_locked(config: RunConfig, run_folder: RunFolder, *, data_root: str | No
         manifest = new_manifest(config, data_root, executor, argv)
         manifest["run_id"] = run_folder.run_id
         manifest["overrides"] = overrides
-    jobs = expand_jobs(config, data_root)
     done = run_folder.done_job_ids()
     pending = [job for job in jobs if job.job_id not in done]
     if done:

@@ -45,8 +45,10 @@ from medad.datasets.splits import split_fingerprint
 from medad.detectors.base import Detector
 from medad.registry import DATASETS, DETECTORS, RegistryError
 
-# Job fields that do not change what is trained (scoring, naming, output only).
-NOT_TRAINING = ("subset", "detector", "score_batch_size", "save_checkpoints", "log_every")
+# Job fields that do not change what is trained (scoring, naming, output only). ``recorded_split`` does choose the
+# training images, but only as the worker's check sees them (training_fingerprint): OCT's tasks, each with its own
+# recorded split, still share a fit where their recorded training normals agree.
+NOT_TRAINING = ("subset", "detector", "score_batch_size", "save_checkpoints", "log_every", "recorded_split")
 
 
 def training_identity(job: Job) -> dict[str, Any]:

@@ -49,13 +49,17 @@ _SUBSET_CACHE_SIZE = 2
 
 
 def dataset_of(job: Job):
-    """The job's dataset adapter, built as its config entry says."""
+    """The job's dataset adapter, built as its config entry says (with the run's recorded split of its subset when
+    the job carries one: :attr:`Job.recorded_split`)."""
     cls = DATASETS.get(job.dataset)
     if cls.needs_download and job.dataset_root is None:
         raise DatasetError(f"dataset {job.dataset!r} needs its files: pass --data-root DIR (or set MEDAD_DATA) "
                            f"with the download unpacked in DIR/{job.dataset}/, or give 'root' in the config")
-    return cls(root=Path(job.dataset_root) if job.dataset_root else None, image_size=job.image_size,
-               channels=job.channels, **job.dataset_params)
+    dataset = cls(root=Path(job.dataset_root) if job.dataset_root else None, image_size=job.image_size,
+                  channels=job.channels, **job.dataset_params)
+    if job.recorded_split:
+        dataset.use_recorded_split(job.subset, dict(job.recorded_split))
+    return dataset
 
 
 def dataset_identity(job: Job) -> str:
@@ -65,7 +69,8 @@ def dataset_identity(job: Job) -> str:
 
 def load_subset(job: Job) -> Subset:
     """The job's subset, kept in a small in-process cache so detectors of one subset share one load."""
-    key = (job.dataset, job.subset, job.image_size, job.channels, job.dataset_root, repr(sorted(job.dataset_params.items())))
+    key = (job.dataset, job.subset, job.image_size, job.channels, job.dataset_root, repr(sorted(job.dataset_params.items())),
+           job.recorded_split)
     if key in _SUBSET_CACHE:
         _SUBSET_CACHE.move_to_end(key)
         return _SUBSET_CACHE[key]

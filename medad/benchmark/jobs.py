@@ -33,6 +33,9 @@ class Job:
     deterministic: bool = False  # config ``deterministic`` (medad.benchmark.numerics)
     test_curve: bool = False     # config ``test_curve``: the test-set diagnostic (medad.benchmark.diagnostics)
     log_every: int = LOG_EVERY   # config ``log_every``: logged steps between reads of the training losses
+    # (sample id, part) of the split the run recorded for this subset, when this medad's rule would split its
+    # unchanged files otherwise (medad.benchmark.recorded_splits); empty: the dataset's own split
+    recorded_split: tuple[tuple[str, str], ...] = ()
 
     @property
     def job_id(self) -> str:

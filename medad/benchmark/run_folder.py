@@ -146,9 +146,15 @@ class RunFolder:
         return [r for r in found if r is not None]
 
     def split_summaries(self) -> dict[str, dict[str, Any]]:
-        """``dataset/subset`` -> how its split was made (grouping, sizes, fingerprint), from the finished jobs."""
-        return {f"{r['dataset']}/{r['subset']}": r["split"] for r in self.records()
-                if r.get("status") == "done" and isinstance(r.get("split"), dict)}
+        """``dataset/subset`` -> how its split was made (grouping, sizes, fingerprint), from the finished jobs: a job
+        that made the split, before one that took it as the run recorded it (``split_source: recorded``)."""
+        summaries: dict[str, dict[str, Any]] = {}
+        for r in self.records():
+            if r.get("status") == "done" and isinstance(r.get("split"), dict):
+                unit = f"{r['dataset']}/{r['subset']}"
+                if unit not in summaries or summaries[unit].get("split_source") == "recorded":
+                    summaries[unit] = r["split"]
+        return summaries
 
     def done_job_ids(self) -> set[str]:
         return {r["job_id"] for r in self.records() if r.get("status") == "done"}

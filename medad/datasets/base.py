@@ -213,6 +213,17 @@ class Dataset(abc.ABC):
         whether a dataset changed since (``medad run --extend``, ``medad report A B``)."""
         return ""
 
+    def identities(self, subset: str) -> list[str]:
+        """:meth:`identity` as this medad computes it, then as earlier versions did where that differs for the same
+        files (a run folder's fingerprints are checked against each)."""
+        return [self.identity(subset)]
+
+    def use_recorded_split(self, subset: str, parts: dict[str, str]) -> None:
+        """Split ``subset`` as a run recorded it (sample id -> part) instead of by this medad's rule: a run whose
+        files are unchanged but whose split rule changed since keeps its test images (``medad run --extend``).
+        Datasets whose split is not made from a list of records cannot."""
+        raise DatasetError(f"dataset {self.name!r} cannot take a recorded split (its split is not made from files)")
+
     @classmethod
     def training_view(cls, subset: str) -> str:
         """The name of the images ``subset``'s detectors train on (training and validation normals, anomaly pool):

@@ -40,6 +40,11 @@ from medad.datasets.splits import (
 VAL_SOURCES = ("carved", "train")
 # Near duplicates are looked for on thumbnails of this size, whatever size a job asks for.
 HASH_THUMBNAIL_SIZE = 64
+# The parts a split gives a record (what a run's splits.csv holds).
+SPLIT_PARTS = ("train", "val", "test", "anomaly_pool", "unused")
+# Record fields added after the first run folders were written; an identity computed as those versions did leaves
+# them out while they are empty (:meth:`FileDataset.identities`).
+LATER_RECORD_FIELDS = ("ellipses",)
 from medad.params import HoldOutFraction, NonNegativeInt, Range
 
 
@@ -159,6 +164,7 @@ class FileDataset(Dataset):
         self.duplicate_distance = int(duplicate_distance)
         self._root: Path | None = None
         self._records: list[Record] | None = None
+        self._recorded: dict[str, dict[str, str]] = {}   # subset -> a run's recorded split (use_recorded_split)
 
     # ---- what an adapter provides -------------------------------------------------------------
 
@@ -309,11 +315,15 @@ class FileDataset(Dataset):
             arrays["roi"] = rois
         return arrays
 
-    def _fingerprint(self, records: list[Record]) -> str:
+    def _fingerprint(self, records: list[Record], earlier: bool = False) -> str:
+        """The files' paths, sizes and modification times and the records (``earlier``: without the empty
+        :data:`LATER_RECORD_FIELDS`, as medad computed it before they existed)."""
         root = self.data_root()
         files = [root / p for r in records for p in (r.path, *r.roi_paths, *r.mask_paths)]
+        listed = [{k: v for k, v in asdict(r).items() if not (earlier and k in LATER_RECORD_FIELDS and not v)}
+                  for r in records]
         try:
-            return cache.fingerprint(root, files, [asdict(r) for r in records])
+            return cache.fingerprint(root, files, listed)
         except FileNotFoundError as error:
             raise DatasetError(f"{self.name}: file listed but missing: {error.filename}") from error
 
@@ -364,9 +374,50 @@ class FileDataset(Dataset):
         self.check_subset(subset)
         return self._fingerprint(self.view_of(subset, self.records())[1])
 
+    def identities(self, subset: str) -> list[str]:
+        """:meth:`identity`, then the same computed as medad did before :data:`LATER_RECORD_FIELDS` existed."""
+        self.check_subset(subset)
+        view_records = self.view_of(subset, self.records())[1]
+        return list(dict.fromkeys([self._fingerprint(view_records), self._fingerprint(view_records, earlier=True)]))
+
+    def use_recorded_split(self, subset: str, parts: dict[str, str]) -> None:
+        """Give ``subset`` the parts a run recorded (sample id -> part, its ``splits.csv``) instead of this medad's
+        rule; :meth:`split` checks that they name exactly the subset's images."""
+        self.check_subset(subset)
+        wrong = sorted({part for part in parts.values() if part not in SPLIT_PARTS})
+        if wrong:
+            raise DatasetError(f"{self.name}/{subset}: a recorded split has part {wrong[0]!r}; the parts are "
+                               f"{', '.join(SPLIT_PARTS)}")
+        self._recorded[subset] = dict(parts)
+
+    @staticmethod
+    def images_digest(view_records: list[Record], files: np.ndarray, chosen: list[Record]) -> str:
+        """A short SHA-256 of the ``chosen`` records' ids, labels and image files' bytes (``files``: one SHA-256 row
+        per view record, :meth:`hash_inputs`' ``files``): equal digests mean the same images with the same labels,
+        whatever their files' modification times and whichever medad lists them."""
+        position = {r.id: i for i, r in enumerate(view_records)}
+        digest = hashlib.sha256()
+        for record in sorted(chosen, key=lambda r: r.id):
+            digest.update(f"{record.id}\0{record.label}\0{files[position[record.id]].tobytes().hex()}\n".encode(
+                "utf-8", "surrogateescape"))
+        return digest.hexdigest()[:16]
+
+    def _recorded_parts(self, subset: str, chosen: list[Record]) -> list[str]:
+        """The parts of ``chosen`` in the recorded split of ``subset``; a DatasetError when it names other images."""
+        recorded = self._recorded[subset]
+        ids = [r.id for r in chosen]
+        missing, extra = [i for i in ids if i not in recorded], sorted(set(recorded) - set(ids))
+        if missing or extra:
+            raise DatasetError(f"{self.name}/{subset}: the recorded split names other images than {self.data_root()} "
+                               f"holds: {len(missing)} of its images are not in it (e.g. {missing[:1]}), "
+                               f"{len(extra)} of its ids are not in the download (e.g. {extra[:1]})")
+        return [recorded[i] for i in ids]
+
     def split(self, subset: str) -> SplitResult:
         """Which record of ``subset`` goes where: a function of the files, the parameters that choose images and
-        ``split_seed`` alone (never of ``image_size``, ``channels`` or ``resize_mode``)."""
+        ``split_seed`` alone (never of ``image_size``, ``channels`` or ``resize_mode``); or, after
+        :meth:`use_recorded_split`, the parts a run recorded (its summary then says ``split_source: recorded``).
+        The summary's ``images_digest`` (:meth:`images_digest`) says which images the split is of."""
         self.check_subset(subset)
         records = self.records()
         view, view_records, position = self.view_of(subset, records)
@@ -375,11 +426,17 @@ class FileDataset(Dataset):
         if len(index) == 0:
             raise DatasetError(f"{self.name}: subset {subset!r} has no images under {self.data_root()}")
         labels = np.array([r.label for r in chosen], dtype=np.int64)
+        hashed = self.hash_inputs(view, view_records)  # cached: thumbnails and digests, decoded once
+        digest = self.images_digest(view_records, hashed["files"], chosen)
+        if subset in self._recorded:
+            parts = self._recorded_parts(subset, chosen)
+            info = {"root": str(self.data_root()), "split_source": "recorded", "images_digest": digest,
+                    "unused": parts.count("unused"), "split": asdict(self.plan), "val_source": self.val_source}
+            return SplitResult(view, view_records, chosen, index, labels, parts, info)
         scope = self.split_scope(subset, records)
         scope_labels = np.array([r.label for r in scope], dtype=np.int64)
         duplicates, copies = None, CopyCounts()
         if self.dedupe:
-            hashed = self.hash_inputs(view, view_records)
             in_scope = np.array([position[r.id] for r in scope], dtype=np.int64)
             matches = near_duplicate_matches(hashed["thumbs"][in_scope], self.duplicate_distance)
             duplicates = duplicate_groups(len(scope), matches)
@@ -405,7 +462,8 @@ class FileDataset(Dataset):
                 "duplicate_merges_refused_by_cap": duplicates.refused_by_cap if duplicates is not None else 0,
                 "exact_copy_pairs": copies.exact, "byte_identical_pairs": copies.byte_identical,
                 "flipped_or_rotated_pairs": copies.transformed, "near_copy_pairs": copies.near, **examples,
-                "unused": parts.count("unused"), "split": asdict(self.plan), "val_source": self.val_source}
+                "unused": parts.count("unused"), "split": asdict(self.plan), "val_source": self.val_source,
+                "images_digest": digest}
         return SplitResult(view, view_records, chosen, index, labels, parts, info)
 
     @staticmethod

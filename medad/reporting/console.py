@@ -1,4 +1,5 @@
-"""The table ``medad run`` prints at the end: ROC AUC per dataset/subset x detector, below-chance cells marked."""
+"""What ``medad run`` prints at the end: ROC AUC per dataset/subset x detector, below-chance cells marked; the
+all-anomalous classifier on each test set and every degenerate operating point (the run's and the papers')."""
 
 from __future__ import annotations
 
@@ -6,9 +7,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from medad.evaluation.all_anomalous import DEGENERATE, all_anomalous_values
 from medad.evaluation.chance import SYMMETRIC_METRICS, below_chance
+from medad.evaluation.metrics import ORACLE_POLICIES
+from medad.reporting import threshold_reference as ref
+from medad.reporting.paper_results import compare, load_paper_results
 from medad.reporting.run_data import RunData, load_run, unit_name
-from medad.reporting.tables import metric_interval
+from medad.reporting.tables import metric_interval, threshold_references
 
 BELOW_CHANCE_MARK = "(<0.5)"
 BELOW_CHANCE_LEGEND = (f"{BELOW_CHANCE_MARK}: below chance: the 95% interval the report shows (one seed: its bootstrap "
@@ -73,3 +78,42 @@ def job_table(jobs: list, statuses: dict[str, str] | None = None, fits: dict[str
     totals = (f"{len(frame)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + fit_count
               + "\nper detector: " + ", ".join(f"{d} {n}" for d, n in per_detector.items()))
     return frame.to_string(index=False) + "\n\n" + totals
+
+
+def threshold_reference_text(run_path: Path, data: RunData | None = None) -> str:
+    """The all-anomalous classifier's precision, recall, F1, specificity and PR AUC (chance) on each test set of the
+    run, then every degenerate operating point: the run's (per detector and threshold policy, in how many seeds)
+    and the shipped paper numbers' on the run's datasets/subsets (from the test-set sizes the papers state).
+    ``data``: the run already read (as for :func:`auc_table`)."""
+    data = data if data is not None else load_run(run_path)
+    lines = []
+    for unit in data.units:
+        size = ref.unit_test_size(data, unit)
+        if size is None or not size.n_anomalous:
+            continue
+        values = all_anomalous_values(size)
+        lines.append(f"  {unit}: {size.total} test images, {size.n_anomalous} anomalous: precision "
+                     f"{values['precision']:.3f}, recall 1, F1 {values['f1']:.3f}, specificity 0; PR AUC at chance "
+                     f"{values['pr_auc']:.3f}")
+    if not lines:
+        return ""
+    text = ["all-anomalous classifier (flags every test image, no model) on each test set:", *lines]
+    marks = []
+    policies = sorted(set(data.metrics.loc[data.metrics["metric"] == "recall", "threshold_policy"].dropna()))
+    for unit in data.units:
+        for detector in data.detectors:
+            for policy in policies:
+                found = ref.seed_points(data, unit, detector, policy).text()
+                if found:
+                    marks.append(f"  {unit} {detector} {policy}{' (oracle)' if policy in ORACLE_POLICIES else ''}: "
+                                 f"{found.removeprefix(DEGENERATE).strip()}")
+    comparison = compare(load_paper_results(), data.metrics)
+    papers = {}
+    for r, (_, _, paper_point, _) in zip(comparison.itertuples(index=False), threshold_references(data, comparison)):
+        if paper_point:
+            papers.setdefault(f"  {r.unit} {r.detector} {r.threshold_policy}, paper ({r.source}): {paper_point}", None)
+    if marks or papers:
+        text.append(f"{DEGENERATE}s (every anomaly flagged and at most K normals left unflagged, K from Fisher's "
+                    "exact test at 1% on the test set's sizes; the report explains):")
+        text += marks + list(papers)
+    return "\n".join(text)

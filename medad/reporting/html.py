@@ -19,8 +19,10 @@ import jinja2
 from medad.atomic_files import write_text_atomic
 from medad.reporting import figures as fig
 from medad.reporting import tables as tab
+from medad.reporting import threshold_reference as ref
 from medad.reporting.paper_results import compare, load_paper_results
 from medad.reporting.run_data import RunData, load_run
+from medad.reporting.shortcut_notice import shortcut_check_not_run
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -140,6 +142,7 @@ def build_report(run_dir: str | Path, reports_dir: str | Path = "reports", paper
     context = {
         "run_id": data.run_id,
         "notice": data.notice,
+        "shortcut_notice": shortcut_check_not_run(data),
         "manifest": data.manifest,
         "manifest_json": json.dumps({k: v for k, v in data.manifest.items() if k != "config"}, indent=2, default=str),
         "config_json": json.dumps(data.manifest.get("config", {}), indent=2, default=str),
@@ -158,6 +161,9 @@ def build_report(run_dir: str | Path, reports_dir: str | Path = "reports", paper
         "policy_text": policy_legend(data),
         "tags": data.tags,
         "badges": {d: tab.tag_badges(t) for d, t in data.tags.items()},
+        "reference_name": ref.REFERENCE_NAME,
+        "reference_text": ref.REFERENCE_TEXT,
+        "degenerate_rule": ref.RULE_TEXT,
     }
     html = environment().get_template("report.html.j2").render(**context)
     write_text_atomic(out / "index.html", html)

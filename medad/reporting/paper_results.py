@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medad.evaluation.all_anomalous import DEGENERATE
 from medad.evaluation.chance import below_chance, mirrors_interval
 from medad.evaluation.metrics import ORACLE_POLICIES
 
@@ -38,6 +39,8 @@ INSIDE, ABOVE, BELOW = "inside", "above", "below"
 NO_INTERVAL = "no interval"
 INVERTED = "reproduced interval below 0.5: scores inverted on this data"
 REVERSED_LABELS = "consistent with reversed labels in the paper's evaluation"
+PAPER_DEGENERATE = f"paper: {DEGENERATE}"
+REPRODUCED_DEGENERATE = "reproduced: "
 
 
 def packaged_files() -> list[Path]:
@@ -60,15 +63,16 @@ def read_paper_results(path: Path) -> pd.DataFrame:
     if len(wrong):
         raise ValueError(f"{path}: row {int(wrong[0]) + 2}: split_match {frame.loc[wrong[0], 'split_match']!r} "
                          f"is not one of {list(SPLIT_MATCHES)}")
+    frame["decimals"] = frame["value"].str.strip().str.partition(".")[2].str.len()  # how the paper printed it
     frame["value"] = values
     frame["threshold_policy"] = frame["threshold_policy"].replace("", "none")
-    return frame[PAPER_COLUMNS]
+    return frame[PAPER_COLUMNS + ["decimals"]]
 
 
 def load_paper_results(paths: list[Path] | None = None) -> pd.DataFrame:
     """Every paper number (the packaged files unless ``paths`` is given), one frame."""
     frames = [read_paper_results(Path(p)) for p in (packaged_files() if paths is None else paths)]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PAPER_COLUMNS)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PAPER_COLUMNS + ["decimals"])
 
 
 def verdict(metric: str, paper_value: float, low: float, high: float) -> str:
@@ -93,13 +97,26 @@ def verdict(metric: str, paper_value: float, low: float, high: float) -> str:
     return "; ".join(parts)
 
 
+def degenerate_verdict(interval_verdict: str, paper_point: str = "", reproduced_point: str = "") -> str:
+    """``interval_verdict`` (:func:`verdict`) with the degenerate operating points found, joined by "; ": the paper's
+    (``paper_point``: what its point flags, as :meth:`~medad.evaluation.all_anomalous.PublishedPoint.describe`
+    says) and the reproduced one (``reproduced_point``: the text of the seeds' points, empty when none is)."""
+    parts = [interval_verdict]
+    if paper_point:
+        parts.append(f"{PAPER_DEGENERATE} ({paper_point})")
+    if reproduced_point:
+        parts.append(f"{REPRODUCED_DEGENERATE}{reproduced_point}")
+    return "; ".join(parts)
+
+
 def compare(paper: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
     """Paper value next to the reproduced mean (and std, seeds) of the same dataset/subset, detector, metric and policy.
 
     Only rows whose dataset/subset and detector occur in the run are kept. A paper row with an empty subset
-    matches the run's subset of that dataset when the run has exactly one.
+    matches the run's subset of that dataset when the run has exactly one; ``paper_subset`` keeps the subset as the
+    paper row gave it, ``decimals`` how many decimals the paper printed (when known).
     """
-    columns = PAPER_COLUMNS + ["unit", "reproduced", "std", "seeds", "difference", "oracle"]
+    columns = PAPER_COLUMNS + ["paper_subset", "decimals", "unit", "reproduced", "std", "seeds", "difference", "oracle"]
     if paper.empty or metrics.empty:
         return pd.DataFrame(columns=columns)
     grouped = (metrics.groupby(["dataset", "subset", "detector", "metric", "threshold_policy"])["value"]
@@ -109,6 +126,9 @@ def compare(paper: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
     if paper.empty:
         return pd.DataFrame(columns=columns)
     only = {d: s[0] for d, s in subsets.items() if len(s) == 1}
+    paper["paper_subset"] = paper["subset"]
+    if "decimals" not in paper:
+        paper["decimals"] = np.nan
     empty = paper["subset"] == ""
     paper.loc[empty, "subset"] = paper.loc[empty, "dataset"].map(only).fillna("")
     merged = paper.merge(grouped, how="left", on=["dataset", "subset", "detector", "metric", "threshold_policy"])

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medad.evaluation.all_anomalous import DEGENERATE, TestSetSize
 from medad.evaluation.metrics import ORACLE_POLICIES
 from medad.evaluation.statistics import (
     METRIC_FUNCTIONS,
@@ -24,7 +25,8 @@ from medad.evaluation.statistics import (
     rank_table,
     seed_mean_bootstrap,
 )
-from medad.reporting.paper_results import verdict
+from medad.reporting import threshold_reference as ref
+from medad.reporting.paper_results import degenerate_verdict, verdict
 from medad.reporting.run_data import DetectorTags, RunData, tags_using_test_labels, unit_name
 
 STUDY_METRICS = ("precision", "recall", "f1")
@@ -244,6 +246,44 @@ def metric_interval(data: RunData, unit: str, detector: str, rows: pd.DataFrame)
                                f"jointly across seeds ({SEED_MEAN_RESAMPLES} resamples)")
 
 
+# --- the all-anomalous reference and degenerate operating points -------------------------------------
+def reference_text(size: TestSetSize | None, metric: str) -> str:
+    """The all-anomalous classifier's value of ``metric`` on ``size`` in words (for ROC/PR AUC: the chance level)."""
+    value = ref.reference_value(size, metric)
+    if not np.isfinite(value):
+        return ""
+    if metric == "pr_auc":
+        return f"chance level (the prevalence) {fmt(value)}"
+    if metric == "roc_auc":
+        return f"chance level {fmt(value)}"
+    return f"all-anomalous classifier on this test set: {fmt(value)}"
+
+
+def with_reference(cell: Cell, size: TestSetSize | None, metric: str) -> Cell:
+    """``cell`` with the all-anomalous value (or chance level) of ``metric`` added to its tooltip."""
+    text = reference_text(size, metric)
+    if text:
+        cell.title = f"{cell.title}; {text}" if cell.title else text
+    return cell
+
+
+def degenerate_badge(points: ref.SeedPoints) -> Badge | None:
+    """A "degenerate" badge saying in how many seeds and what the points flag, or None when no seed's is."""
+    text = points.text()
+    return Badge("degenerate", "warn", f"{text}. {ref.RULE_TEXT}") if text else None
+
+
+def reference_row(unit: str, size: TestSetSize, columns: int) -> list[Cell]:
+    """The all-anomalous classifier's row of the TABLE 3 layout (precision, recall, F1, then ROC/PR AUC and the
+    operating points of a constant score: 0.5, the prevalence, 0, 0, 0); pixel columns empty."""
+    values = ref.all_anomalous_values(size)
+    cells = [Cell(unit, unit), Cell(ref.REFERENCE_NAME, ref.REFERENCE_NAME, "name",
+                                    badges=[Badge("reference", "info", ref.REFERENCE_TEXT)])]
+    cells += [Cell(fmt(values[m]), values[m], "num", reference_text(size, m)) for m in STUDY_METRICS + CURVE_METRICS]
+    cells += [Cell(fmt(0.0), 0.0, "num", "a constant score: no threshold gives both") for _ in OPERATING_METRICS]
+    return cells + [Cell("–") for _ in range(columns - len(cells))]
+
+
 # --- TABLE 3 layout -----------------------------------------------------------------------------
 def study_table(data: RunData, policy: str, units: list[str] | None = None, table_id: str = "") -> Table:
     """Precision, recall, F1 at ``policy``; ROC/PR AUC (with bootstrap CI) and the clinical operating points."""
@@ -257,30 +297,42 @@ def study_table(data: RunData, policy: str, units: list[str] | None = None, tabl
               [LABELS[m] for m, _ in pixel]
     rows = []
     for unit in units:
+        size = ref.unit_test_size(data, unit)
+        found = False
         for detector in data.detectors:
             if _select(data, unit, detector, "roc_auc").empty:
                 continue
+            found = True
             cells = [Cell(unit, unit), detector_cell(data, detector)]
+            badge = degenerate_badge(ref.seed_points(data, unit, detector, policy))
             for metric in STUDY_METRICS:
-                cell = number_cell(_select(data, unit, detector, metric, policy)["value"])
+                cell = with_reference(number_cell(_select(data, unit, detector, metric, policy)["value"]), size, metric)
                 if oracle:
                     cell.badges.append(Badge("oracle", "oracle", POLICY_TEXT.get(policy, policy)))
+                if badge is not None:
+                    cell.badges.append(badge)
                 cells.append(cell)
             for metric in CURVE_METRICS:
                 selected = _select(data, unit, detector, metric)
-                cells.append(number_cell(selected["value"], ci=metric_interval(data, unit, detector, selected)))
+                cells.append(with_reference(number_cell(selected["value"],
+                                                        ci=metric_interval(data, unit, detector, selected)), size, metric))
             cells += [number_cell(_select(data, unit, detector, m)["value"]) for m in OPERATING_METRICS]
             cells += [number_cell(_select(data, unit, detector, m, p)["value"]) for m, p in pixel]
             rows.append(cells)
+        if found and size is not None:
+            rows.append(reference_row(unit, size, len(columns)))
     caption = (f"TABLE 3 layout at threshold policy {policy}" + (" (ORACLE)" if oracle else " (honest)")
                + f"; ROC/PR AUC {INTERVAL_TEXT}")
     note = (POLICY_TEXT.get(policy, policy) + ". ROC/PR AUC: mean ± std over seeds [95% interval]; a cell without an "
-            "interval says why in its tooltip. Operating points: best value on the test ROC curve under the constraint.")
+            "interval says why in its tooltip. Operating points: best value on the test ROC curve under the constraint. "
+            f"Each dataset/subset ends with the {ref.REFERENCE_TEXT}: a cell's tooltip gives its value. "
+            f"'degenerate' marks a {ref.RULE_TEXT}.")
     return Table(table_id or f"table3-{policy}", caption, columns, rows, note)
 
 
 def study_wide(data: RunData, policy: str) -> pd.DataFrame:
-    """TABLE 3 as the study prints it: dataset/subset rows, (metric, detector) columns, mean ± std strings."""
+    """TABLE 3 as the study prints it: dataset/subset rows, (metric, detector) columns, mean ± std strings; each metric's
+    last column is the all-anomalous classifier on the unit's test set (for ROC/PR AUC, the chance level)."""
     rows = data.metrics[data.metrics["metric"].isin(STUDY_METRICS + CURVE_METRICS)]
     rows = rows[((rows["metric"].isin(STUDY_METRICS)) & (rows["threshold_policy"] == policy))
                 | ((rows["metric"].isin(CURVE_METRICS)) & (rows["threshold_policy"] == "none"))]
@@ -290,7 +342,11 @@ def study_wide(data: RunData, policy: str) -> pd.DataFrame:
     stats = rows.groupby(["unit", "metric", "detector"], sort=False)["value"].agg(["mean", "std", "count"])
     text = [fmt(m) if c <= 1 else f"{fmt(m)} ± {fmt(s)}" for m, s, c in stats.itertuples(index=False)]
     wide = pd.Series(text, index=stats.index).unstack(["metric", "detector"])
-    order = [(m, d) for m in STUDY_METRICS + CURVE_METRICS for d in data.detectors if (m, d) in wide.columns]
+    for metric in STUDY_METRICS + CURVE_METRICS:  # the all-anomalous classifier beside the detectors
+        wide[(metric, ref.REFERENCE_NAME)] = [fmt(ref.reference_value(ref.unit_test_size(data, unit), metric))
+                                              for unit in wide.index]
+    order = [(m, d) for m in STUDY_METRICS + CURVE_METRICS for d in [*data.detectors, ref.REFERENCE_NAME]
+             if (m, d) in wide.columns]
     wide = wide.reindex(columns=pd.MultiIndex.from_tuples(order)).reindex(index=[u for u in data.units if u in wide.index])
     wide.columns = pd.MultiIndex.from_tuples([(LABELS[m], d) for m, d in wide.columns])
     return wide
@@ -534,13 +590,39 @@ def with_verdicts(data: RunData, comparison: pd.DataFrame) -> pd.DataFrame:
     verdict "no interval", and so does a paper row that was not run.
     """
     lows, highs, hows, verdicts = [], [], [], []
-    for r in comparison.itertuples(index=False):
+    references = threshold_references(data, comparison)
+    for r, (_, _, paper_point, reproduced_point) in zip(comparison.itertuples(index=False), references):
         ci = (metric_interval(data, r.unit, r.detector, _select(data, r.unit, r.detector, r.metric, r.threshold_policy))
               if r.seeds > 0 else Interval(float("nan"), float("nan"), "not run"))
         ci = ci or Interval(float("nan"), float("nan"), f"metrics.csv has no interval of {r.metric}")
         lows.append(ci.low), highs.append(ci.high), hows.append(ci.how)
-        verdicts.append(verdict(r.metric, float(r.value), ci.low, ci.high))
-    return comparison.assign(ci_low=lows, ci_high=highs, interval=hows, verdict=verdicts)
+        verdicts.append(degenerate_verdict(verdict(r.metric, float(r.value), ci.low, ci.high), paper_point,
+                                           reproduced_point))
+    paper_ref, run_ref, paper_points, reproduced_points = (list(column) for column in zip(*references)) if references \
+        else ([], [], [], [])
+    return comparison.assign(ci_low=lows, ci_high=highs, interval=hows, verdict=verdicts,
+                             all_anomalous_paper=paper_ref, all_anomalous_run=run_ref,
+                             paper_degenerate=paper_points, reproduced_degenerate=reproduced_points)
+
+
+def threshold_references(data: RunData, comparison: pd.DataFrame) -> list[tuple[float, float, str, str]]:
+    """Per row of ``comparison``: the all-anomalous value of its metric (for ROC/PR AUC, the chance level) on the
+    paper's stated test set and on this run's, and for a rate of a degenerate operating point what it flags in the
+    paper (from the paper's test-set sizes, ``medad/data/paper_test_sizes.csv``) and in the run's seeds."""
+    sizes = ref.read_test_sizes()
+    published = ref.published_points(comparison, sizes) if not comparison.empty else {}
+    found = []
+    for r in comparison.itertuples(index=False):
+        paper_subset = getattr(r, "paper_subset", r.subset)
+        paper_value = ref.paper_reference(sizes, r.source, r.unit, paper_subset, r.metric)
+        run_value = ref.reference_value(ref.unit_test_size(data, r.unit), r.metric) if r.seeds > 0 else float("nan")
+        paper_point = reproduced_point = ""
+        if r.metric in ref.REFERENCE_METRICS and r.threshold_policy != "none":
+            point = published.get((r.source, r.unit, r.detector, r.threshold_policy))
+            paper_point = point.describe() if point is not None and point.degenerate else ""
+            reproduced_point = ref.seed_points(data, r.unit, r.detector, r.threshold_policy).text() if r.seeds else ""
+        found.append((paper_value, run_value, paper_point, reproduced_point))
+    return found
 
 
 def paper_table(data: RunData, comparison: pd.DataFrame) -> Table:
@@ -553,8 +635,14 @@ def paper_table(data: RunData, comparison: pd.DataFrame) -> Table:
         values = _select(data, r.unit, r.detector, r.metric, r.threshold_policy)["value"]
         reproduced = (Cell("not run", None, "num") if r.seeds == 0 else
                       number_cell(values, ci=Interval(r.ci_low, r.ci_high, r.interval)))
+        paper_cell = Cell(fmt(r.value), r.value, "num")
+        if r.paper_degenerate:
+            paper_cell.badges.append(Badge("degenerate", "warn", f"{DEGENERATE} ({r.paper_degenerate}), from the "
+                                           f"paper's stated test set. {ref.RULE_TEXT}"))
+        if r.reproduced_degenerate:
+            reproduced.badges.append(Badge("degenerate", "warn", f"{r.reproduced_degenerate}. {ref.RULE_TEXT}"))
         rows.append([Cell(r.unit, r.unit), detector_cell(data, r.detector), Cell(LABELS.get(r.metric, r.metric), r.metric),
-                     policy, Cell(fmt(r.value), r.value, "num"), reproduced,
+                     policy, paper_cell, reference_cell(r.metric, r.all_anomalous_paper, r.all_anomalous_run), reproduced,
                      Cell("–" if not np.isfinite(r.difference) else f"{r.difference:+.3f}",
                           r.difference if np.isfinite(r.difference) else None, "num"),
                      Cell(r.verdict, r.verdict, "verdict", r.interval),
@@ -569,14 +657,29 @@ def paper_table(data: RunData, comparison: pd.DataFrame) -> Table:
             "same scores give with the two labels swapped; only where the interval excludes 0.5, and so does one of "
             "its width around the paper's value (near chance either label order fits). That is a possible "
             "explanation to check, not a finding about the paper. "
+            f"All-anomalous: the {ref.REFERENCE_TEXT}, on the paper's stated test set and on this run's (one number "
+            "when they agree). The verdict adds 'paper: degenerate operating point' when every confusion matrix of the "
+            "paper's stated test set that rounds to its precision, recall and F1 is degenerate, and 'reproduced: ...' "
+            f"for the run's seeds; a {ref.RULE_TEXT}. "
             "Protocol: what makes the reproduced rows differ from the paper's setting (the detector's own account, "
             "its 'deviations' tag, and protocol tags), beside each difference. "
             "split_match: yes = the paper's own file lists, sizes = the same split sizes drawn with our seed (checked "
             "against this run: 'test sizes only' when part of the training normals was carved off for validation), "
             "no = a different split.")
     return Table("paper-vs-reproduced", "Paper vs reproduced", ["Dataset/subset", "Detector", "Metric", "Policy", "Paper",
-                                                               "Reproduced [95% CI]", "Difference", "Verdict", "Split",
+                                                               "All-anomalous (paper | run)", "Reproduced [95% CI]", "Difference", "Verdict", "Split",
                                                                "Protocol vs the paper", "Paper source"], rows, note)
+
+
+def reference_cell(metric: str, on_paper: float, on_run: float) -> Cell:
+    """The all-anomalous value (for ROC/PR AUC the chance level) on the paper's test set and on the run's: one number
+    when they agree to the shown digits, "paper | run" when not, "–" for a metric without one."""
+    texts = [fmt(value) for value in (on_paper, on_run)]
+    text = texts[0] if texts[0] == texts[1] else " | ".join(texts)
+    kind = "chance level" if metric in ("roc_auc", "pr_auc") else "all-anomalous classifier"
+    title = f"{kind}: on the paper's stated test set {texts[0]}, on this run's {texts[1]}"
+    sort = on_run if np.isfinite(on_run) else on_paper if np.isfinite(on_paper) else None
+    return Cell(text, sort, "num", title if text != "–" else "")
 
 
 def protocol_cell(tags: DetectorTags | None) -> Cell:
@@ -617,15 +720,23 @@ def jobs_table(data: RunData) -> Table:
 def all_metrics_table(data: RunData, unit: str, table_id: str) -> Table:
     """Every metric of ``unit`` under every threshold policy (mean ± std over seeds), oracle policies marked."""
     rows = data.unit_rows(data.metrics, unit)
+    size = ref.unit_test_size(data, unit)
     table_rows = []
     for (detector, policy, metric), group in rows.groupby(["detector", "threshold_policy", "metric"], sort=False):
         policy_cell = Cell(str(policy), str(policy))
         if bool(group["oracle"].any()):
             policy_cell.badges.append(Badge("oracle", "oracle", POLICY_TEXT.get(policy, "chosen on test labels")))
         notes = sorted({str(n) for n in group["note"].dropna() if str(n)})
+        value = number_cell(group["value"], ci=metric_interval(data, unit, str(detector), group))
+        if metric in ref.REFERENCE_METRICS and policy != "none":
+            badge = degenerate_badge(ref.seed_points(data, unit, str(detector), str(policy)))
+            value.badges += [badge] if badge is not None else []
+        reference = ref.reference_value(size, str(metric)) if metric in CURVE_METRICS or policy != "none" else np.nan
         table_rows.append([detector_cell(data, str(detector)), Cell(LABELS.get(metric, metric), metric), policy_cell,
-                           number_cell(group["value"], ci=metric_interval(data, unit, str(detector), group)),
+                           value, Cell(fmt(reference), reference if np.isfinite(reference) else None, "num",
+                                       reference_text(size, str(metric)) if np.isfinite(reference) else ""),
                            Cell("; ".join(notes))])
     return Table(table_id, f"Every metric, {unit}; {INTERVAL_TEXT}", ["Detector", "Metric", "Threshold policy", "Value",
-                                                                       "Note"], table_rows,
-                 "Mean ± std over seeds; [95% interval] where metrics.csv has a bootstrap interval for the metric.")
+                                                                       "All-anomalous", "Note"], table_rows,
+                 "Mean ± std over seeds; [95% interval] where metrics.csv has a bootstrap interval for the metric. "
+                 f"All-anomalous: the {ref.REFERENCE_TEXT}. 'degenerate' marks a {ref.RULE_TEXT}.")
