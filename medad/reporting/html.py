@@ -21,6 +21,7 @@ from medad.reporting import figures as fig
 from medad.reporting import tables as tab
 from medad.reporting.paper_results import compare, load_paper_results
 from medad.reporting.run_data import RunData, load_run
+from medad.reporting.shortcut_section import build_shortcut_section
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -145,6 +146,7 @@ def build_report(run_dir: str | Path, reports_dir: str | Path = "reports", paper
         "config_json": json.dumps(data.manifest.get("config", {}), indent=2, default=str),
         "counts": data.jobs["status"].value_counts().to_dict() if not data.jobs.empty else {},
         "summary": tab.summary_table(data, delong),
+        "shortcut": build_shortcut_section(data, figures_dir, tables_dir),
         "overview_figures": overview_figures,
         "ranks": tab.ranks_table(data),
         "cd_figures": cd_figures,
