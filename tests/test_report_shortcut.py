@@ -72,7 +72,7 @@ def test_the_report_has_the_shortcut_section_and_the_console_marks_controls_and_
     assert (run / "reports" / "r" / "tables" / "shortcut.csv").is_file()
     console = auc_table(run / "r")
     header = console.splitlines()[1]
-    assert header.split()[0] == "ae" and f"intensity{CONTROL_SUFFIX}" in header
+    assert header.split()[:2] == ["detector", "ae"] and f"intensity{CONTROL_SUFFIX}" in header
     data = load_run(run / "r")
     for unit in data.units:
         verdict = data.shortcut_verdict(unit, "ae")

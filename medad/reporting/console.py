@@ -65,7 +65,7 @@ def auc_table(run_path: Path, metric: str = "roc_auc") -> str:
     table = cells.unstack("detector").fillna("-")
     controls = control_labels(metrics)
     table = table[[d for d in table.columns if d not in controls] + [d for d in table.columns if d in controls]]
-    table.columns = [f"{d}{CONTROL_SUFFIX}" if d in controls else d for d in table.columns]
+    table.columns = pd.Index([f"{d}{CONTROL_SUFFIX}" if d in controls else d for d in table.columns], name="detector")
     legend = [BELOW_CHANCE_LEGEND] if marked.any() else []
     legend += [SHORTCUT_LEGEND[v] for v in SHORTCUT_MARKS if v in verdicts.values()]
     if controls:
