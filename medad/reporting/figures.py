@@ -79,6 +79,17 @@ def colours(detectors: list[str]) -> dict[str, tuple]:
     return {d: palette(i % palette.N) for i, d in enumerate(detectors)}
 
 
+def panel_grid(count: int, max_columns: int, panel_size: tuple[float, float]) -> tuple[plt.Figure, list]:
+    """A figure of ``count`` panels (inches ``panel_size`` each), at most ``max_columns`` a line; the axes in order."""
+    columns = min(max_columns, count)
+    lines = -(-count // columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(panel_size[0] * columns, panel_size[1] * lines),
+                             layout="constrained", squeeze=False)
+    for ax in axes.flat[count:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:count])
+
+
 def roc_pr_figure(data: RunData, unit: str, folder: Path) -> Figure | None:
     """ROC and PR curves of every detector (every seed drawn; legend: mean AUC over seeds)."""
     scores = data.unit_rows(data.scores, unit)
@@ -182,12 +193,8 @@ def history_figure(data: RunData, unit: str, folder: Path) -> Figure | None:
     if history.empty:
         return None
     detectors = [d for d in data.detectors if d in set(history["detector"])]
-    columns = min(3, len(detectors))
-    lines = -(-len(detectors) // columns)
-    fig, axes = plt.subplots(lines, columns, figsize=(3.4 * columns, 2.6 * lines), layout="constrained", squeeze=False)
-    for ax in axes.flat[len(detectors):]:
-        ax.set_visible(False)
-    for ax, detector in zip(axes.flat, detectors):
+    fig, axes = panel_grid(len(detectors), 3, (3.4, 2.6))
+    for ax, detector in zip(axes, detectors):
         rows = history[history["detector"] == detector]
         palette = plt.get_cmap("tab10")
         for i, (loss, loss_rows) in enumerate(rows.groupby("loss_name", sort=False)):
@@ -371,12 +378,8 @@ def intensity_scatter_figure(data: RunData, unit: str, folder: Path) -> Figure |
     detectors = [d for d in data.detectors if d in set(scores["detector"]) and not data.is_control(d)]
     if not detectors:
         return None
-    columns = min(4, len(detectors))
-    lines = -(-len(detectors) // columns)
-    fig, axes = plt.subplots(lines, columns, figsize=(2.9 * columns, 2.5 * lines), layout="constrained", squeeze=False)
-    for ax in axes.flat[len(detectors):]:
-        ax.set_visible(False)
-    for ax, detector in zip(axes.flat, detectors):
+    fig, axes = panel_grid(len(detectors), 4, (2.9, 2.5))
+    for ax, detector in zip(axes, detectors):
         rows = scores[scores["detector"] == detector]
         seed = pd.to_numeric(rows["seed"]).min()
         rows = rows[pd.to_numeric(rows["seed"]) == seed]
@@ -389,7 +392,7 @@ def intensity_scatter_figure(data: RunData, unit: str, folder: Path) -> Figure |
                      fontsize=7.5)
         ax.set(xlabel="mean intensity", ylabel="score")
         ax.grid(alpha=0.3)
-    axes.flat[0].legend(fontsize=7, markerscale=2)
+    axes[0].legend(fontsize=7, markerscale=2)
     return save(fig, folder, slug("shortcut", unit), f"Test scores against mean image intensity on {unit} (first seed of "
                 "each detector; blue: normal, red: anomalous). A score that rises or falls with brightness within a "
                 "class follows brightness rather than the anomaly; the title gives the shortcut verdict.",
