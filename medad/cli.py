@@ -271,9 +271,13 @@ def command_list(args: argparse.Namespace) -> int:
     from medad.registry import DATASETS, DETECTORS
 
     print("detectors (medad describe NAME for the hyper-parameters):")
-    for name, cls in DETECTORS.items():
+    items = DETECTORS.items()
+    for name, cls in [(n, c) for n, c in items if not c.control] + [(n, c) for n, c in items if c.control]:
         needs = ", ".join(cls.needs) or "-"
-        print(_fit(f"  {name:<14} {cls.supervision:<15} needs: {needs:<12} {cls.paper}", 100))
+        kind = "CONTROL" if cls.control else cls.supervision
+        print(_fit(f"  {name:<14} {kind:<15} needs: {needs:<12} {cls.paper}", 100))
+    if any(cls.control for _, cls in items):
+        print("  (CONTROL: a structure-blind reference for the shortcut check, fitted on normals; never ranked)")
     print("datasets:")
     for name, cls in DATASETS.items():
         source = "download" if cls.needs_download else "built in"

@@ -62,7 +62,7 @@ from medad.benchmark.acceleration import autocast
 from medad.benchmark.job_runner import fit_detector, score_in_batches
 from medad.benchmark.numerics import numerics
 from medad.datasets.base import Subset
-from medad.detectors.base import Detector, TrainLog
+from medad.detectors.base import Detector, TrainLog, score_map_or_none
 from medad.evaluation.metrics import roc_auc
 from medad.registry import DETECTORS
 
@@ -267,7 +267,7 @@ def channels_last_same_numbers(kit: DetectorUnderTest) -> None:
     """``memory_format: channels_last`` (the CUDA default) changes the tensor layout, not the scores or maps."""
     detector, _ = kit.fitted()
     images = kit.subset().test.float_images()[:8]
-    scores, maps = detector.score(images), detector.score_map(images)
+    scores, maps = detector.score(images), score_map_or_none(detector, images)
     try:
         detector.use_memory_format(torch.channels_last)
         _compare(kit, "channels_last_same_numbers", detector.score(images), scores, "channels_last scores differ")

@@ -186,7 +186,8 @@ def _host_reads(name: str, batches: int) -> HostReads:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", DETECTORS.names())
+# the controls train no steps: they read the training images on the host once, by design (float64 statistics)
+@pytest.mark.parametrize("name", [name for name in DETECTORS.names() if not DETECTORS.get(name).control])
 def test_a_fit_reads_device_values_per_epoch_not_per_step(name):
     one, three = _host_reads(name, 1), _host_reads(name, 3)  # the same epochs, three times the steps
     assert one.count > 0  # the losses are read, at least at the end

@@ -30,6 +30,7 @@ from medad.benchmark.recorded_splits import SplitCheck, check_recorded_splits, p
 from medad.benchmark.resources import git_commit, hardware
 from medad.benchmark.run_folder import ID_DTYPES, RunFolder, now, ordered
 from medad.benchmark.run_lock import run_lock
+from medad.evaluation.shortcut import SHORTCUT_FILE, control_labels, shortcut_frame
 
 log = logging.getLogger(__name__)
 
@@ -290,13 +291,25 @@ def _run_locked(config: RunConfig, run_folder: RunFolder, *, data_root: str | No
         _leave_resumable(run_folder, manifest, "incomplete")
         raise
 
-    run_folder.merge()
+    write_shortcut(run_folder, run_folder.merge())
     jobs_frame = _with_skipped(run_folder, jobs)
     counts = {status: int((jobs_frame["status"] == status).sum()) for status in ("done", "failed", "skipped")}
     manifest.update(end=now(), status="complete" if counts["done"] == len(jobs) else "incomplete", counts=counts,
                     splits=run_folder.split_summaries())
     run_folder.write_manifest(manifest)
     return RunSummary(run_folder, jobs, counts)
+
+
+def write_shortcut(run_folder: RunFolder, tables: dict[str, pd.DataFrame]) -> None:
+    """Write the run's ``shortcut.csv`` (:func:`medad.evaluation.shortcut.shortcut_frame`: every detector against the
+    controls) from its merged ``tables``; a failure is logged, never fatal: the jobs' results are all on disk and
+    ``medad report`` computes the same check again."""
+    try:
+        frame = shortcut_frame(tables["scores"], control_labels(tables["metrics"]))
+        write_text_atomic(run_folder.path / SHORTCUT_FILE, frame.to_csv(index=False))
+    except Exception as error:  # a derived table must not fail a finished run
+        log.warning("%s was not written (%s: %s); medad report %s computes the shortcut check again", SHORTCUT_FILE,
+                    type(error).__name__, error, run_folder.path)
 
 
 def _leave_resumable(run_folder: RunFolder, manifest: dict[str, Any], status: str) -> None:

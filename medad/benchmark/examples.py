@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from medad.datasets.base import ImageSet
-from medad.detectors.base import Detector
+from medad.detectors.base import Detector, score_map_or_none
 
 EXAMPLES_FILE = "examples.npz"
 EXAMPLE_KEYS = ("ids", "labels", "scores", "threshold", "threshold_policy", "images")
@@ -37,7 +37,7 @@ def examples_npz(detector: Detector, test: ImageSet, scores: np.ndarray, thresho
     images = test.float_images(torch.as_tensor(index))
     with torch.no_grad():
         reconstructions = detector.reconstruct(images)
-        maps = detector.score_map(images)
+        maps = score_map_or_none(detector, images)
     if reconstructions is None and maps is None:
         return None
     arrays: dict[str, np.ndarray] = {

@@ -38,7 +38,7 @@ from medad.benchmark.resources import PeakMemory, resolve_device, seed_everythin
 from medad.benchmark.run_folder import RunFolder, now
 from medad.datasets.base import DatasetError, ImageSet, Subset
 from medad.datasets.splits import split_fingerprint
-from medad.detectors.base import Detector, TrainLog
+from medad.detectors.base import Detector, TrainLog, score_map_or_none
 from medad.detectors.scoring import scores_in_random_order
 from medad.evaluation.metrics import MetricRow, image_metrics, pixel_metrics, screening_metrics, threshold_val_q95
 from medad.evaluation.statistics import bootstrap_intervals
@@ -96,7 +96,7 @@ def maps_in_batches(detector: Detector, images: ImageSet, batch_size: int) -> np
     """Pixel maps ``(N, H, W)`` at the image size (resized bilinearly if the detector's differ), or None."""
     parts = []
     for batch in images.batches(batch_size):
-        maps = detector.score_map(batch)
+        maps = score_map_or_none(detector, batch)
         if maps is None:
             return None
         maps = maps.detach().float().cpu()
@@ -119,8 +119,9 @@ def _metric_frame(job: Job, run_id: str, rows: list[MetricRow], tags: dict[str, 
 
 
 def _score_frame(job: Job, run_id: str, part: str, images: ImageSet, scores: np.ndarray) -> pd.DataFrame:
+    """The scores.csv rows of one part, with each image's mean intensity (of the images scored: the shortcut check)."""
     return pd.DataFrame({"run_id": run_id, **job.keys(), "part": part, "sample_id": images.ids,
-                         "label": images.labels, "score": scores})
+                         "label": images.labels, "score": scores, "mean_intensity": images.mean_intensities()})
 
 
 def check_needs(detector_cls: type[Detector], subset: Subset, dataset: str) -> None:

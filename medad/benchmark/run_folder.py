@@ -36,7 +36,7 @@ COLUMNS = {
              "fit_id", "fit_by"],  # the fit the job used, the job that trained it (medad.benchmark.fit_sharing)
     "metrics": KEY_COLUMNS + ["supervision", "weights", "metric", "value", "ci_low", "ci_high", "threshold_policy",
                               "oracle", "note", "fit_id"],
-    "scores": KEY_COLUMNS + ["part", "sample_id", "label", "score"],
+    "scores": KEY_COLUMNS + ["part", "sample_id", "label", "score", "mean_intensity"],
     "history": KEY_COLUMNS + ["epoch", "step", "loss_name", "value", "fit_by"],  # fit_by: whose training the losses are
     "splits": ["run_id", "dataset", "subset", "sample_id", "part", "label"],
 }
@@ -199,7 +199,9 @@ class RunFolder:
             frames[name] = ordered(frame, name)
         return frames
 
-    def merge(self, tables: tuple[str, ...] = TABLES) -> None:
-        """Rebuild run-level CSVs from the job folders."""
-        for name, frame in self.tables_from_jobs(tables).items():
+    def merge(self, tables: tuple[str, ...] = TABLES) -> dict[str, pd.DataFrame]:
+        """Rebuild run-level CSVs from the job folders; return the tables written."""
+        frames = self.tables_from_jobs(tables)
+        for name, frame in frames.items():
             write_text_atomic(self.path / f"{name}.csv", frame.to_csv(index=False))
+        return frames

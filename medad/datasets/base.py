@@ -79,6 +79,13 @@ class ImageSet:
             index = index.to(self.images.device, non_blocking=True)
         return self.images[index].float().div_(255.0)
 
+    def mean_intensities(self, batch_size: int = 512) -> np.ndarray:
+        """Each image's mean grey level over all its pixels and channels, in [0, 1]: ``(N,)`` float64 (what the
+        shortcut check correlates scores with)."""
+        parts = [self.images[start:start + batch_size].double().mean(dim=(1, 2, 3)).div_(255.0).cpu()
+                 for start in range(0, len(self), batch_size)]
+        return torch.cat(parts).numpy() if parts else np.zeros(0)
+
     def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
                 drop_last: bool = False) -> Iterator[torch.Tensor]:
         """Float batches in [0, 1] on the images' device; shuffled with ``generator`` (on the host, so the order is

@@ -24,6 +24,11 @@ class NonFiniteLossError(FloatingPointError):
     """A training loss became NaN or infinite."""
 
 
+class NoPixelMap(NotImplementedError):
+    """A detector was asked for pixel maps that its method cannot make (a whole-image control): the message says why
+    and what has maps. The harness reads it as "no map" (:func:`score_map_or_none`)."""
+
+
 LOG_EVERY = 50  # logged steps between two reads of the device-held losses (the run config's ``log_every``)
 
 
@@ -143,7 +148,9 @@ class Detector(abc.ABC):
     config validator reads them from the signature, so a detector declares nothing twice.
 
     Class attributes: ``paper`` (citation shown by ``medad list``), ``supervision``
-    (``"unsupervised"`` or ``"semi-supervised"``), ``needs`` (what a dataset must provide:
+    (``"unsupervised"`` or ``"semi-supervised"``), ``control`` (True for a structure-blind control detector,
+    :mod:`medad.detectors.controls`: listed, tagged and reported as a control, never ranked as a detector),
+    ``needs`` (what a dataset must provide:
     ``"roi_masks"``, ``"anomaly_pool"``), ``smoke_params`` (hyper-parameters for a fit of a few
     seconds on 32 px images: what the conformance kit and CI use; ``smoke_image_size`` if 32 is too small;
     ``smoke_auc_bar``, the ROC AUC the smoke fit must reach on very obvious anomalies: 0.7 unless the
@@ -156,6 +163,7 @@ class Detector(abc.ABC):
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     supervision: ClassVar[str] = "unsupervised"
+    control: ClassVar[bool] = False
     needs: ClassVar[tuple[str, ...]] = ()
     smoke_params: ClassVar[dict[str, Any]] = {}
     # hyper-parameters whose defaults are the paper's (or its reference code's): a config that changes one
@@ -210,7 +218,8 @@ class Detector(abc.ABC):
         """Anomaly scores ``(N,)`` for float images ``(N, C, H, W)`` in [0, 1]; higher = more anomalous."""
 
     def score_map(self, images: torch.Tensor) -> torch.Tensor | None:
-        """Pixel anomaly maps ``(N, H, W)``, or None when the detector has none."""
+        """Pixel anomaly maps ``(N, H, W)``, or None when the detector has none (a detector whose method can never
+        make one may raise :class:`NoPixelMap` saying so instead)."""
         return None
 
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor | None:
@@ -318,3 +327,11 @@ class Detector(abc.ABC):
         for module in self.networks().values():
             module.train()
 
+
+
+def score_map_or_none(detector: Detector, images: torch.Tensor) -> torch.Tensor | None:
+    """``detector.score_map(images)``, or None when it has no pixel map (it returns None or raises :class:`NoPixelMap`)."""
+    try:
+        return detector.score_map(images)
+    except NoPixelMap:
+        return None

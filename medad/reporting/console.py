@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from medad.benchmark.run_folder import ID_DTYPES
 from medad.evaluation.all_anomalous import DEGENERATE, all_anomalous_values
 from medad.evaluation.chance import SYMMETRIC_METRICS, below_chance
 from medad.evaluation.metrics import ORACLE_POLICIES
+from medad.evaluation.shortcut import NOT_DISTINGUISHABLE, SHORTCUT_FILE, WORSE, control_labels, seeds_verdict
 from medad.reporting import threshold_reference as ref
 from medad.reporting.paper_results import compare, load_paper_results
 from medad.reporting.run_data import RunData, load_run, unit_name
@@ -19,6 +21,25 @@ BELOW_CHANCE_MARK = "(<0.5)"
 BELOW_CHANCE_LEGEND = (f"{BELOW_CHANCE_MARK}: below chance: the 95% interval the report shows (one seed: its bootstrap "
                        "interval; several: the bootstrap of the seed-mean) lies below 0.5, the scores rank anomalies "
                        "below normals on this data (the report's verdict: scores inverted)")
+CONTROL_SUFFIX = " [control]"
+SHORTCUT_MARKS = {NOT_DISTINGUISHABLE: "(~control)", WORSE: "(<control)"}
+SHORTCUT_LEGEND = {NOT_DISTINGUISHABLE: f"{SHORTCUT_MARKS[NOT_DISTINGUISHABLE]}: {NOT_DISTINGUISHABLE}",
+                   WORSE: f"{SHORTCUT_MARKS[WORSE]}: {WORSE}"}
+
+
+def shortcut_marks(run_path: Path) -> dict[tuple[str, str], str]:
+    """(dataset/subset, detector) -> the verdict of the run's ``shortcut.csv`` over seeds, where it is not "better
+    than the controls" (nor "not tested"); empty without the file."""
+    path = Path(run_path) / SHORTCUT_FILE
+    if not path.is_file() or path.stat().st_size == 0:
+        return {}
+    frame = pd.read_csv(path, dtype=ID_DTYPES)
+    found = {}
+    for (dataset, subset, detector), rows in frame.groupby(["dataset", "subset", "detector"]):
+        verdict = seeds_verdict(rows)
+        if verdict is not None and verdict.verdict in SHORTCUT_MARKS:
+            found[(f"{dataset}/{subset}", str(detector))] = verdict.verdict
+    return found
 
 
 def auc_table(run_path: Path, metric: str = "roc_auc", data: RunData | None = None) -> str:
@@ -29,7 +50,9 @@ def auc_table(run_path: Path, metric: str = "roc_auc", data: RunData | None = No
     seed: its stratified bootstrap interval from metrics.csv; several: the stratified bootstrap of the seed-mean,
     test images resampled jointly across seeds), so a cell is marked exactly where the report's paper comparison
     says "scores inverted on this data". ``data``: the run already read (the end of a run shares it with the
-    report, and with it the seed-mean intervals); read from ``run_path`` when not given.
+    report, and with it the seed-mean intervals); read from ``run_path`` when not given. A ROC AUC
+    cell whose shortcut verdict over seeds (the run's ``shortcut.csv``) is not "better than the controls" is marked
+    with it (:data:`SHORTCUT_MARKS`); the control detectors' columns come last, marked :data:`CONTROL_SUFFIX`.
     """
     data = data if data is not None else load_run(run_path)
     metrics = data.metrics
@@ -48,13 +71,22 @@ def auc_table(run_path: Path, metric: str = "roc_auc", data: RunData | None = No
         return interval is not None and below_chance(metric, interval.low, interval.high)
 
     below = [marked(unit, detector) for unit, detector in mean.index]
+    verdicts = shortcut_marks(run_path) if metric == "roc_auc" else {}
     # one string per cell, built in Python: masked assignment into a string Series breaks on pandas 3.0's str dtype
     cells = pd.Series([(f"{m:.3f}±{s:.3f}" if n > 1 else f"{m:.3f}") + (f" {BELOW_CHANCE_MARK}" if b else "")
-                       for m, s, n, b in zip(mean, std.fillna(0.0), count, below)],
+                       + (f" {SHORTCUT_MARKS[verdicts[key]]}" if key in verdicts else "")
+                       for key, m, s, n, b in zip(mean.index, mean, std.fillna(0.0), count, below)],
                       index=mean.index, dtype=object)
     table = cells.unstack("detector").fillna("-")
-    legend = f"\n{BELOW_CHANCE_LEGEND}" if any(below) else ""
-    return f"{metric} (mean over seeds)\n" + table.to_string() + legend
+    controls = control_labels(metrics)
+    table = table[[d for d in table.columns if d not in controls] + [d for d in table.columns if d in controls]]
+    table.columns = pd.Index([f"{d}{CONTROL_SUFFIX}" if d in controls else d for d in table.columns], name="detector")
+    legend = [BELOW_CHANCE_LEGEND] if any(below) else []
+    legend += [SHORTCUT_LEGEND[v] for v in SHORTCUT_MARKS if v in verdicts.values()]
+    if controls:
+        legend.append(f"{CONTROL_SUFFIX.strip()}: a structure-blind control (a reference, never ranked); the shortcut "
+                      f"check of every detector against the controls is in {SHORTCUT_FILE} and the report")
+    return f"{metric} (mean over seeds)\n" + table.to_string() + "".join(f"\n{line}" for line in legend)
 
 
 def job_table(jobs: list, statuses: dict[str, str] | None = None, fits: dict[str, str] | None = None) -> str:

@@ -34,6 +34,11 @@ def _docstring_line(cls: type, parameter: str) -> str:
     return ""
 
 
+def _module_doc(cls: type) -> str:
+    """The docstring of the module that defines ``cls`` (a control's account of what it measures)."""
+    return inspect.getdoc(sys.modules.get(cls.__module__)) or ""
+
+
 def _default(value: object) -> str:
     return "(required)" if value is inspect.Parameter.empty else repr(value)
 
@@ -44,6 +49,10 @@ def describe(name: str) -> str:
     lines = [f"{name} ({kind}): {cls.paper or cls.__qualname__}"]
     if kind == "detector":
         lines.append(f"  supervision: {cls.supervision}; needs: {', '.join(cls.needs) or 'nothing beyond images'}")
+        if getattr(cls, "control", False):
+            lines.append("  role: CONTROL, a structure-blind reference: every detector is checked against it (the "
+                         "report's 'Is it better than a shortcut?'); it is never ranked as a detector")
+            lines += ["  what it measures:"] + [f"    {line}".rstrip() for line in _module_doc(cls).splitlines()]
         if getattr(cls, "paper_settings", ()):
             lines.append(f"  the paper's settings (a change is tagged in the rows): {', '.join(cls.paper_settings)}")
     else:

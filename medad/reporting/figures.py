@@ -79,6 +79,17 @@ def colours(detectors: list[str]) -> dict[str, tuple]:
     return {d: palette(i % palette.N) for i, d in enumerate(detectors)}
 
 
+def panel_grid(count: int, max_columns: int, panel_size: tuple[float, float]) -> tuple[plt.Figure, list]:
+    """A figure of ``count`` panels (inches ``panel_size`` each), at most ``max_columns`` a line; the axes in order."""
+    columns = min(max_columns, count)
+    lines = -(-count // columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(panel_size[0] * columns, panel_size[1] * lines),
+                             layout="constrained", squeeze=False)
+    for ax in axes.flat[count:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:count])
+
+
 def roc_pr_figure(data: RunData, unit: str, folder: Path) -> Figure | None:
     """ROC and PR curves of every detector (every seed drawn; legend: mean AUC over seeds)."""
     scores = data.unit_rows(data.scores, unit)
@@ -182,12 +193,8 @@ def history_figure(data: RunData, unit: str, folder: Path) -> Figure | None:
     if history.empty:
         return None
     detectors = [d for d in data.detectors if d in set(history["detector"])]
-    columns = min(3, len(detectors))
-    lines = -(-len(detectors) // columns)
-    fig, axes = plt.subplots(lines, columns, figsize=(3.4 * columns, 2.6 * lines), layout="constrained", squeeze=False)
-    for ax in axes.flat[len(detectors):]:
-        ax.set_visible(False)
-    for ax, detector in zip(axes.flat, detectors):
+    fig, axes = panel_grid(len(detectors), 3, (3.4, 2.6))
+    for ax, detector in zip(axes, detectors):
         rows = history[history["detector"] == detector]
         palette = plt.get_cmap("tab10")
         for i, (loss, loss_rows) in enumerate(rows.groupby("loss_name", sort=False)):
@@ -360,3 +367,37 @@ def cd_diagram(average_ranks: pd.Series, n_units: int, folder: Path, group: str,
     return save(fig, folder, slug("cd", group), f"Critical-difference diagram ({group} detectors, {n_units} datasets/subsets): "
                 "average rank by ROC AUC (1 = best, on the right); detectors joined by a blue bar are not significantly "
                 f"different (Nemenyi, alpha = 0.05). {note}".rstrip(), f"critical difference diagram, {group}")
+
+
+CLASS_COLOURS = {0: "tab:blue", 1: "tab:red"}
+
+
+def intensity_scatter_figure(data: RunData, unit: str, folder: Path) -> Figure | None:
+    """Each detector's test scores (first seed) against the images' mean intensity, normals and anomalies in two
+    colours, one panel per detector (controls apart); None without scores or mean intensities."""
+    scores = data.unit_rows(data.scores, unit)
+    if scores.empty or "mean_intensity" not in scores:
+        return None
+    scores = scores[(scores["part"] == "test") & pd.to_numeric(scores["mean_intensity"], errors="coerce").notna()]
+    detectors = [d for d in data.detectors if d in set(scores["detector"]) and not data.is_control(d)]
+    if not detectors:
+        return None
+    fig, axes = panel_grid(len(detectors), 4, (2.9, 2.5))
+    for ax, detector in zip(axes, detectors):
+        rows = scores[scores["detector"] == detector]
+        seed = pd.to_numeric(rows["seed"]).min()
+        rows = rows[pd.to_numeric(rows["seed"]) == seed]
+        for label, name in ((0, "normal"), (1, "anomalous")):
+            chosen = rows[rows["label"] == label]
+            ax.scatter(chosen["mean_intensity"].astype(float), chosen["score"].astype(float), s=6, alpha=0.6,
+                       color=CLASS_COLOURS[label], label=name, linewidths=0)
+        found = data.shortcut_verdict(unit, detector)
+        ax.set_title(plain(f"{detector} (seed {int(seed)})" + (f"\n{found.verdict}" if found is not None else "")),
+                     fontsize=7.5)
+        ax.set(xlabel="mean intensity", ylabel="score")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, markerscale=2)
+    return save(fig, folder, slug("shortcut", unit), f"Test scores against mean image intensity on {unit} (first seed of "
+                "each detector; blue: normal, red: anomalous). A score that rises or falls with brightness within a "
+                "class follows brightness rather than the anomaly; the title gives the shortcut verdict.",
+                f"scores against mean intensity for {unit}")

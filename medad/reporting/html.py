@@ -22,7 +22,7 @@ from medad.reporting import tables as tab
 from medad.reporting import threshold_reference as ref
 from medad.reporting.paper_results import compare, load_paper_results
 from medad.reporting.run_data import RunData, load_run
-from medad.reporting.shortcut_notice import shortcut_check_not_run
+from medad.reporting.shortcut_section import build_shortcut_section
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -142,12 +142,12 @@ def build_report(run_dir: str | Path, reports_dir: str | Path = "reports", paper
     context = {
         "run_id": data.run_id,
         "notice": data.notice,
-        "shortcut_notice": shortcut_check_not_run(data),
         "manifest": data.manifest,
         "manifest_json": json.dumps({k: v for k, v in data.manifest.items() if k != "config"}, indent=2, default=str),
         "config_json": json.dumps(data.manifest.get("config", {}), indent=2, default=str),
         "counts": data.jobs["status"].value_counts().to_dict() if not data.jobs.empty else {},
         "summary": tab.summary_table(data, delong),
+        "shortcut": build_shortcut_section(data, figures_dir, tables_dir),
         "overview_figures": overview_figures,
         "ranks": tab.ranks_table(data),
         "cd_figures": cd_figures,

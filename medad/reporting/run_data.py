@@ -11,6 +11,7 @@ import pandas as pd
 from medad.benchmark.examples import EXAMPLES_FILE
 from medad.benchmark.run_folder import COLUMNS, ID_DTYPES, RunFolder
 from medad.benchmark.run_lock import is_locked
+from medad.evaluation.shortcut import CONTROL_ROLE, ROLE_TAG, SeedsVerdict, seeds_verdict, shortcut_frame
 
 UNIT_SEPARATOR = "/"
 
@@ -24,7 +25,7 @@ _TEXT_COLUMNS = {"dataset": str, "subset": str, "detector": str, "sample_id": st
 
 
 # standard columns that runs of an earlier medad lack: such a run still loads
-_LATER_COLUMNS = ("ci_low", "ci_high", "note", "oracle", "fit_id", "fit_by")
+_LATER_COLUMNS = ("ci_low", "ci_high", "note", "oracle", "fit_id", "fit_by", "mean_intensity")
 
 
 def _read(path: Path, name: str) -> pd.DataFrame:
@@ -71,6 +72,11 @@ class DetectorTags:
         return self.supervision != "unsupervised"
 
     @property
+    def control(self) -> bool:
+        """Whether these are a control detector's rows (tag ``role: control``): shown as a control, never ranked."""
+        return self.extra.get(ROLE_TAG) == CONTROL_ROLE
+
+    @property
     def selected_on_test(self) -> bool:
         """Whether the labelled test set chose the model or scaled its scores (see :func:`tags_using_test_labels`)."""
         return bool(tags_using_test_labels(self.extra))
@@ -115,6 +121,31 @@ class RunData:
         config = self.manifest.get("config") or {}
         order = [d.get("label") or d.get("name", "") for d in config.get("detectors", [])]
         return _in_order(found, order)
+
+    @property
+    def controls(self) -> list[str]:
+        """The control detectors' labels (tag ``role: control``), in the config's order."""
+        return [d for d in self.detectors if d in self.tags and self.tags[d].control]
+
+    def is_control(self, detector: str) -> bool:
+        tags = self.tags.get(detector)
+        return tags is not None and tags.control
+
+    @property
+    def shortcut(self) -> pd.DataFrame:
+        """The shortcut check (``shortcut.csv``'s rows, :func:`medad.evaluation.shortcut.shortcut_frame`) computed
+        from the run's test scores, once per report; empty when the run has no control rows."""
+        if "shortcut" not in self.derived:
+            self.derived["shortcut"] = shortcut_frame(self.scores, set(self.controls))
+        return self.derived["shortcut"]
+
+    def shortcut_verdict(self, unit: str, detector: str) -> SeedsVerdict | None:
+        """The shortcut verdict of ``detector`` on ``unit`` over its seeds, or None where it was not checked."""
+        frame = self.shortcut
+        if frame.empty:
+            return None
+        return seeds_verdict(frame[(frame["dataset"] + UNIT_SEPARATOR + frame["subset"] == unit)
+                                   & (frame["detector"] == detector)])
 
     def unit_rows(self, frame: pd.DataFrame, unit: str) -> pd.DataFrame:
         """The rows of ``frame`` that belong to ``unit``."""

@@ -12,6 +12,7 @@ import shlex
 from collections.abc import Collection
 from pathlib import Path
 
+from medad.evaluation.shortcut import control_labels
 from medad.reporting.run_data import RunData
 
 CONTROL_DETECTORS = ("intensity", "histogram")
@@ -23,7 +24,10 @@ def extend_command(run_path: str | Path, controls: Collection[str] = CONTROL_DET
 
 
 def has_control_rows(data: RunData, controls: Collection[str] = CONTROL_DETECTORS) -> bool:
-    """Whether a finished job of the run used a control detector (its registry name in ``jobs.csv``)."""
+    """Whether the run has a control detector's rows: metrics tagged ``role: control`` (any control, under any
+    label), or a finished job of one of ``controls`` (its registry name in ``jobs.csv``)."""
+    if control_labels(data.metrics):
+        return True
     jobs = data.jobs
     if jobs.empty or "detector_name" not in jobs:
         return False

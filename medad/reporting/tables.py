@@ -16,6 +16,7 @@ import pandas as pd
 
 from medad.evaluation.all_anomalous import DEGENERATE, TestSetSize
 from medad.evaluation.metrics import ORACLE_POLICIES
+from medad.evaluation.shortcut import CONTROL_ROLE, ROLE_TAG
 from medad.evaluation.statistics import (
     METRIC_FUNCTIONS,
     critical_difference,
@@ -124,6 +125,8 @@ TAG_MEANINGS = {
     "deterministic": "trained and scored with deterministic algorithms: the same seed gives the same numbers on this "
                      "device",
     "score": "the image score used",
+    ROLE_TAG: "control: a structure-blind control detector (grey-level statistics, histograms, the mean normal image), "
+              "fitted on the training normals only; a reference for the shortcut check, never ranked as a detector",
     "diagnostics": "test-curve: the run scored the test set after every epoch as a diagnostic (history.csv, "
                    "diagnostic_test_roc_auc); never used for selection, thresholds or ranking, and the fit is "
                    "bit-identical to a run without it",
@@ -147,7 +150,9 @@ def tag_badges(tags: DetectorTags | None) -> list[Badge]:
         badges.append(Badge(f"weights: {tags.weights}", kind,
                             "pretrained weights" if kind == "info" else "not the ImageNet weights the paper used"))
     for key, value in tags.extra.items():
-        if key == DEVIATIONS_TAG:  # long: the badge says that there are some, its tooltip which
+        if key == ROLE_TAG and value == CONTROL_ROLE:
+            badges.append(Badge(CONTROL_ROLE, "info", TAG_MEANINGS[ROLE_TAG]))
+        elif key == DEVIATIONS_TAG:  # long: the badge says that there are some, its tooltip which
             badges.append(Badge("not the paper's setting", "warn", str(value)))
         else:
             badges.append(Badge(f"{key}: {value}", "warn" if key in WARNING_TAGS else "info",
@@ -379,10 +384,11 @@ def mean_matrix(data: RunData, metric: str = "roc_auc") -> pd.DataFrame:
 
 
 def rank_groups(data: RunData, metric: str = "roc_auc") -> dict[str, pd.DataFrame]:
-    """Ranks by ``metric`` per unit, computed separately for each group of :func:`detector_group` (never mixed)."""
+    """Ranks by ``metric`` per unit, computed separately for each group of :func:`detector_group` (never mixed);
+    control detectors are references, never ranked."""
     matrix = mean_matrix(data, metric)
     groups: dict[str, list[str]] = {}
-    for detector in matrix.columns:
+    for detector in [d for d in matrix.columns if not data.is_control(d)]:
         groups.setdefault(detector_group(data, detector), []).append(detector)
     return {group: rank_table(matrix[detectors]) for group, detectors in groups.items()}
 
@@ -477,7 +483,8 @@ def ranks_table(data: RunData, metric: str = "roc_auc") -> Table:
 
 # --- DeLong ---------------------------------------------------------------------------------------
 def delong_frame(data: RunData) -> pd.DataFrame:
-    """DeLong's test for each pair of detectors scored on the same test images (same unit and seed), Holm-adjusted per unit and seed."""
+    """DeLong's test for each pair of detectors scored on the same test images (same unit and seed), Holm-adjusted per
+    unit and seed. Control detectors are left out: the shortcut check compares every detector with them."""
     columns = ["unit", "seed", "detector_a", "detector_b", "auc_a", "auc_b", "difference", "standard_error", "z",
                "p_value", "p_holm", "n_test", "same_group"]
     test = data.scores[data.scores["part"] == "test"] if not data.scores.empty else data.scores
@@ -485,7 +492,7 @@ def delong_frame(data: RunData) -> pd.DataFrame:
     for (dataset, subset, seed), rows in test.groupby(["dataset", "subset", "seed"], sort=False):
         table = rows.pivot_table(index="sample_id", columns="detector", values="score", aggfunc="first")
         labels = rows.drop_duplicates("sample_id").set_index("sample_id")["label"].reindex(table.index)
-        detectors = [d for d in data.detectors if d in table.columns]
+        detectors = [d for d in data.detectors if d in table.columns and not data.is_control(d)]
         found = []
         for a, b in itertools.combinations(detectors, 2):
             pair = table[[a, b]].dropna()
@@ -533,9 +540,36 @@ def delong_table(data: RunData, frame: pd.DataFrame, unit: str) -> Table:
                                                                 "A − B", "SE", "z", "p", "p (Holm)"], rows, note)
 
 
+def shortcut_badge(data: RunData, unit: str, detector: str) -> Badge | None:
+    """A warning badge with the shortcut verdict of ``detector`` on ``unit`` where it is not "better than the
+    controls" (:meth:`RunData.shortcut_verdict`); None where it is, or where nothing was checked."""
+    found = data.shortcut_verdict(unit, detector)
+    if found is None or found.better:
+        return None
+    return Badge(found.verdict, "warn", f"shortcut check: {found.text} (DeLong against every control on the same test "
+                                        "images; see the section 'Is it better than a shortcut?')")
+
+
+def shortcut_text(data: RunData, unit: str, detector: str) -> str:
+    """The shortcut verdict of ``detector`` on ``unit`` over its seeds, as text; "" where nothing was checked."""
+    found = data.shortcut_verdict(unit, detector)
+    return found.text if found is not None else ""
+
+
+def shortcut_cell(data: RunData, unit: str, detector: str) -> Cell:
+    """The shortcut verdict of ``detector`` on ``unit`` over its seeds, as text (a warning style where not better)."""
+    found = data.shortcut_verdict(unit, detector)
+    if found is None:
+        return Cell("–", None, title="not checked: no control scored these test images")
+    return Cell(found.text, found.verdict, "" if found.better else "warn")
+
+
 def summary_table(data: RunData, frame: pd.DataFrame) -> Table:
-    """Per unit and group (:func:`detector_group`): the best detector, the runner-up, the gap and its DeLong p-values."""
+    """Per unit and group (:func:`detector_group`): the best detector, the runner-up, the gap and its DeLong p-values,
+    and the best detector's shortcut verdict where the run has controls. Controls are never named best."""
     matrix = mean_matrix(data)
+    matrix = matrix[[d for d in matrix.columns if not data.is_control(d)]]
+    checked = not data.shortcut.empty
     rows = []
     for unit in matrix.index:
         for group in dict.fromkeys(detector_group(data, d) for d in matrix.columns):
@@ -544,7 +578,11 @@ def summary_table(data: RunData, frame: pd.DataFrame) -> Table:
                 continue
             ordered = values.sort_values(ascending=False)
             best = ordered.index[0]
-            cells = [Cell(unit, unit), Cell(group, group), detector_cell(data, best), Cell(fmt(ordered.iloc[0]), ordered.iloc[0], "num")]
+            best_cell = detector_cell(data, best)
+            badge = shortcut_badge(data, unit, best)
+            if badge is not None:
+                best_cell.badges.append(badge)
+            cells = [Cell(unit, unit), Cell(group, group), best_cell, Cell(fmt(ordered.iloc[0]), ordered.iloc[0], "num")]
             if len(ordered) > 1:
                 second = ordered.index[1]
                 pairs = frame[(frame["unit"] == unit) & (((frame["detector_a"] == best) & (frame["detector_b"] == second))
@@ -556,14 +594,21 @@ def summary_table(data: RunData, frame: pd.DataFrame) -> Table:
                           Cell("yes" if np.isfinite(worst_p) and worst_p < 0.05 else "no")]
             else:
                 cells += [Cell("–"), Cell("–"), Cell("–"), Cell("–"), Cell("only one detector")]
+            if checked:
+                cells.append(shortcut_cell(data, unit, best))
             rows.append(cells)
     note = ("Best = highest mean ROC AUC over seeds within a group: supervision groups and test-selected detectors "
             "(model selection or score scaling on the test labels) are compared separately, never named best beside "
-            "honest ones. "
+            "honest ones; control detectors are references, never named best. "
             "p: DeLong's test of best vs runner-up on the same test images, the largest p over seeds (unadjusted).")
-    return Table("summary", "Which detector is best on which dataset, by how much, and is it significant",
-                 ["Dataset/subset", "Group", "Best", "ROC AUC", "Runner-up", "ROC AUC", "Gap", "p (DeLong)",
-                  "Significant (p < 0.05)"], rows, note)
+    columns = ["Dataset/subset", "Group", "Best", "ROC AUC", "Runner-up", "ROC AUC", "Gap", "p (DeLong)",
+               "Significant (p < 0.05)"]
+    if checked:
+        columns.append("Best vs the controls")
+        note += (" Best vs the controls: the shortcut check of the best detector (DeLong against every control on "
+                 "the same test images; see 'Is it better than a shortcut?').")
+    return Table("summary", "Which detector is best on which dataset, by how much, and is it significant", columns,
+                 rows, note)
 
 
 # --- paper vs reproduced, failed jobs ------------------------------------------------------------
@@ -587,7 +632,8 @@ def with_verdicts(data: RunData, comparison: pd.DataFrame) -> pd.DataFrame:
     The interval is the report's own (:func:`metric_interval`, as in TABLE 3): with one seed, that seed's
     stratified bootstrap from metrics.csv; over several, the stratified bootstrap of the seed-mean with the test
     images resampled jointly across seeds. Metrics without one (thresholded metrics over several seeds) get the
-    verdict "no interval", and so does a paper row that was not run.
+    verdict "no interval", and so does a paper row that was not run. ``shortcut``: the reproduced detector's shortcut
+    verdict on the unit (:meth:`RunData.shortcut_verdict`; empty where the run has no control).
     """
     lows, highs, hows, verdicts = [], [], [], []
     references = threshold_references(data, comparison)
@@ -600,7 +646,8 @@ def with_verdicts(data: RunData, comparison: pd.DataFrame) -> pd.DataFrame:
                                            reproduced_point))
     paper_ref, run_ref, paper_points, reproduced_points = (list(column) for column in zip(*references)) if references \
         else ([], [], [], [])
-    return comparison.assign(ci_low=lows, ci_high=highs, interval=hows, verdict=verdicts,
+    shortcut = [shortcut_text(data, r.unit, r.detector) if r.seeds > 0 else "" for r in comparison.itertuples(index=False)]
+    return comparison.assign(ci_low=lows, ci_high=highs, interval=hows, verdict=verdicts, shortcut=shortcut,
                              all_anomalous_paper=paper_ref, all_anomalous_run=run_ref,
                              paper_degenerate=paper_points, reproduced_degenerate=reproduced_points)
 
@@ -645,7 +692,7 @@ def paper_table(data: RunData, comparison: pd.DataFrame) -> Table:
                      policy, paper_cell, reference_cell(r.metric, r.all_anomalous_paper, r.all_anomalous_run), reproduced,
                      Cell("–" if not np.isfinite(r.difference) else f"{r.difference:+.3f}",
                           r.difference if np.isfinite(r.difference) else None, "num"),
-                     Cell(r.verdict, r.verdict, "verdict", r.interval),
+                     verdict_cell(data, r),
                      split_cell(r.split_match, data.manifest.get("splits", {}).get(r.unit)),
                      protocol_cell(data.tags.get(r.detector)), Cell(r.paper, r.paper, title=r.note)])
     note = ("Paper numbers ship in medad/data/paper_results*.csv. Reproduced: mean ± std over seeds [95% interval]; "
@@ -661,6 +708,9 @@ def paper_table(data: RunData, comparison: pd.DataFrame) -> Table:
             "when they agree). The verdict adds 'paper: degenerate operating point' when every confusion matrix of the "
             "paper's stated test set that rounds to its precision, recall and F1 is degenerate, and 'reproduced: ...' "
             f"for the run's seeds; a {ref.RULE_TEXT}. "
+            "A yellow badge beside the verdict gives the reproduced detector's shortcut check where it is not 'better "
+            "than the controls': the reproduced value is then within reach of a structure-blind control on the same "
+            "test images. "
             "Protocol: what makes the reproduced rows differ from the paper's setting (the detector's own account, "
             "its 'deviations' tag, and protocol tags), beside each difference. "
             "split_match: yes = the paper's own file lists, sizes = the same split sizes drawn with our seed (checked "
@@ -680,6 +730,16 @@ def reference_cell(metric: str, on_paper: float, on_run: float) -> Cell:
     title = f"{kind}: on the paper's stated test set {texts[0]}, on this run's {texts[1]}"
     sort = on_run if np.isfinite(on_run) else on_paper if np.isfinite(on_paper) else None
     return Cell(text, sort, "num", title if text != "–" else "")
+
+
+def verdict_cell(data: RunData, row: object) -> Cell:
+    """A paper-vs-reproduced row's verdict, with the reproduced detector's shortcut verdict beside it where that is
+    not "better than the controls" (the row's value may rest on brightness rather than on the anomaly)."""
+    cell = Cell(row.verdict, row.verdict, "verdict", row.interval)
+    badge = shortcut_badge(data, row.unit, row.detector) if row.seeds > 0 else None
+    if badge is not None:
+        cell.badges.append(badge)
+    return cell
 
 
 def protocol_cell(tags: DetectorTags | None) -> Cell:
