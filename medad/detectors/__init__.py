@@ -5,8 +5,7 @@
 distillation from a pretrained teacher: ``reverse-distillation``.
 """
 
-from medad.detectors import ae, coronet, fanogan, ganomaly, mamanet, multikd, proxyano, sure_roi  # noqa: F401
-from medad.detectors import reverse_distillation  # noqa: F401  (distillation from a pretrained teacher)
+from medad.detectors import ae, coronet, fanogan, ganomaly, mamanet, multikd, proxyano, reverse_distillation, sure_roi  # noqa: F401
 from medad.detectors.base import Detector, NonFiniteLossError, TrainLog
 
 __all__ = ["Detector", "NonFiniteLossError", "TrainLog"]
