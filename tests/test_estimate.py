@@ -65,6 +65,8 @@ def test_the_budget_each_detector_declares():
     semi = DETECTORS.get("coronet-semi")
     assert semi.training_budget(estimate_module.resolved_params(semi, {})) == {
         "epochs": "epochs", "cin_epochs": "epochs", "anomaly_ae_steps": "steps"}
+    distillation = DETECTORS.get("reverse-distillation")  # its teacher's cache (MB) is no budget
+    assert distillation.training_budget(estimate_module.resolved_params(distillation, {})) == {"epochs": "epochs"}
 
 
 def tiny_jobs(tmp_path, name: str, n_train: int, epochs: int, seeds=(0,)):
