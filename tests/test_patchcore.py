@@ -179,3 +179,14 @@ def test_settings_are_checked_before_a_job_starts(tmp_path):
     assert PatchCoreDetector.pretrained_files({"weights": "random"}) == []
     assert PatchCoreDetector.pretrained_files({})[0][0].name == "wide_resnet50_2-95faca4d.pth"
     assert PatchCoreDetector.pretrained_files({"weights": str(tmp_path / "w.pth")}) == [(tmp_path / "w.pth", "")]
+
+
+@pytest.mark.parametrize("size", [32, 44])
+def test_the_cost_estimates_grid_is_the_networks(size):
+    """The estimate's patches and dimension per image (no network built) are what one image through the network gives."""
+    from medad.benchmark.estimate import resolved_params
+
+    params = resolved_params(PatchCoreDetector, dict(backbone="resnet18", weights="random", width_divisor=8, target_dim=0))
+    detector = PatchCoreDetector(image_size=size, channels=1, **params)
+    patches, dim, _ = detector._batch_bytes(torch.rand(1, 1, size, size))
+    assert PatchCoreDetector._grid(params, size) == (patches, dim, dim)  # 48 dimensions: nothing to project

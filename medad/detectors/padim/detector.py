@@ -33,8 +33,9 @@ The fit trains nothing: its history row is the covariances' mean log-determinant
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +43,7 @@ import torch.nn.functional as F
 from medad.datasets.base import ImageSet
 from medad.detectors.base import Detector, TrainLog
 from medad.detectors.blocks.backbone import ARCHITECTURES, Backbone, pretrained_files, weights_hint
-from medad.detectors.padim.gaussian import RunningGaussians, mahalanobis
+from medad.detectors.padim.gaussian import RunningGaussians, mahalanobis, time_whitening
 from medad.detectors.scoring import gaussian_blur
 from medad.params import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from medad.registry import register_detector
@@ -81,6 +82,23 @@ class PaDiMDetector(Detector):
     def check_settings(cls, params: dict) -> None:
         _check(params.get("backbone", BACKBONES[0]), params.get("layers", PAPER_LAYERS), params.get("n_features", 0),
                params.get("width_divisor", 1))
+
+    @classmethod
+    def _features(cls, params: dict[str, Any]) -> int:
+        total = _check(params["backbone"], params["layers"], params["n_features"], params["width_divisor"])
+        return params["n_features"] or min(PAPER_FEATURES[params["backbone"]], total)
+
+    @classmethod
+    def cost_terms(cls, params: dict[str, Any], n_train: int, image_size: int) -> dict[str, tuple[float, float]]:
+        """The covariances' inversion: once per fit, ``positions x n_features^3`` (the rest is per image)."""
+        spec = ARCHITECTURES[params["backbone"]]
+        shallowest = min(params["layers"], key=spec.layers.index)
+        positions = math.ceil(image_size / spec.strides[spec.layers.index(shallowest)]) ** 2
+        return {"inversion": (positions * cls._features(params) ** 3, 0.0)}
+
+    @classmethod
+    def time_cost_term(cls, name: str, params: dict[str, Any], device: torch.device) -> float:
+        return time_whitening(cls._features(params), device)
 
     def __init__(self, *, image_size: int, channels: int, device: str = "cpu", seed: int = 0,
                  backbone: Literal[BACKBONES] = "wide_resnet50_2", layers: tuple[str, ...] = PAPER_LAYERS,

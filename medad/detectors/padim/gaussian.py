@@ -20,6 +20,10 @@ value as the quadratic form, never negative. ``W`` is kept in float32, one ``d x
 
 from __future__ import annotations
 
+import functools
+import math
+import time
+
 import torch
 
 
@@ -73,3 +77,21 @@ def mahalanobis(embeddings: torch.Tensor, mean: torch.Tensor, whitening: torch.T
     with torch.autocast(device_type=embeddings.device.type, enabled=False):
         centred = embeddings.float().permute(2, 1, 0) - mean[:, :, None]   # (positions, dim, B)
         return (whitening @ centred).pow(2).sum(dim=1).sqrt().T            # (B, positions)
+
+
+@functools.lru_cache(maxsize=8)  # once per process and setting
+def time_whitening(dim: int, device: torch.device, positions: int = 32) -> float:
+    """Seconds per ``position x dim^3`` of :meth:`RunningGaussians.whitening` on ``device`` (random data, the fastest
+    of two runs)."""
+    best = math.inf
+    for _ in range(2):
+        gaussians = RunningGaussians(positions, dim, device)
+        gaussians.add(torch.randn(8, dim, positions, device=device))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        gaussians.whitening(0.01)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - started)
+    return best / (positions * dim**3)

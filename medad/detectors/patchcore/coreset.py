@@ -34,7 +34,9 @@ Choices where the paper is silent:
 
 from __future__ import annotations
 
+import functools
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -171,3 +173,36 @@ class StreamingCoreset:
                              "never arrived")
         self.buffer = torch.empty(0)
         return self.bank, torch.stack(self.radii).cpu()
+
+
+def chunk_work(total: int, chunk: int, fraction: float) -> tuple[int, int]:
+    """(selection steps, distance evaluations) of the streamed selection: per chunk of ``n`` patches, ``l`` steps of
+    ``n`` distances each."""
+    steps = [max(1, int(fraction * n)) for n in chunk_sizes(total, chunk)]
+    return sum(steps), sum(step * n for step, n in zip(steps, chunk_sizes(total, chunk)))
+
+
+@functools.lru_cache(maxsize=8)  # once per process and setting: a dry run asks for each term
+def time_greedy(dim: int, device: torch.device, steps: int = 64) -> tuple[float, float]:
+    """(seconds per selection step, seconds per distance evaluation of ``dim`` floats) of :func:`greedy_k_center` on
+    ``device``: ``steps`` steps timed on 2048 and on 65536 random points, the difference giving the per-distance
+    part (the fastest of two runs each)."""
+    def timed(n: int) -> float:
+        points = torch.randn(n, dim, device=device)
+        best = math.inf
+        for _ in range(2):
+            _synchronize(device)
+            started = time.perf_counter()
+            greedy_k_center(points, steps, 0)
+            _synchronize(device)
+            best = min(best, time.perf_counter() - started)
+        return best
+
+    small, large = timed(2048), timed(65536)
+    per_distance = max(0.0, large - small) / (steps * (65536 - 2048))
+    return max(0.0, small / steps - 2048 * per_distance), per_distance
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

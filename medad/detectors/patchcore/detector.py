@@ -39,8 +39,9 @@ distance, in the projected space, of a patch feature to its nearest selected one
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -48,10 +49,18 @@ import torch.nn.functional as F
 from medad.datasets.base import ImageSet
 from medad.detectors.base import Detector, TrainLog
 from medad.detectors.blocks.backbone import ARCHITECTURES, Backbone, pretrained_files, weights_hint
-from medad.detectors.patchcore.coreset import FLOAT_BYTES, MemoryPlan, StreamingCoreset, plan_memory, random_projection
+from medad.detectors.patchcore.coreset import (
+    FLOAT_BYTES,
+    MemoryPlan,
+    StreamingCoreset,
+    chunk_work,
+    plan_memory,
+    random_projection,
+    time_greedy,
+)
 from medad.detectors.patchcore.features import patch_embedding
 from medad.detectors.patchcore.reweighting import reweighted_scores
-from medad.detectors.patchcore.search import nearest
+from medad.detectors.patchcore.search import nearest, time_search
 from medad.detectors.scoring import gaussian_blur
 from medad.params import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, UnitFraction
 from medad.registry import register_detector
@@ -88,6 +97,43 @@ class PatchCoreDetector(Detector):
     def check_settings(cls, params: dict) -> None:
         _check_layers(params.get("backbone", BACKBONES[0]), params.get("layers", ("layer2", "layer3")),
                       params.get("patch_size", 3))
+
+    @classmethod
+    def _grid(cls, params: dict[str, Any], image_size: int) -> tuple[int, int, int]:
+        """(patches per image, feature dimension, dimension the coreset selects in) without building anything:
+        the shallowest layer's grid is ``ceil(image_size / stride)`` a side (each stride-2 step rounds up)."""
+        spec = ARCHITECTURES[params["backbone"]]
+        layers = _check_layers(params["backbone"], params["layers"], params["patch_size"])
+        side = math.ceil(image_size / spec.strides[spec.layers.index(layers[0])])
+        channels = sum(spec.channels[spec.layers.index(layer)] for layer in layers) // params["width_divisor"]
+        dim = params["target_dim"] or channels
+        projection = params["projection_dim"]
+        return side * side, dim, projection if 0 < projection < dim else dim
+
+    @classmethod
+    def cost_terms(cls, params: dict[str, Any], n_train: int, image_size: int) -> dict[str, tuple[float, float]]:
+        """The coreset's selection steps and distance evaluations (quadratic in a chunk's patches) per fit, and the
+        nearest-neighbour search's (query, bank row) pairs per scored image (the bank grows with the training set).
+        The plan is made without the batch's allowance (a chunk at most slightly larger than the fit's)."""
+        patches, dim, selected_in = cls._grid(params, image_size)
+        total = n_train * patches
+        try:
+            plan = plan_memory(total, patches, dim, params["projection_dim"], params["coreset_fraction"], 0,
+                               int(params["memory_cap_mb"] * 2**20))
+        except ValueError:  # the fit will refuse the cap and say why: nothing to estimate
+            return {}
+        steps, distances = chunk_work(total, plan.chunk, params["coreset_fraction"])
+        return {"coreset_steps": (steps, 0.0), "coreset_distances": (distances * selected_in, 0.0),
+                "search": (0.0, patches * plan.bank_rows * dim)}
+
+    @classmethod
+    def time_cost_term(cls, name: str, params: dict[str, Any], device: torch.device) -> float:
+        """Seconds per unit: a selection step, a float of a coreset distance, a float of a search distance."""
+        _, dim, selected_in = cls._grid(params, 224)
+        if name == "search":
+            return time_search(dim, device) / dim
+        per_step, per_distance = time_greedy(selected_in, device)
+        return per_step if name == "coreset_steps" else per_distance / selected_in
 
     def __init__(self, *, image_size: int, channels: int, device: str = "cpu", seed: int = 0,
                  backbone: Literal[BACKBONES] = "wide_resnet50_2", layers: tuple[str, ...] = ("layer2", "layer3"),

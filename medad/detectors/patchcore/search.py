@@ -10,6 +10,10 @@ stays bounded by the blocks, and the work is ``queries x bank rows x dim``, a ma
 
 from __future__ import annotations
 
+import functools
+import math
+import time
+
 import torch
 
 FLOAT_BYTES = 4
@@ -60,3 +64,20 @@ def k_nearest(queries: torch.Tensor, bank: torch.Tensor, count: int, block_bytes
             indices.append(index + first)
         value, position = torch.cat(values, dim=1).topk(count, dim=1, largest=False)
         return torch.cat(indices, dim=1).gather(1, position)
+
+
+@functools.lru_cache(maxsize=8)  # once per process and setting: a dry run asks for each term
+def time_search(dim: int, device: torch.device, queries: int = 256, rows: int = 16384) -> float:
+    """Seconds per (query, bank row) pair of :func:`nearest` with ``dim``-dimensional features on ``device`` (the
+    fastest of two runs after a warm-up)."""
+    query, bank = torch.randn(queries, dim, device=device), torch.randn(rows, dim, device=device)
+    best = math.inf
+    for _ in range(3):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        nearest(query, bank)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - started)
+    return best / (queries * rows)
