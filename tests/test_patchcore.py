@@ -57,7 +57,7 @@ def test_every_point_lies_within_the_reported_covering_radius_and_the_selection_
 
 def test_the_streamed_bank_covers_every_patch_within_the_largest_chunk_radius():
     points = clustered_points(n=240)
-    plan = MemoryPlan(chunk=80, chunks=3, bank_rows=coreset_rows(240, 80, 0.1), bytes=0)
+    plan = MemoryPlan(total=240, chunk=80, chunks=3, bank_rows=coreset_rows(240, 80, 0.1), bytes=0)
     coreset = StreamingCoreset(240, 6, 0.1, plan, None, torch.Generator().manual_seed(0), torch.device("cpu"))
     for start in range(0, 240, 50):  # batches that straddle the chunks
         coreset.add(points[start:start + 50])

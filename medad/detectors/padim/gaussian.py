@@ -51,13 +51,14 @@ class RunningGaussians:
             self.mean += delta * (n_b / n)
             self.count = n
 
-    def whitening(self, epsilon: float, positions_per_step: int = 256) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def whitening(self, epsilon: float, step_bytes: int = 2**28) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(mean (positions, dim), W (positions, dim, dim), mean log-determinant of the covariances)``: ``W`` the
-        inverse of the Cholesky factor of ``scatter / (N - 1) + epsilon I``, computed in float64 a few positions at a
-        time. Frees the scatter."""
+        inverse of the Cholesky factor of ``scatter / (N - 1) + epsilon I``, computed in float64 for as many positions
+        at a time as keep its three float64 temporaries within ``step_bytes``. Frees the scatter."""
         if self.count < 2:
             raise ValueError(f"padim needs at least 2 training images for a covariance, got {self.count}")
         positions, dim, _ = self.scatter.shape
+        positions_per_step = max(1, step_bytes // (3 * 8 * dim * dim))
         identity = torch.eye(dim, dtype=torch.float64, device=self.scatter.device)
         whitening = torch.empty_like(self.scatter)
         log_det = torch.zeros((), dtype=torch.float64, device=self.scatter.device)

@@ -90,9 +90,11 @@ def coreset_rows(total: int, chunk: int, fraction: float) -> int:
 
 @dataclass(frozen=True)
 class MemoryPlan:
-    """How a fit stays under its memory cap: patches per greedy selection (``chunk``), the bank's rows and the
-    bytes the plan holds at most (bank + one chunk's features, projection and distances + one batch in flight)."""
+    """How a fit stays under its memory cap: the training patches (``total``), patches per greedy selection
+    (``chunk``), the bank's rows and the bytes the plan holds at most (bank + one chunk's features, projection and
+    distances + one batch in flight)."""
 
+    total: int
     chunk: int
     chunks: int
     bank_rows: int
@@ -120,7 +122,7 @@ def plan_memory(total: int, patches_per_image: int, dim: int, projection_dim: in
                          f"coreset fraction {fraction:g} holds {coreset_rows(total, chunk, fraction)} x {dim} floats, "
                          f"and with one image's patches and one batch the fit needs at least {need / 2**20:.0f} MB. "
                          f"Raise memory_cap_mb, or lower coreset_fraction (the paper's 0.01), batch_size or image_size.")
-    return MemoryPlan(chunk, len(chunk_sizes(total, chunk)), coreset_rows(total, chunk, fraction), held(chunk))
+    return MemoryPlan(total, chunk, len(chunk_sizes(total, chunk)), coreset_rows(total, chunk, fraction), held(chunk))
 
 
 class StreamingCoreset:

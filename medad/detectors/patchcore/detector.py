@@ -164,7 +164,7 @@ class PatchCoreDetector(Detector):
         if self.plan is None or self.plan.chunks == 1:
             return []
         return [f"coreset selected in {self.plan.chunks} chunks of {self.plan.chunk} patches under memory_cap_mb "
-                f"{self.memory_cap_mb:g} (paper: one selection over all patches)"]
+                f"{self.memory_cap_mb:g} (paper: one selection over all {self.plan.total} patches)"]
 
     # --- features ------------------------------------------------------------------------------------------
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -239,9 +239,9 @@ class PatchCoreDetector(Detector):
     def extra_state(self) -> dict[str, torch.Tensor]:
         if self.bank is None:
             return {}
-        plan = self.plan or MemoryPlan(0, 0, 0, 0)
+        plan = self.plan or MemoryPlan(0, 0, 0, 0, 0)
         return {"bank": self.bank, "radii": self.radii,
-                "plan": torch.tensor([plan.chunk, plan.chunks, plan.bank_rows, plan.bytes], dtype=torch.long)}
+                "plan": torch.tensor([plan.total, plan.chunk, plan.chunks, plan.bank_rows, plan.bytes], dtype=torch.long)}
 
     def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
         if "bank" not in state:
