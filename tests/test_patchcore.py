@@ -42,9 +42,10 @@ def farthest_first(points: np.ndarray, count: int, first: int) -> list[int]:
 
 
 # --- the coreset ----------------------------------------------------------------------------------------------
-def test_every_point_lies_within_the_reported_covering_radius_and_the_selection_is_farthest_first():
+@pytest.mark.parametrize("prune", [True, False])
+def test_every_point_lies_within_the_reported_covering_radius_and_the_selection_is_farthest_first(prune):
     points = clustered_points()
-    chosen, radius = greedy_k_center(points, 30, first=7)
+    chosen, radius = greedy_k_center(points, 30, first=7, prune=prune)
     chosen, radius = chosen.tolist(), float(radius)
     to_centres = cdist(points.double().numpy(), points[chosen].double().numpy())
     nearest_centre = to_centres.min(axis=1)

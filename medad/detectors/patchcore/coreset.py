@@ -52,10 +52,20 @@ def random_projection(dim: int, projection_dim: int, generator: torch.Generator)
     return torch.randn(dim, projection_dim, generator=generator) / math.sqrt(projection_dim)
 
 
-def greedy_k_center(points: torch.Tensor, count: int, first: int) -> tuple[torch.Tensor, torch.Tensor]:
+def greedy_k_center(points: torch.Tensor, count: int, first: int,
+                    prune: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Farthest-first traversal of ``points (n, d)`` from row ``first``: the indices ``(count,)`` of the selected rows
     in the order selected, and the covering radius (a 0-d tensor): the largest distance of a row to its nearest
-    selected row. Runs on ``points``' device without reading anything back to the host."""
+    selected row.
+
+    ``prune`` (default: on the CPU) skips, at each step, the rows that the new centre ``c`` cannot bring closer: a row
+    ``x`` whose nearest centre ``c_j`` is at distance ``r_x <= R_j`` (``R_j``: an upper bound of the distances within
+    ``c_j``'s cluster) gains nothing when ``||c - c_j|| >= 2 R_j``, since then ``||x - c|| >= ||c - c_j|| - r_x >=
+    r_x`` (the triangle inequality). The selection is the same; a CPU, which streams all ``n`` rows from memory at
+    every step otherwise, reads only the candidate clusters' rows (when more than half the rows are candidates,
+    all are updated at once). Without pruning (the GPU default) every step is one matrix-vector product and
+    nothing is read back to the host.
+    """
     n = points.shape[0]
     count = min(count, n)
     squares = points.pow(2).sum(dim=1)
@@ -63,6 +73,9 @@ def greedy_k_center(points: torch.Tensor, count: int, first: int) -> tuple[torch
     selected[0] = first
     nearest = torch.empty(n, dtype=points.dtype, device=points.device)
     _squared_distances(points, squares, torch.as_tensor(first, device=points.device), out=nearest)
+    if prune if prune is not None else points.device.type == "cpu":
+        _pruned_traversal(points, squares, selected, nearest)
+        return selected, nearest.max().sqrt()
     distance = torch.empty_like(nearest)
     for step in range(1, count):
         farthest = torch.argmax(nearest)
@@ -70,6 +83,40 @@ def greedy_k_center(points: torch.Tensor, count: int, first: int) -> tuple[torch
         _squared_distances(points, squares, farthest, out=distance)
         torch.minimum(nearest, distance, out=nearest)
     return selected, nearest.max().sqrt()
+
+
+def _pruned_traversal(points: torch.Tensor, squares: torch.Tensor, selected: torch.Tensor, nearest: torch.Tensor,
+                      refresh: int = 64) -> None:
+    """The steps after the first of :func:`greedy_k_center` with pruning: fills ``selected`` and updates ``nearest``
+    (squared distances) in place. ``bound[j]`` is a squared upper bound of the distances in cluster ``j`` (exact
+    when recomputed every ``refresh`` steps; a row that leaves a cluster only lowers its true value)."""
+    count = len(selected)
+    centres = torch.empty(count, points.shape[1], dtype=points.dtype)
+    centres[0] = points[selected[0]]
+    cluster = torch.zeros(len(points), dtype=torch.long)
+    bound = torch.zeros(count, dtype=points.dtype)
+    bound[0] = nearest.max()
+    for step in range(1, count):
+        farthest = int(torch.argmax(nearest))
+        selected[step] = farthest
+        centre = centres[step] = points[farthest]
+        gap = (centres[:step] - centre).pow(2).sum(dim=1)       # ||c - c_j||^2
+        reachable = gap < 4 * bound[:step]                       # ||c - c_j|| < 2 R_j
+        rows = torch.nonzero(reachable[cluster]).squeeze(1)
+        if 2 * len(rows) > len(points):                           # most rows are candidates: update them all
+            distance = torch.mv(points, centre).mul_(-2).add_(squares).add_(squares[farthest]).clamp_(min=0)
+            closer = distance < nearest
+            rows, distance = torch.nonzero(closer).squeeze(1), distance[closer]
+        else:
+            distance = (torch.mv(points[rows], centre).mul_(-2).add_(squares[rows]).add_(squares[farthest])
+                        .clamp_(min=0))
+            closer = distance < nearest[rows]
+            rows, distance = rows[closer], distance[closer]
+        nearest[rows] = distance
+        cluster[rows] = step
+        bound[step] = distance.max() if len(distance) else 0.0
+        if step % refresh == 0:  # tighten the bounds: each cluster's largest distance now
+            bound.zero_().scatter_reduce_(0, cluster, nearest, reduce="amax")
 
 
 def _squared_distances(points: torch.Tensor, squares: torch.Tensor, row: torch.Tensor, out: torch.Tensor) -> None:
