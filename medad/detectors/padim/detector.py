@@ -134,10 +134,14 @@ class PaDiMDetector(Detector):
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
         """Embedding vectors ``(N, n_features, h, w)`` (float32) on ``layer1``'s grid."""
         with torch.inference_mode():
-            maps = [m.float() for m in self.backbone(self.to_device(images)).values()]
-            size = maps[0].shape[-2:]
-            maps = [m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="nearest") for m in maps]
-            return torch.cat(maps, dim=1)[:, self.dims.to(maps[0].device)]
+            maps, kept, offset = self.backbone(self.to_device(images)), [], 0
+            size = next(iter(maps.values())).shape[-2:]
+            for layer in maps.values():  # each layer's share of the chosen channels, before upsampling (less memory)
+                mine = self.dims[(self.dims >= offset) & (self.dims < offset + layer.shape[1])] - offset
+                offset += layer.shape[1]
+                part = layer[:, mine.to(layer.device)].float()
+                kept.append(part if part.shape[-2:] == size else F.interpolate(part, size=size, mode="nearest"))
+            return torch.cat(kept, dim=1)
 
     # --- training ------------------------------------------------------------------------------------------
     def fit(self, train: ImageSet, val: ImageSet | None = None, log: TrainLog | None = None) -> None:

@@ -54,22 +54,22 @@ class RunningGaussians:
     def whitening(self, epsilon: float, step_bytes: int = 2**28) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(mean (positions, dim), W (positions, dim, dim), mean log-determinant of the covariances)``: ``W`` the
         inverse of the Cholesky factor of ``scatter / (N - 1) + epsilon I``, computed in float64 for as many positions
-        at a time as keep its three float64 temporaries within ``step_bytes``. Frees the scatter."""
+        at a time as keep its three float64 temporaries within ``step_bytes``, written over the scatter (no second
+        positions x dim x dim array)."""
         if self.count < 2:
             raise ValueError(f"padim needs at least 2 training images for a covariance, got {self.count}")
         positions, dim, _ = self.scatter.shape
         positions_per_step = max(1, step_bytes // (3 * 8 * dim * dim))
         identity = torch.eye(dim, dtype=torch.float64, device=self.scatter.device)
-        whitening = torch.empty_like(self.scatter)
-        log_det = torch.zeros((), dtype=torch.float64, device=self.scatter.device)
-        with torch.autocast(device_type=self.scatter.device.type, enabled=False):
+        whitening, self.scatter = self.scatter, torch.empty(0)  # W takes the scatter's place, a few positions at a time
+        log_det = torch.zeros((), dtype=torch.float64, device=whitening.device)
+        with torch.autocast(device_type=whitening.device.type, enabled=False):
             for start in range(0, positions, positions_per_step):
-                covariance = self.scatter[start:start + positions_per_step].double() / (self.count - 1) + epsilon * identity
+                covariance = whitening[start:start + positions_per_step].double() / (self.count - 1) + epsilon * identity
                 factor = torch.linalg.cholesky(covariance)
                 whitening[start:start + positions_per_step] = torch.linalg.solve_triangular(
                     factor, identity.expand_as(factor), upper=False).float()
                 log_det += 2 * factor.diagonal(dim1=-2, dim2=-1).log().sum()
-        self.scatter = torch.empty(0)
         return self.mean, whitening, log_det / positions
 
 
