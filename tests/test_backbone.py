@@ -3,8 +3,6 @@ layers, torchvision's own state dicts, grey-level inputs, frozen, and clear erro
 
 from __future__ import annotations
 
-from urllib.error import URLError
-
 import pytest
 import torch
 import torchvision
@@ -88,20 +86,14 @@ def test_unnormalised_inputs_go_in_as_they_are():
         backbone.prepare(torch.rand(1, 2, 8, 8))
 
 
-def test_imagenet_weights_offline_name_the_file_and_where_to_put_it(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-
-    def offline(url, *args, **kwargs):
-        raise URLError("no network")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+def test_imagenet_weights_offline_name_the_file_and_where_to_put_it(offline_hub):
     with pytest.raises(PretrainedWeightsError) as error:
         Backbone("wide_resnet50_2", ("layer2",), what="patchcore backbone", hint="Or set `weights: random`.")
     message = str(error.value)
     url = ARCHITECTURES["wide_resnet50_2"].imagenet_url
-    assert str(tmp_path / "hub" / "checkpoints" / "wide_resnet50_2-95faca4d.pth") in message
+    assert str(offline_hub / "wide_resnet50_2-95faca4d.pth") in message
     assert url in message and "patchcore backbone" in message and "weights: random" in message
-    assert pretrained_files("wide_resnet50_2", "imagenet") == [(tmp_path / "hub" / "checkpoints" / url.split("/")[-1], url)]
+    assert pretrained_files("wide_resnet50_2", "imagenet") == [(offline_hub / url.split("/")[-1], url)]
 
 
 def test_a_file_of_another_width_is_refused_naming_it(tmp_path):

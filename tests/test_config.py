@@ -77,6 +77,9 @@ def test_papers_config_runs_each_paper_on_its_own_datasets():
     assert ("mama-net", "rider") in pairs and ("proxyano", "brain-tumor-mri") in pairs
     assert not {pair for pair in pairs if pair[0].startswith("sure-roi") and pair[1] != "montgomery-shenzhen"}
     assert {job.image_size for job in jobs if job.detector.startswith("mama-net")} == {228}
+    for name in ("patchcore", "patchcore-1pct", "padim", "padim-r18"):
+        assert {dataset for detector, dataset in pairs if detector == name} == {"oct", "br35h"}, name
+    assert {job.image_size for job in jobs if job.detector.startswith(("patchcore", "padim"))} == {224}
 
 
 def test_allowed_parameters_are_listed():

@@ -1,11 +1,23 @@
 """Detectors: importing this package registers every built-in detector.
 
 ``ae`` (the baseline); the study's three: ``f-anogan``, ``ganomaly``, ``multi-kd``; the memory detectors:
-``mama-net``, ``proxyano``; the chest X-ray detectors: ``sure-roi``, ``coronet``, ``coronet-semi``; reverse
-distillation from a pretrained teacher: ``reverse-distillation``.
+``mama-net``, ``proxyano``; the chest X-ray detectors: ``sure-roi``, ``coronet``, ``coronet-semi``; the
+detectors on a pretrained feature extractor: ``patchcore``, ``padim``, ``reverse-distillation``.
 """
 
-from medad.detectors import ae, coronet, fanogan, ganomaly, mamanet, multikd, proxyano, reverse_distillation, sure_roi  # noqa: F401
+from medad.detectors import (  # noqa: F401
+    ae,
+    coronet,
+    fanogan,
+    ganomaly,
+    mamanet,
+    multikd,
+    padim,
+    patchcore,
+    proxyano,
+    reverse_distillation,
+    sure_roi,
+)
 from medad.detectors.base import Detector, NonFiniteLossError, TrainLog
 
 __all__ = ["Detector", "NonFiniteLossError", "TrainLog"]

@@ -193,6 +193,21 @@ class Detector(abc.ABC):
                 if name.endswith("epochs") and isinstance(value, int) and not isinstance(value, bool) and value > 0}
 
     @classmethod
+    def cost_terms(cls, params: dict[str, Any], n_train: int, image_size: int) -> dict[str, tuple[float, float]]:
+        """Work whose time does not follow the training images one for one, for the cost estimate
+        (:mod:`medad.benchmark.estimate`): name -> (units in a fit on ``n_train`` images of ``image_size`` px, units
+        per scored image), with ``params`` every hyper-parameter (defaults filled in). A detector that declares a
+        term also times one unit of it in :meth:`time_cost_term`. Default: none (a fit costs a set-up and its
+        epochs per training image, plus its steps; scoring a fixed time per image)."""
+        return {}
+
+    @classmethod
+    def time_cost_term(cls, name: str, params: dict[str, Any], device: torch.device) -> float:
+        """Seconds one unit of the cost term ``name`` (:meth:`cost_terms`) takes on ``device``, measured on random
+        data of the detector's own making."""
+        raise NotImplementedError(f"{cls.__name__} declares no cost term {name!r}")
+
+    @classmethod
     def check_settings(cls, params: dict[str, Any]) -> None:
         """Raise ValueError for hyper-parameters that are each in range but not valid together.
 
