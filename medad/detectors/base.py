@@ -161,6 +161,9 @@ class Detector(abc.ABC):
     # hyper-parameters whose defaults are the paper's (or its reference code's): a config that changes one
     # makes the rows differ from the paper's protocol, and the harness says so in their ``deviations`` tag
     paper_settings: ClassVar[tuple[str, ...]] = ()
+    # the input size (pixels a side) of the paper's experiments, where it states one: a job at another ``image_size``
+    # says so in its rows' ``deviations`` tag
+    paper_image_size: ClassVar[int | None] = None
     smoke_image_size: ClassVar[int] = 32
     smoke_auc_bar: ClassVar[float] = 0.7
 

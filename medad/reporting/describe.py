@@ -46,6 +46,8 @@ def describe(name: str) -> str:
         lines.append(f"  supervision: {cls.supervision}; needs: {', '.join(cls.needs) or 'nothing beyond images'}")
         if getattr(cls, "paper_settings", ()):
             lines.append(f"  the paper's settings (a change is tagged in the rows): {', '.join(cls.paper_settings)}")
+        if getattr(cls, "paper_image_size", None):
+            lines.append(f"  the paper's input size: {cls.paper_image_size} px (another image_size is tagged in the rows)")
     else:
         lines.append(f"  subsets: {', '.join(cls.subsets)}; {'a download' if cls.needs_download else 'built in'}")
     summary = (inspect.getdoc(cls) or "").splitlines()

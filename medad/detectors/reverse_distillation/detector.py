@@ -57,7 +57,6 @@ from medad.registry import register_detector
 BACKBONE = "wide_resnet50_2"
 TEACHER_LAYERS = ("layer1", "layer2", "layer3")
 WIDTH_FACTOR = 2  # WideResNet-50-2: 128 channels per group, twice ResNet-50's 64
-PAPER_IMAGE_SIZE = 256
 MIN_IMAGE_SIZE = 64  # the OCE's 1/32 map must hold more than one value per channel for BatchNorm to train
 
 
@@ -75,6 +74,7 @@ class ReverseDistillationDetector(Detector):
     paper = "Deng and Li, Anomaly Detection via Reverse Distillation from One-Class Embedding, CVPR 2022"
     paper_settings = ("epochs", "batch_size", "lr", "beta1", "beta2", "loss", "map_combine", "map_sigma",
                       "width_divisor")
+    paper_image_size = 256
     smoke_params = {"epochs": 4, "batch_size": 16, "weights": "random", "width_divisor": 16, "map_sigma": 1.0}
     smoke_image_size = 64
     # A randomly initialised teacher's features barely tell the phantoms' bright discs from normal tissue, and the
@@ -117,11 +117,6 @@ class ReverseDistillationDetector(Detector):
     @property
     def weights(self) -> str:
         return self.teacher.weights_tag
-
-    def paper_deviations(self) -> list[str]:
-        if self.image_size != PAPER_IMAGE_SIZE:
-            return [f"image_size {self.image_size} (paper: {PAPER_IMAGE_SIZE})"]
-        return []
 
     def _teacher_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
         features = self.teacher(self.to_device(images))
