@@ -32,9 +32,11 @@ Choices where the paper is silent, each a hyper-parameter: ``loss`` (the code's 
 variants of the novelty-detection experiments are not); ``width_divisor`` > 1 divides every width of teacher and
 student alike (small randomly initialised networks for tests, not the method).
 
-Speed without changing the numbers: E is frozen and deterministic and the images are not augmented, so its three
-maps for the training set are computed once and kept while they fit in ``teacher_cache_mb`` (0 turns it off);
-each training step then runs only OCBE and D.
+Speed: E is frozen and the images are not augmented, so its three maps for the training set are computed once (in
+batches of ``batch_size``) and kept while they fit in ``teacher_cache_mb`` (0 turns it off); each training step then
+runs only OCBE and D. The cached maps equal the ones a step would compute up to float rounding (a convolution over
+another batch may round differently), which Adam carries into the weights as it does any change of summation order:
+a fit with the cache is as reproducible as one without, but not bit-identical to it at full width.
 """
 
 from __future__ import annotations
@@ -131,7 +133,7 @@ class ReverseDistillationDetector(Detector):
             return None
         parts: list[list[torch.Tensor]] = []
         with torch.no_grad():
-            for batch in train.batches(max(self.batch_size, 64)):
+            for batch in train.batches(self.batch_size):
                 parts.append(self._teacher_maps(batch))
         return [torch.cat(scale) for scale in zip(*parts)]
 
