@@ -23,7 +23,9 @@ What is made equal on purpose, and where the two differ (the README lists the me
 - PatchCore: medad with ``target_dim: 0`` (anomalib does not reduce the concatenated layer2 + layer3 features to the
   paper's 1024 dimensions); each side selects its own 10 % coreset on its own random projection (anomalib: a sparse
   projection, medad: a dense 128-d one), so the banks differ; variant ``same bank`` scores anomalib with medad's
-  memory bank to separate the search and the score from the selection;
+  memory bank to separate the search and the score from the selection, and ``anomalib vs anomalib reseeded``
+  compares anomalib with itself after another draw of its coreset's projection and first centre (in that row
+  "medad" stands for anomalib's first draw): how much the selection's randomness alone moves the scores;
 - PaDiM: anomalib's randomly drawn channel indices replaced by medad's (the same random dimensionality reduction);
 - Reverse Distillation: anomalib 2.7 builds the one-class embedding (OCE) at ResNet-50's width (64 per group,
   512-wide blocks) where the authors' code builds WideResNet-50-2's (128 per group, 1024-wide), as medad does: the
@@ -220,15 +222,25 @@ def compare_patchcore(subset, args: argparse.Namespace) -> list[Agreement]:
     copy_backbone(detector.backbone, model.feature_extractor)
     inputs = detector.backbone.prepare(test)
 
+    embeddings: list[torch.Tensor] = []
+
     def anomalib_fit() -> None:
         model.train()
         with torch.no_grad():
             batched(model, detector.backbone.prepare(train.float_images()))
+        embeddings.extend(model.embedding_store)
         model.subsample_embedding(args.coreset_fraction)
 
     (_, fit_s), (_, their_fit_s) = timed(lambda: detector.fit(train)), timed(anomalib_fit)
     medad, theirs, medad_s, theirs_s = score_both(detector, model, test, inputs)
     rows = [agreement("patchcore", "own coreset", subset.test.labels, medad, theirs, (fit_s + medad_s, their_fit_s + theirs_s))]
+    # how far anomalib is from itself when only its coreset's random draws change (projection, first centre)
+    torch.manual_seed(args.seed + 1)
+    model.embedding_store = list(embeddings)
+    model.subsample_embedding(args.coreset_fraction)
+    again = anomalib_scoring(model, inputs)
+    rows.append(agreement("patchcore", "anomalib vs anomalib reseeded", subset.test.labels, theirs, again,
+                          (their_fit_s + theirs_s, float("nan"))))
     model.memory_bank = detector.bank.clone()
     rows.append(agreement("patchcore", "same bank", subset.test.labels, medad, anomalib_scoring(model, inputs),
                           (medad_s, float("nan"))))
