@@ -386,7 +386,8 @@ def agreement_main(argv: list[str]) -> int:
             writer = csv.writer(handle)
             writer.writerow([f.name for f in dataclasses.fields(Agreement)] + ["auc_difference"])
             writer.writerows([*dataclasses.astuple(row), row.auc_difference] for row in rows)
-    failed = [row for row in rows if row.spearman < 0.99 or row.auc_difference > 0.01]
+    failed = [row for row in rows if not row.variant.startswith("anomalib vs")  # a reference row, not medad
+              and (row.spearman < 0.99 or row.auc_difference > 0.01)]
     for row in failed:
         print(f"NOT AGREEING: {row.detector} ({row.variant}): Spearman {row.spearman:.4f} (>= 0.99 wanted), ROC AUC "
               f"difference {row.auc_difference:.4f} (<= 0.01 wanted)")
