@@ -57,6 +57,20 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
             handle.write(f"{report.nodeid}\n")
 
 
+@pytest.fixture
+def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty torch hub cache (``TORCH_HOME`` in the test's folder) on a machine whose downloads fail as offline
+    ones do; returns the folder torchvision's weights API looks in (``<TORCH_HOME>/hub/checkpoints``)."""
+    from urllib.error import URLError
+
+    def offline(url, *args, **kwargs):
+        raise URLError("no network")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    return tmp_path / "hub" / "checkpoints"
+
+
 def tiny_synthetic(image_size: int = 32, subset: str = "obvious", **params):
     """A small, very obvious synthetic subset: what smoke fits are judged on."""
     from medad.datasets.synthetic import SyntheticHeadCT

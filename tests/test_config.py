@@ -77,6 +77,32 @@ def test_papers_config_runs_each_paper_on_its_own_datasets():
     assert ("mama-net", "rider") in pairs and ("proxyano", "brain-tumor-mri") in pairs
     assert not {pair for pair in pairs if pair[0].startswith("sure-roi") and pair[1] != "montgomery-shenzhen"}
     assert {job.image_size for job in jobs if job.detector.startswith("mama-net")} == {228}
+    for name in ("patchcore", "patchcore-1pct", "padim", "padim-r18"):
+        assert {dataset for detector, dataset in pairs if detector == name} == {"oct", "br35h"}, name
+    assert {job.image_size for job in jobs if job.detector.startswith(("patchcore", "padim"))} == {224}
+    assert {(job.dataset, job.subset) for job in jobs if job.detector == "reverse-distillation"} == {
+        ("oct", "cnv"), ("oct", "dme"), ("oct", "drusen"), ("oct", "all"), ("br35h", "default")}
+    assert {job.image_size for job in jobs if job.detector == "reverse-distillation"} == {256}
+
+
+def test_modern_config_runs_the_three_feature_detectors_at_the_study_and_paper_sizes_beside_the_controls():
+    """Needs the control detectors (intensity, histogram, mean-image) registered."""
+    from medad.benchmark.fit_sharing import fit_ids
+    from medad.benchmark.jobs import expand_jobs
+
+    study, modern = load_config("study"), load_config("modern")
+    jobs = expand_jobs(modern, "/data")
+    sizes = {job.detector: job.image_size for job in jobs}
+    assert sizes == {"patchcore": 128, "patchcore-224": 224, "padim": 128, "padim-224": 224, "reverse-distillation": 128,
+                     "reverse-distillation-256": 256, "intensity": 128, "histogram": 128, "mean-image": 128}
+    study_units = {(job.dataset, job.subset) for job in expand_jobs(study, "/data")}
+    assert {(job.dataset, job.subset) for job in jobs} == study_units | {("oct", "all")}
+    assert modern.seeds == study.seeds and modern.channels == study.channels
+    assert all(entry.params.get("val_source") == "train" for entry in modern.datasets)
+    assert not any(entry.params for entry in modern.detectors if entry.name in ("padim", "reverse-distillation"))
+    ids = fit_ids(jobs)
+    oct_fits = {ids[job.job_id] for job in jobs if job.dataset == "oct" and job.detector == "reverse-distillation"}
+    assert len(oct_fits) == len(modern.seeds)  # cnv, dme, drusen and all share one fit per seed
 
 
 def test_allowed_parameters_are_listed():

@@ -68,6 +68,8 @@ def test_the_budget_each_detector_declares():
     semi = DETECTORS.get("coronet-semi")
     assert semi.training_budget(estimate_module.resolved_params(semi, {})) == {
         "epochs": "epochs", "cin_epochs": "epochs", "anomaly_ae_steps": "steps"}
+    distillation = DETECTORS.get("reverse-distillation")  # its teacher's cache (MB) is no budget
+    assert distillation.training_budget(estimate_module.resolved_params(distillation, {})) == {"epochs": "epochs"}
 
 
 def tiny_jobs(tmp_path, name: str, n_train: int, epochs: int, seeds=(0,)):
@@ -144,3 +146,35 @@ def test_the_study_dry_run_on_the_publishers_layouts_estimates_what_it_can_read(
     assert "head-ct__default__ganomaly__seed0" in out and "unknown: dataset unreadable" in out
     assert "study: 4 jobs, 2 fits, about" in out and "1 jobs unknown (not counted)" in out  # OCT's tasks: one fit
     assert sum(" shared " in line for line in out.splitlines() if line.startswith("oct__")) == 2
+
+
+def test_cost_terms_follow_the_work_that_does_not_scale_with_the_images(tmp_path, monkeypatch):
+    """PatchCore's coreset (quadratic in a chunk) and search (per scored image, growing with the bank): the estimate
+    adds each term's units x its timed seconds per unit, and takes the terms' share out of the calibration's set-up."""
+    from medad.detectors.patchcore import PatchCoreDetector
+
+    unit = {"coreset_steps": 1e-5, "coreset_distances": 1e-10, "search": 1e-11}
+    monkeypatch.setattr(PatchCoreDetector, "time_cost_term", classmethod(lambda cls, name, params, device: unit[name]))
+    params = {**PatchCoreDetector.smoke_params, "batch_size": 8}
+    config = write_config(tmp_path / "p.yaml", name="p", detectors=[{"name": "patchcore", "params": params}],
+                          dataset_params={"n_train": 48, "n_val": 8, "n_test": 16})
+    job = expand_jobs(load_config(config))[0]
+    result = estimate_jobs([job], n_cal=16)
+    calibration, estimate = next(iter(result.calibrations.values())), result.jobs[0]
+    full = estimate_module.resolved_params(PatchCoreDetector, params)
+    terms = PatchCoreDetector.cost_terms(full, 48, 32)
+    assert calibration.term_s == unit
+    # 48 images x 4 x 4 patches of 96 floats, 10 %, one chunk: 76 steps of 768 distances in 96 dimensions
+    assert terms == {"coreset_steps": (76, 0.0), "coreset_distances": (76 * 768 * 96, 0.0), "search": (0.0, 16 * 76 * 96)}
+    assert estimate.fit_s == pytest.approx(calibration.setup_s_per_image * 48 + 76 * 1e-5 + 76 * 768 * 96 * 1e-10)
+    assert estimate.score_s == pytest.approx((calibration.score_s_per_image + 16 * 76 * 96 * 1e-11) * estimate.n_scored)
+    # the fit the detector really makes does that much work
+    detector = PatchCoreDetector(image_size=32, channels=1, **params)
+    detector.fit(job_subset(job).train)
+    assert detector.bank.shape == (76, 96) and detector.plan.chunks == 1
+
+
+def job_subset(job):
+    from medad.benchmark.job_runner import load_subset
+
+    return load_subset(job)

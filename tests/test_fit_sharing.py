@@ -79,6 +79,24 @@ def test_oct_tasks_train_on_the_same_normals_even_when_a_normal_copies_one_tasks
     assert len(loaded["cnv"].train) + len(loaded["cnv"].val) == 20
 
 
+def test_oct_all_pools_the_three_diseases_against_the_same_normals_and_shares_their_fit(data_root, tmp_path):
+    """BMAD's OCT2017 protocol: every test image of the three tasks in one test set, trained as they are."""
+    from medad.benchmark.fit_sharing import fit_ids
+
+    dataset = RetinalOCT(root=data_root / "oct", image_size=32)
+    loaded = {subset: dataset.load(subset) for subset in (*SUBSETS, "all")}
+    pooled = loaded["all"]
+    assert pooled.train.ids == loaded["cnv"].train.ids and pooled.val.ids == loaded["cnv"].val.ids
+    assert sorted(pooled.test.ids) == sorted(set().union(*(loaded[s].test.ids for s in SUBSETS)))
+    anomalies = {i.split("/")[1] for i, label in zip(pooled.test.ids, pooled.test.labels) if label == 1}
+    assert anomalies == {"CNV", "DME", "DRUSEN"}
+    assert int(pooled.test.labels.sum()) == 3 * int(loaded["cnv"].test.labels.sum())
+    assert {i.split("/")[1] for i, label in zip(pooled.test.ids, pooled.test.labels) if label == 0} == {"NORMAL"}
+    config = load_config(oct_config(tmp_path / "c.yaml", data_root, [{"name": "ae", "params": {"epochs": 1}}],
+                                    subsets=(*SUBSETS, "all")))
+    assert len(set(fit_ids(expand_jobs(config)).values())) == 1
+
+
 def test_fit_ids_share_across_oct_tasks_but_not_seeds_settings_or_test_set_seeing_detectors(data_root, tmp_path):
     from medad.benchmark.fit_sharing import fit_ids, fit_units
 

@@ -185,6 +185,20 @@ def test_packaged_paper_results_hold_the_study_table():
     assert value.tolist() == [pytest.approx(0.934)]
 
 
+def test_packaged_bmad_oct_rows_are_compared_with_the_pooled_oct_subset_only():
+    paper = load_paper_results()
+    bmad = paper[paper["source"] == "bao2023-bmad-table"]
+    assert dict(zip(bmad["detector"], bmad["value"])) == {
+        "patchcore": 0.9857, "reverse-distillation": 0.9730, "padim": 0.9175, "f-anogan": 0.7342, "ganomaly": 0.7047,
+        "multi-kd": 0.9674}
+    assert set(bmad["dataset"] + "/" + bmad["subset"]) == {"oct/all"} and set(bmad["split_match"]) == {"sizes"}
+    metrics = pd.DataFrame([{"dataset": "oct", "subset": subset, "detector": "reverse-distillation", "seed": 0,
+                             "metric": "roc_auc", "threshold_policy": "none", "value": 0.95} for subset in ("cnv", "all")])
+    compared = compare(paper, metrics)
+    row = compared[compared["source"] == "bao2023-bmad-table"]
+    assert row["unit"].tolist() == ["oct/all"] and row["difference"].tolist() == [pytest.approx(0.95 - 0.973)]
+
+
 def test_paper_results_errors_name_the_file_and_row(tmp_path):
     path = tmp_path / "paper_results_x.csv"
     header = "source,paper,dataset,subset,detector,metric,value,threshold_policy,split_match,note\n"

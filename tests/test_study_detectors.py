@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import math
-from urllib.error import URLError
 
 import pytest
 import torch
@@ -66,7 +65,9 @@ def test_ganomaly_networks_at_128_px_match_the_reference():
 def test_multikd_networks_at_128_px_match_the_reference():
     source = build_source()
     cloner = build_cloner(source)
-    assert count_parameters(source) == sum(p.numel() for p in torchvision.models.vgg16().features.parameters())
+    # the source is the shared, frozen backbone block: its weights are all VGG16's, none of them trainable
+    assert sum(p.numel() for p in source.parameters()) == sum(p.numel() for p in torchvision.models.vgg16().features.parameters())
+    assert count_parameters(source) == 0
     assert list(source.features.state_dict()) == list(torchvision.models.vgg16().features.state_dict())
     assert 340_000 < count_parameters(cloner) < 348_000  # "≈344 k", config "B"
     expected = [(128, 32), (256, 16), (512, 8), (512, 4)]  # pool2..pool5
@@ -203,17 +204,11 @@ def test_multikd_missing_local_file_names_it(tmp_path):
         small_multikd(source=str(tmp_path / "nowhere.pth"))
 
 
-def test_multikd_imagenet_offline_says_which_file_to_put_where(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-
-    def offline(url, *args, **kwargs):
-        raise URLError("no network")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+def test_multikd_imagenet_offline_says_which_file_to_put_where(offline_hub):
     with pytest.raises(PretrainedWeightsError) as error:
         MultiKDDetector(image_size=32, channels=1, source="imagenet")
     message = str(error.value)
-    assert str(tmp_path / "hub" / "checkpoints" / IMAGENET_FILE) in message
+    assert str(offline_hub / IMAGENET_FILE) in message
     assert "source: random" in message and f"download.pytorch.org/models/{IMAGENET_FILE}" in message
 
 

@@ -7,6 +7,12 @@ whatever ``n_train``). Its time is taken as
     fit_s = n_train x (setup + sum over epoch budgets of value x epoch) + sum over step budgets of value x step
 
 with ``epoch`` and ``setup`` in seconds per training image and ``step`` in seconds per batch, all measured here.
+A detector whose work does not follow its training images one for one declares cost terms
+(:meth:`~medad.detectors.base.Detector.cost_terms`: PatchCore's coreset selection, quadratic in the patches of a
+chunk, and its nearest-neighbour search, whose cost per scored image grows with the memory bank; PaDiM's
+covariance inversions, once per fit): each adds ``units(n_train) x seconds per unit`` to the fit or to every scored
+image, the seconds per unit timed by the detector on random data (:meth:`~medad.detectors.base.Detector.time_cost_term`)
+and the terms' share of the calibration fit and its scoring taken out of ``setup`` and the scoring time.
 
 The calibration (:func:`calibrate`) builds the detector with the job's own hyper-parameters, input size and
 channels on the job's device, precision and memory format, and fits it on ``n_cal`` random images (two
@@ -107,14 +113,22 @@ class Calibration:
     score_s_per_image: float
     n_cal: int
     timed_s: float             # what the calibration itself took
+    term_s: dict[str, float] = field(default_factory=dict)  # cost term name -> seconds per unit
 
-    def fit_seconds(self, params: dict[str, Any], n_train: int) -> float:
-        """The estimated seconds of a fit with ``params`` (budget values) on ``n_train`` training images."""
+    def fit_seconds(self, params: dict[str, Any], n_train: int,
+                    terms: dict[str, tuple[float, float]] | None = None) -> float:
+        """The estimated seconds of a fit with ``params`` (budget values) on ``n_train`` training images; ``terms``:
+        the detector's :meth:`~medad.detectors.base.Detector.cost_terms` at ``n_train``."""
         total = self.setup_s_per_image * n_train
         for name, unit in self.budget.items():
             value = params[name]
             total += value * self.unit_s[name] * (n_train if unit == "epochs" else 1)
-        return total
+        return total + sum(self.term_s[name] * fit for name, (fit, _) in (terms or {}).items())
+
+    def score_seconds(self, n_scored: int, terms: dict[str, tuple[float, float]] | None = None) -> float:
+        """The estimated seconds of scoring ``n_scored`` images (``terms`` as in :meth:`fit_seconds`)."""
+        per_image = self.score_s_per_image + sum(self.term_s[name] * score for name, (_, score) in (terms or {}).items())
+        return per_image * n_scored
 
 
 def calibration_key(cls: type[Detector], params: dict[str, Any], budget: dict[str, str], image_size: int,
@@ -210,9 +224,14 @@ def calibrate(detector_name: str, params: dict[str, Any], *, image_size: int, ch
             per_unit = max(0.0, raised - base) / extra
             unit_s[name] = per_unit / n_cal if unit == "epochs" else per_unit
     one_of_each = sum(unit_s[name] * (n_cal if unit == "epochs" else 1) for name, unit in budget.items())
+    terms = cls.cost_terms(full, n_cal, image_size)
+    term_s = {name: cls.time_cost_term(name, full, resolved) for name in terms}
+    in_fit = sum(term_s[name] * fit for name, (fit, _) in terms.items())
+    in_score = sum(term_s[name] * per_image for name, (_, per_image) in terms.items())
     calibration = Calibration(device=device_label(resolved), budget=budget,
-                              setup_s_per_image=max(0.0, base - one_of_each) / n_cal, unit_s=unit_s,
-                              score_s_per_image=score, n_cal=n_cal, timed_s=time.perf_counter() - started)
+                              setup_s_per_image=max(0.0, base - one_of_each - in_fit) / n_cal, unit_s=unit_s,
+                              score_s_per_image=max(0.0, score - in_score), n_cal=n_cal,
+                              timed_s=time.perf_counter() - started, term_s=term_s)
     if use_cache:
         write_text_atomic(path, json.dumps(asdict(calibration), indent=1) + "\n")
     if progress is not None:
@@ -320,11 +339,13 @@ def estimate_jobs(jobs: list[Job], share_fits: bool = True, *, n_cal: int | None
             continue
         devices.add(calibration.device)
         gpu = gpu or resolve_device(job.device).type == "cuda"
-        full = resolved_params(DETECTORS.get(job.detector_name), job.detector_params)
-        estimate.score_s = calibration.score_s_per_image * estimate.n_scored
+        cls = DETECTORS.get(job.detector_name)
+        full = resolved_params(cls, job.detector_params)
+        terms = cls.cost_terms(full, estimate.n_train, job.image_size)
+        estimate.score_s = calibration.score_seconds(estimate.n_scored, terms)
         if fit_id not in counted:
             counted.add(fit_id)
-            estimate.fit_s = calibration.fit_seconds(full, estimate.n_train)
+            estimate.fit_s = calibration.fit_seconds(full, estimate.n_train, terms)
     total = sum(e.total_s for e in estimates if e.total_s is not None)
     fits = len({e.fit_id for e in estimates})
     device = ", ".join(sorted(devices)) or "no device (nothing calibrated)"

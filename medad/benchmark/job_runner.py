@@ -158,6 +158,9 @@ def setting_deviations(cls: type[Detector], params: dict[str, Any]) -> list[str]
 def detector_tags(detector: Detector, params: dict[str, Any] | None = None) -> dict[str, str]:
     """Columns that say what kind of result a row is (supervision, weights, protocol tags, deviations)."""
     deviations = setting_deviations(type(detector), params or {}) + detector.paper_deviations()
+    paper_size = type(detector).paper_image_size
+    if paper_size and detector.image_size != paper_size:
+        deviations.append(f"image_size {detector.image_size} (paper: {paper_size})")
     return {"supervision": detector.supervision, "weights": detector.weights, **detector.extra_tags(),
             **({"deviations": "; ".join(deviations)} if deviations else {})}
 

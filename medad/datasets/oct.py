@@ -4,8 +4,11 @@
 end with a space or an underscore; some versions hold a second copy, of which the shallowest is
 read). Study (Esmaeili et al., TABLE 1): train = all of ``train/NORMAL`` (26315), test = the 242
 test normals plus the 242 test images of one disease, three tasks (subsets ``cnv``, ``dme``,
-``drusen``). The publisher's patient-level train/test split is kept; the validation normals are
-carved from ``train/NORMAL`` by patient. ``val/`` (8 per class) and the diseased training images
+``drusen``). Subset ``all`` is BMAD's OCT2017 protocol (Bao et al., 2023) and ProxyAno's: the same
+test normals against the test images of all three diseases pooled (242 + 726 with the Kaggle release;
+250 + 750 with Mendeley v2). The publisher's patient-level train/test split is kept; the validation
+normals are carved from ``train/NORMAL`` by patient. The four subsets share one split and train on
+the same normals, so one fit serves all four. ``val/`` (8 per class) and the diseased training images
 are not used.
 """
 
@@ -29,10 +32,11 @@ def _class_dirs(split: Path | None) -> dict[str, Path] | None:
 
 @register_dataset("oct")
 class RetinalOCT(FileDataset):
-    """Kermany OCT2017: NORMAL vs CNV / DME / DRUSEN, one subset per disease."""
+    """Kermany OCT2017: NORMAL vs CNV / DME / DRUSEN, one subset per disease, and ``all`` pooling the three."""
 
-    paper = "Retinal OCT (Kermany et al. 2018, OCT2017); study TABLE 1: 26315 normals train, 242+242 test per disease"
-    subsets = ("cnv", "dme", "drusen")
+    paper = ("Retinal OCT (Kermany et al. 2018, OCT2017); study TABLE 1: 26315 normals train, 242+242 test per disease; "
+             "all: BMAD's 242 normals + 726 diseased")
+    subsets = ("cnv", "dme", "drusen", "all")
     expected_layout = ("  OCT2017 /train/{CNV,DME,DRUSEN,NORMAL}/CNV-1016042-1.jpeg ...\n"
                        "  OCT2017 /test/{CNV,DME,DRUSEN,NORMAL}/...")
     download = 'Kaggle dataset "paultimothymooney/kermany2018" (or Mendeley Data "Labeled OCT and Chest X-Ray Images", OCT2017.tar.gz)'
@@ -59,18 +63,20 @@ class RetinalOCT(FileDataset):
         return records
 
     def select(self, subset: str, records: list[Record]) -> list[Record]:
+        if subset == "all":
+            return records
         disease = subset.upper()
         return [r for r in records if r.category.endswith("/NORMAL") or r.category == f"test/{disease}"]
 
     def decode_view(self, subset: str) -> str:
-        return "all"  # the normals are shared by the three tasks: decode them once
+        return "all"  # the normals are shared by the four subsets: decode them once
 
     def split_scope(self, subset: str, records: list[Record]) -> list[Record]:
         return records  # one split for the three tasks: the same training, validation and test normals
 
     @classmethod
     def training_view(cls, subset: str) -> str:
-        return "normals"  # the three tasks train on the same normals (split_scope): one fit serves all three
+        return "normals"  # the four subsets train on the same normals (split_scope): one fit serves all four
 
     def ignored(self, relpath: str) -> bool:
         parts = relpath.split("/")

@@ -169,6 +169,9 @@ class Detector(abc.ABC):
     # hyper-parameters whose defaults are the paper's (or its reference code's): a config that changes one
     # makes the rows differ from the paper's protocol, and the harness says so in their ``deviations`` tag
     paper_settings: ClassVar[tuple[str, ...]] = ()
+    # the input size (pixels a side) of the paper's experiments, where it states one: a job at another ``image_size``
+    # says so in its rows' ``deviations`` tag
+    paper_image_size: ClassVar[int | None] = None
     smoke_image_size: ClassVar[int] = 32
     smoke_auc_bar: ClassVar[float] = 0.7
 
@@ -199,6 +202,21 @@ class Detector(abc.ABC):
         every integer hyper-parameter named ``*epochs`` that ``params`` sets above 0."""
         return {name: "epochs" for name, value in params.items()
                 if name.endswith("epochs") and isinstance(value, int) and not isinstance(value, bool) and value > 0}
+
+    @classmethod
+    def cost_terms(cls, params: dict[str, Any], n_train: int, image_size: int) -> dict[str, tuple[float, float]]:
+        """Work whose time does not follow the training images one for one, for the cost estimate
+        (:mod:`medad.benchmark.estimate`): name -> (units in a fit on ``n_train`` images of ``image_size`` px, units
+        per scored image), with ``params`` every hyper-parameter (defaults filled in). A detector that declares a
+        term also times one unit of it in :meth:`time_cost_term`. Default: none (a fit costs a set-up and its
+        epochs per training image, plus its steps; scoring a fixed time per image)."""
+        return {}
+
+    @classmethod
+    def time_cost_term(cls, name: str, params: dict[str, Any], device: torch.device) -> float:
+        """Seconds one unit of the cost term ``name`` (:meth:`cost_terms`) takes on ``device``, measured on random
+        data of the detector's own making."""
+        raise NotImplementedError(f"{cls.__name__} declares no cost term {name!r}")
 
     @classmethod
     def check_settings(cls, params: dict[str, Any]) -> None:

@@ -55,6 +55,8 @@ def describe(name: str) -> str:
             lines += ["  what it measures:"] + [f"    {line}".rstrip() for line in _module_doc(cls).splitlines()]
         if getattr(cls, "paper_settings", ()):
             lines.append(f"  the paper's settings (a change is tagged in the rows): {', '.join(cls.paper_settings)}")
+        if getattr(cls, "paper_image_size", None):
+            lines.append(f"  the paper's input size: {cls.paper_image_size} px (another image_size is tagged in the rows)")
     else:
         lines.append(f"  subsets: {', '.join(cls.subsets)}; {'a download' if cls.needs_download else 'built in'}")
     summary = (inspect.getdoc(cls) or "").splitlines()

@@ -37,7 +37,7 @@ from medad.datasets.base import ImageSet
 from medad.detectors.base import Detector, TrainLog
 from medad.detectors.multikd.losses import distillation_terms
 from medad.detectors.multikd.networks import SCORE_POINTS, build_cloner, build_source
-from medad.detectors.multikd.source import IMAGENET_URL, hub_checkpoint_path, load_source_weights, weights_tag
+from medad.detectors.multikd.source import HINT, WHAT, source_files, weights_tag
 from medad.detectors.protocol import PROTOCOLS, check_protocol
 from medad.detectors.scoring import gaussian_blur
 from medad.detectors.study_inputs import check_choice, to_network
@@ -58,10 +58,7 @@ class MultiKDDetector(Detector):
 
     @classmethod
     def pretrained_files(cls, params: dict) -> list[tuple[Path, str]]:
-        source = params.get("source", "imagenet")
-        if source == "random":
-            return []
-        return [(hub_checkpoint_path(), IMAGENET_URL)] if source == "imagenet" else [(Path(source).expanduser(), "")]
+        return source_files(params.get("source", "imagenet"))
 
     @classmethod
     def check_input(cls, image_size: int, channels: int, params: dict) -> None:
@@ -82,9 +79,7 @@ class MultiKDDetector(Detector):
         self.epochs, self.batch_size, self.lr, self.lamda = epochs, batch_size, lr, lamda
         self.source_name, self.map_sigma, self.source_cache_mb = source, map_sigma, source_cache_mb
         torch.manual_seed(self.seed)
-        self.source = build_source(source_width_divisor)
-        load_source_weights(self.source, source)
-        self.source.to(self.device).eval().requires_grad_(False)
+        self.source = build_source(source_width_divisor, source, WHAT, HINT).to(self.device)
         self.cloner = build_cloner(self.source, cloner_width, equal_network_size).to(self.device)
 
     @property

@@ -2,8 +2,10 @@
 Detection"; official code Niousha12/Knowledge_Distillation_AD ``models/network.py``; spec section 5.1-5.2).
 
 Source S: torchvision's VGG16 ``features`` (31 modules, no BatchNorm), read at its critical points
-(CPs) pool2, pool3, pool4, pool5. Cloner C: the reference's config "B": a VGG-like stack of 13 bias-free
-3x3 convolutions, Xavier-uniform initialised, BatchNorm + ReLU after each except the last conv of a
+(CPs) pool2, pool3, pool4, pool5: the shared pretrained feature extractor
+(:class:`~medad.detectors.blocks.backbone.Backbone`, ``vgg16``, [0, 1] inputs without ImageNet
+standardisation, as the reference feeds them), its weights set by the ``source`` parameter (:mod:`.source`).
+Cloner C: the reference's config "B": a VGG-like stack of 13 bias-free 3x3 convolutions, Xavier-uniform initialised, BatchNorm + ReLU after each except the last conv of a
 stage (conv + ReLU), a 2x2 max-pool closing each stage; all convolutions are 16 wide except the last
 of stages 2-5, which match the source's CP widths (128, 256, 512, 512), ≈344 k weights.
 """
@@ -13,17 +15,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-# torchvision's VGG16 ("D") widths per stage; each stage ends with a max-pool.
-VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+from medad.detectors.blocks.backbone import Backbone, check_width_divisor
+
 CRITICAL_STAGES = (1, 2, 3, 4)  # 0-based stages whose pool outputs are the CPs: pool2..pool5
+CRITICAL_POINTS = tuple(f"pool{stage + 1}" for stage in CRITICAL_STAGES)
 SCORE_POINTS = (1, 2, 3)  # the test score uses pool3, pool4, pool5 (positions in the CP list)
-
-
-def source_stages(width_divisor: int = 1) -> tuple[tuple[int, ...], ...]:
-    """VGG16's widths divided by ``width_divisor`` (1: the real VGG16; >1: small test sources)."""
-    if width_divisor < 1 or any(w % width_divisor for stage in VGG16_STAGES for w in stage):
-        raise ValueError(f"source_width_divisor must divide 64, got {width_divisor}")
-    return tuple(tuple(w // width_divisor for w in stage) for stage in VGG16_STAGES)
 
 
 class ReLUGuidable(nn.ReLU):
@@ -86,13 +82,26 @@ class TappedVGG(nn.Module):
                 module.guided = guided
 
 
-def build_source(width_divisor: int = 1) -> TappedVGG:
+class Source(Backbone):
+    """S: the frozen VGG16 trunk read at the CPs, returned as the list ``[pool2, pool3, pool4, pool5]``."""
+
+    def __init__(self, width_divisor: int = 1, weights: str = "random", what: str = "", hint: str = "") -> None:
+        super().__init__("vgg16", CRITICAL_POINTS, weights=weights, width_divisor=width_divisor, normalize=False,
+                         what=what, hint=hint)
+        self.cp_channels = [self.channels[point] for point in CRITICAL_POINTS]
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return list(super().forward(images).values())
+
+
+def build_source(width_divisor: int = 1, weights: str = "random", what: str = "", hint: str = "") -> Source:
     """S: VGG16 ``features`` (torchvision layout: conv with bias + ReLU, max-pools; module indices match
-    ``torchvision.models.vgg16().features`` so its state dict loads directly)."""
-    return TappedVGG(source_stages(width_divisor), batch_norm=False, bias=True)
+    ``torchvision.models.vgg16().features`` so its state dict loads directly), channel counts divided by
+    ``width_divisor``, with ``weights`` (``random``, ``imagenet`` or a path: see :mod:`.source`)."""
+    return Source(check_width_divisor(width_divisor, "source_width_divisor"), weights, what, hint)
 
 
-def build_cloner(source: TappedVGG, width: int = 16, equal_size: bool = False) -> TappedVGG:
+def build_cloner(source: nn.Module, width: int = 16, equal_size: bool = False) -> TappedVGG:
     """C: config "B" (``width``-wide except the CP stages' last convs, which match the source) or, with
     ``equal_size``, config "A" (the source's widths). Bias-free, BatchNorm, Xavier-uniform init."""
     widths = [tuple(layer.out_channels for layer in stage) for stage in _conv_stages(source)]
@@ -106,7 +115,7 @@ def build_cloner(source: TappedVGG, width: int = 16, equal_size: bool = False) -
     return cloner
 
 
-def _conv_stages(network: TappedVGG) -> list[list[nn.Conv2d]]:
+def _conv_stages(network: nn.Module) -> list[list[nn.Conv2d]]:
     stages, current = [], []
     for layer in network.features:
         if isinstance(layer, nn.Conv2d):
