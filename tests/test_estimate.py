@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 
 import pytest
 
@@ -25,25 +26,30 @@ def own_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(estimate_module, "_WARM_CPU", set())
 
 
-def counting_fits(monkeypatch) -> list[dict]:
-    """Record the hyper-parameters of every timed calibration fit."""
+def counting_fits(monkeypatch, seconds: Callable[[dict], float] | None = None) -> list[dict]:
+    """Record the hyper-parameters of every timed calibration fit; with ``seconds``, each fit still runs but its
+    timing is ``seconds(params)`` (a modelled clock: the estimate's arithmetic, free of the machine's noise)."""
     calls: list[dict] = []
     real = estimate_module._timed_fit
 
     def counted(cls, params, *args):
         calls.append(dict(params))
-        return real(cls, params, *args)
+        took, detector = real(cls, params, *args)
+        return (seconds(params) if seconds is not None else took), detector
 
     monkeypatch.setattr(estimate_module, "_timed_fit", counted)
     return calls
 
 
 def test_a_calibration_times_each_budget_once_and_is_cached(tmp_path, monkeypatch):
-    fits = counting_fits(monkeypatch)
+    fits = counting_fits(monkeypatch, seconds=lambda params: 0.5 + 0.25 * params["epochs"])
     first = calibrate("ae", TINY_AE, image_size=32, channels=1, device="cpu", n_cal=16)
     # a warm-up (the process's first) and a base fit with one epoch, then one with 1 + 1 epochs
     assert [f["epochs"] for f in fits] == [1, 1, 2]
-    assert first.budget == {"epochs": "epochs"} and first.unit_s["epochs"] > 0 and first.score_s_per_image > 0
+    # one epoch over the 16 images costs 0.25 s, the rest of a fit 0.5 s (a timing shorter than the machine's noise
+    # would make the measured difference zero: the modelled clock checks the arithmetic, not this machine)
+    assert first.budget == {"epochs": "epochs"} and first.unit_s["epochs"] == pytest.approx(0.25 / 16)
+    assert first.setup_s_per_image == pytest.approx(0.5 / 16) and first.score_s_per_image > 0
     assert first.n_cal == 16 and "threads" in first.device
     cached = list((tmp_path / "cache" / "calibration").glob("*.json"))
     assert len(cached) == 1 and json.loads(cached[0].read_text())["budget"] == {"epochs": "epochs"}

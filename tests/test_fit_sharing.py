@@ -264,11 +264,11 @@ def test_dry_run_of_the_study_shows_the_oct_tasks_sharing_one_fit_per_seed(data_
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if line.strip().startswith("oct ")]
     frame = pd.DataFrame([(r[1], r[2], r[3], r[-1]) for r in rows], columns=["subset", "detector", "seed", "fit"])
-    assert len(frame) == 45 and set(frame["subset"]) == set(SUBSETS)
+    assert len(frame) == 72 and set(frame["subset"]) == set(SUBSETS)  # (5 detectors + 3 controls) x 3 tasks x 3 seeds
     per_unit = frame.groupby(["detector", "seed"])["fit"].nunique()
     assert (per_unit.drop("ganomaly-reference") == 1).all()        # one fit per seed for the three tasks ...
     assert (per_unit["ganomaly-reference"] == 3).all()             # ... except where training sees the test set
-    assert "135 jobs, 111 fits" in out                              # 4 detectors x 3 seeds x 2 fits saved
+    assert "216 jobs, 174 fits" in out                              # 7 detectors x 3 seeds x 2 fits saved
 
 
 @pytest.mark.parametrize("executor", ["pool", "slurm", "ray"])

@@ -40,12 +40,12 @@ def test_the_study_without_data_root_fails_in_preflight_listing_every_root_and_m
     assert not results.exists()
 
 
-def test_dry_run_lists_the_135_study_jobs_quickly(tmp_path, capsys):
+def test_dry_run_lists_the_216_study_jobs_quickly(tmp_path, capsys):
     started = time.perf_counter()
     status = main(["run", "--config", "study", "--dry-run", "--data-root", str(tmp_path / "nowhere")])
     elapsed = time.perf_counter() - started
     out, err = capsys.readouterr()
-    assert status == 2 and "135 jobs: 135 pending" in out and "does not exist" in err
+    assert status == 2 and "216 jobs: 216 pending" in out  # 135 of the study, 81 of the controls and "does not exist" in err
     assert elapsed < 5, f"the dry run took {elapsed:.1f} s"
     assert "head-ct" in out and "ganomaly-reference" in out and "128px x3" in out
     assert not (Path("results") / "study").exists()
@@ -224,7 +224,7 @@ def test_a_wheel_installed_outside_the_checkout_runs_a_dry_run_and_describe(tmp_
     assert str(venv) in where.stdout, where.stdout  # the wheel, not the checkout
     dry = subprocess.run([str(venv / "bin" / "medad"), "run", "--dry-run", "--no-estimate"], capture_output=True,
                          text=True, cwd=outside, env=env)  # the estimate has tests of its own (it times every detector)
-    assert dry.returncode == 0 and "18 jobs: 18 pending" in dry.stdout, dry.stdout + dry.stderr
+    assert dry.returncode == 0 and "24 jobs: 24 pending" in dry.stdout, dry.stdout + dry.stderr
     described = subprocess.run([str(venv / "bin" / "medad"), "describe", "ganomaly"], capture_output=True, text=True,
                                cwd=outside, env=env)
     assert described.returncode == 0 and "epochs: int >= 1 = 15" in described.stdout
