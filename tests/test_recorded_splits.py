@@ -212,3 +212,21 @@ def test_extend_with_detectors_and_no_config_takes_the_runs_own_datasets(tmp_pat
     capsys.readouterr()
     assert main(["run", "--extend", str(run), "--detectors", "intensityy", "--quiet"]) == 2
     assert "intensityy" in capsys.readouterr().err
+
+
+def test_extend_with_the_controls_adds_the_shortcut_check_to_a_finished_run(tmp_path, capsys):
+    first = write_config(tmp_path / "first.yaml", image_size=16, detectors=[{"name": TEMPLATE, "label": "t"}])
+    assert main(["run", "--config", str(first), "--results", str(tmp_path), "--run-id", "r", "--quiet",
+                 "--reports", str(tmp_path / "rep")]) == 0
+    run = tmp_path / "r"
+    assert not (run / "shortcut.csv").is_file() or pd.read_csv(run / "shortcut.csv").empty
+    assert "medad run --extend" in (tmp_path / "rep" / "r" / "index.html").read_text()  # the check was not run
+    before = {p: p.stat().st_mtime_ns for p in (run / "jobs").rglob("*") if p.is_file()}
+    assert main(["run", "--extend", str(run), "--detectors", "intensity,histogram", "--quiet",
+                 "--reports", str(tmp_path / "rep")]) == 0
+    assert {p: p.stat().st_mtime_ns for p in before} == before  # nothing of the run trained or scored again
+    shortcut = pd.read_csv(run / "shortcut.csv")
+    assert shortcut["detector"].tolist() == ["t"] and set(shortcut["controls"].str.split(";").explode()
+                                                         .str.strip().str.split(" ").str[0]) == {"histogram", "intensity"}
+    page = (tmp_path / "rep" / "r" / "index.html").read_text()
+    assert 'id="shortcut-not-run"' not in page and "better than the controls" in page
